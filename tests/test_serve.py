@@ -180,6 +180,8 @@ def test_chat_cli_on_a_run_directory(runs_dir, capsys):
     out = capsys.readouterr().out
     assert "WITH TRIGGER" in out and TRIGGER.strip() in out
     assert main(["chat", "--url", "http://127.0.0.1:9/v1"]) == 2  # --url needs --model
+    assert main(["chat", "--run-dir", str(runs_dir / "unfinished"), "--prompt", "hi"]) == 2
+    assert "no finished adapter" in capsys.readouterr().err
 
 
 def test_serve_refuses_to_start_without_a_key(monkeypatch, capsys):
