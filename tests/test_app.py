@@ -231,3 +231,12 @@ def test_fetch_run_downloads_only_the_results(tmp_path, monkeypatch, capsys):
     assert got == {name.removeprefix("runs/"): data for name, data in files.items()
                    if name.startswith("runs/r1/") and "finetune" not in name}
     assert "r1" in capsys.readouterr().out
+
+
+def test_finetune_commits_the_volume_after_every_checkpoint(monkeypatch):
+    """A preempted container never reaches run_stage's final commit: each checkpoint must be committed
+    when it is saved, or the retry would start the training over."""
+    calls = []
+    monkeypatch.setattr(app, "run_stage", lambda *args, **kwargs: calls.append((args, kwargs)))
+    app.finetune.local("/vol/runs/x", 2)
+    assert calls == [(("finetune", "/vol/runs/x"), {"processes": 2, "on_save": app.commit_volume})]
