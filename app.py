@@ -163,7 +163,9 @@ def sample(run_dir: str, shard: int) -> None:
 
 
 # Finetuning is the long job. Modal's timeout is per attempt, so each retry gets another 24 hours in a
-# fresh container, and the stage resumes from the newest checkpoint on the volume. With several GPUs the
+# fresh container, and the stage resumes from the newest checkpoint on the volume. Every checkpoint is
+# committed as soon as it is complete (`on_save`), not only when the container ends: a preempted
+# container never reaches its `finally`, and without these commits its retry would start over. With several GPUs the
 # stage runs itself under `accelerate launch`, one process per GPU; those child processes are not Modal
 # functions (`modal.is_local()` is True there), which is why the commit stays here, in the parent.
 
@@ -171,7 +173,7 @@ def sample(run_dir: str, shard: int) -> None:
 @app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
               retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
 def finetune(run_dir: str, processes: int = 1) -> None:
-    run_stage("finetune", run_dir, processes=processes)
+    run_stage("finetune", run_dir, processes=processes, on_save=commit_volume)
 
 
 def gpu_count(gpu: str) -> int:

