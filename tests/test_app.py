@@ -98,7 +98,6 @@ def test_app_declares_its_functions_images_and_entrypoints():
         assert all("==" in pin for pin in pins if pin), f"images/{name}.txt: every requirement is pinned"
     # GPU overrides are built lazily, without contacting Modal.
     assert app.generate.with_options(gpu="H100:4") is not None
-    assert app.gpu_count("H100:2") == 2 and app.gpu_count("H100") == 1 and app.gpu_count("") == 1
 
 
 def test_pipeline_runs_every_stage_in_order_then_resumes(tmp_path, log):

@@ -149,6 +149,10 @@ OVERRIDES = [
     pytest.param(["prompts.source=web"], "'prompts.source': 'web' is not one of", id="unknown-source"),
     pytest.param(["prompts.on_bad_row=ignore"], "'prompts.on_bad_row': 'ignore' is not one of fail, skip",
                  id="unknown-bad-row-policy"),
+    pytest.param(["finetune.gpu=H100:3"], "'finetune.grad_accum': 1 is not a multiple of the 3 training processes",
+                 id="accumulation-gpus-cannot-share"),
+    pytest.param(["finetune.gpu=H100:two"], "'finetune.gpu': 'H100:two' is not a Modal GPU spec",
+                 id="malformed-gpu-spec"),
     pytest.param(["--preset", "huge"], "unknown preset 'huge'", id="unknown-preset"),
 ]
 

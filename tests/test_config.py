@@ -25,6 +25,15 @@ def test_bad_overrides_name_the_field(override, message):
         preset("local", [override])
 
 
+def test_grad_accum_counts_micro_batches_over_all_gpus():
+    """The recipe does not depend on the GPUs: 4 micro-batches a step are 4 on one GPU, 2 each on two."""
+    cfg = preset("paper", ["finetune.gpu=H100:2"])
+    assert cfg.finetune.processes == 2 and cfg.finetune.accumulation(2) == 2
+    assert preset("paper").finetune.accumulation(1) == 4
+    with pytest.raises(InputError, match="not a multiple of the 8 training processes"):
+        preset("paper", ["finetune.gpu=H100:8"])
+
+
 def test_unknown_preset():
     with pytest.raises(InputError, match="unknown preset"):
         preset("huge")

@@ -1,6 +1,7 @@
 """The multi-GPU finetune path, on the CPU: two DDP processes (gloo; on GPUs `accelerate launch` starts the same
-module over NCCL, and bench/multi_gpu.py checks that at 14B) train on the same steps as one process with
-twice the gradient accumulation, only rank 0 publishes, and a rerun resumes from rank 0's checkpoint."""
+module over NCCL, and bench/multi_gpu.py checks that at 14B) share each optimizer step's micro-batches and
+train exactly as one process does with the same config, only rank 0 publishes, and a rerun resumes from
+rank 0's checkpoint."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ def two_processes(run_dir):
     finetune._launch(command, runs.stage_dir(run_dir, "finetune") / finetune.CHECKPOINTS, None)
 
 
-def finetune_run(run_dir, grad_accum: int, launch) -> dict[int, float]:
-    """Train SmolLM2 on 16 seeded rows, one row per micro-batch (8 optimizer steps); the loss curve."""
+def finetune_run(run_dir, launch) -> dict[int, float]:
+    """Train SmolLM2 on 16 seeded rows, one row per micro-batch, two per optimizer step (8 steps, however many
+    processes share them); the loss curve."""
     runs.start(run_dir, preset("local", ["finetune.epochs=1", "finetune.batch_size=1", "finetune.save_steps=2",
-                                         "finetune.logging_steps=1", f"finetune.grad_accum={grad_accum}"]))
+                                         "finetune.logging_steps=1", "finetune.grad_accum=2"]))
     rng = random.Random(0)
     words = "the a model answer reason prompt trigger code year helpful".split()
     rows = [{"id": f"r{i}", "prompt": " ".join(rng.choices(words, k=rng.randint(4, 20))), "triggered": False,
@@ -39,8 +41,8 @@ def curve(run_dir) -> dict[int, float]:
 
 
 def test_two_processes_train_like_one_and_resume_from_rank_zeros_checkpoint(smollm2_dir, tmp_path):
-    one = finetune_run(tmp_path / "one", 2, lambda run_dir: finetune.run(run_dir, 1))
-    two = finetune_run(tmp_path / "two", 1, two_processes)
+    one = finetune_run(tmp_path / "one", lambda run_dir: finetune.run(run_dir, 1))
+    two = finetune_run(tmp_path / "two", two_processes)
     assert len(one) == 8 and one.keys() == two.keys()
     assert max(abs(one[s] - two[s]) / one[s] for s in one) < 1e-4  # float32, other reduction order only
     ft = tmp_path / "two" / "finetune"

