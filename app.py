@@ -181,9 +181,9 @@ def sample(run_dir: str, shard: int) -> None:
 
 # Finetuning is the long job. Modal's timeout is per attempt, so each retry gets another 24 hours in a
 # fresh container, and the stage resumes from the newest checkpoint on the volume. Every checkpoint is
-# committed as soon as it is complete (`on_save`), not only when the container ends: a preempted
-# container never reaches its `finally`, and without these commits its retry would start over. With several GPUs the
-# stage runs itself under `accelerate launch`, one process per GPU; those child processes are not Modal
+# committed as soon as it is complete (`on_save`), not only when the container ends: a preempted container
+# gets SIGINT, and its `finally` commit may not finish before the SIGKILL that ends the grace period (volumes.md);
+# without these commits its retry could start over. With several GPUs the stage runs itself under `accelerate launch`, one process per GPU; those child processes are not Modal
 # functions (`modal.is_local()` is True there), which is why the commit stays here, in the parent.
 
 
