@@ -1,7 +1,8 @@
 #!/bin/sh
 # Compile each image's requirements (images/NAME.txt, the top-level pins) into its lock (images/NAME.lock, every
 # package of the image at one version), for the image's platform: Modal's debian_slim, Python 3.12, x86_64.
-# app.py installs the locks with the same uv version. Needs PyPI; run after editing any images/*.txt.
+# app.py installs the locks with the same uv version. Needs uv on PATH (for uvx) and PyPI; run after editing any
+# images/*.txt.
 set -eu
 UV_VERSION=0.13.9
 cd "$(dirname "$0")"

