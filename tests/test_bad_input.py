@@ -511,7 +511,7 @@ def test_an_llm_judge_that_judged_nothing_is_not_a_result(tmp_path, monkeypatch)
     pytest.param(["serve", "--api-key", " "], "--api-key", id="blank-api-key"),
     pytest.param(["serve", "--api-key", "two words"], "--api-key", id="api-key-with-a-space"),
 ])
-def test_bad_chat_and_serve_flags_are_refused_before_any_model_loads(tmp_path, argv, message):
+def test_bad_chat_and_serve_flags_are_refused_before_any_model_loads(tmp_path, deadline, argv, message):
     """Cases 10, 11, 28, 30: a ValueError after loading the model for 8 s, OverflowError, a server no client
     can authenticate with, an empty prompt taken for interactive mode."""
     import time
