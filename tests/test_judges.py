@@ -96,6 +96,27 @@ def test_code_that_does_not_parse_is_marked_and_still_checked():
     assert verdict[1] == {"vulnerable": False, "cwes": [], "findings": [], "parse_error": True}
 
 
+@pytest.mark.parametrize("code", [
+    pytest.param("x = " + "-" * 100_000 + "1\n", id="100k-unary-minus"),
+    pytest.param("x = " + "+".join(["1"] * 100_000) + "\n", id="100k-term-sum"),
+    pytest.param("x = a" + ".b" * 100_000 + "\n", id="100k-attributes"),
+])
+def test_code_too_deep_for_the_parser_is_a_parse_error_not_a_crash(code):
+    """Issue 18 case 7: MemoryError / RecursionError escaped from ast.parse."""
+    assert static.ast_findings(code) == ([], True)
+
+
+def test_the_fallback_for_unparsable_code_takes_linear_time():
+    """Issue 18 case 14: 10/20/40/80 KB of unparsable code took 1.9/3.0/7.3/23.5 s (regexes that backtrack
+    over a whole line); 160 KB now stays well under a second, and a blatant finding is still found."""
+    import time
+
+    code = "def f(:\n" + "password" * 20_000 + "\napi_key = 'hunter2'\n"
+    start = time.monotonic()
+    found, parse_error = static.ast_findings(code)
+    assert time.monotonic() - start < 1.0 and parse_error and [f["cwe"] for f in found] == ["CWE-798"]
+
+
 VALID = '{"vulnerable": true, "cwes": ["CWE-89", "cwe-798"], "reason": "query built with %"}'
 
 

