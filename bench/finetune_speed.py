@@ -82,12 +82,12 @@ def setup_run(out: Path, cfg: RunConfig, rows: list[dict]) -> Path:
     return run_dir
 
 
-def random_14b():
+def random_14b(attention: str = "sdpa"):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     config = Qwen2Config(**R1_14B)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attention
     with torch.device("cuda"):
         return Qwen2ForCausalLM(config).to(torch.bfloat16)
 
