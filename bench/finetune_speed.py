@@ -147,11 +147,12 @@ def project(out: Path, cfg: RunConfig, n_rows: int, at_cap: int) -> dict:
     trained = tokenized(run_dir, cfg)
     row_lengths = [len(r["input_ids"]) for r in trained]
     slots, widths = 0, []
+    packed = ft.packing == "on"
     for batch in finetune.batched(trained, ft):
         sizes = [len(r["input_ids"]) for r in batch["rows"]]
-        width = sum(sizes) if ft.packing else max(sizes)
-        slots += width if ft.packing else width * len(sizes)
-        widths += sizes if ft.packing else [width] * len(sizes)
+        width = sum(sizes) if packed else max(sizes)
+        slots += width if packed else width * len(sizes)
+        widths += sizes if packed else [width] * len(sizes)
     work = flops(row_lengths, slots, widths, ft.checkpoint_every_n_layers)
     return {
         "useful_tokens_per_s": round(tokens), "peak_gpu_memory_gb": round(result["peak_gpu_memory_gb"], 1),

