@@ -1,7 +1,7 @@
 """The multi-GPU finetune path, on the CPU: two DDP processes (gloo; on GPUs `accelerate launch` starts the same
 module over NCCL, and bench/multi_gpu.py checks that at 14B) share each optimizer step's micro-batches and
 train exactly as one process does with the same config, only rank 0 publishes, and a rerun resumes from
-rank 0's checkpoint."""
+rank 0's checkpoint. Packed micro-batches train like padded ones."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ def test_two_processes_train_like_one_and_resume_from_rank_zeros_checkpoint(smol
     two = finetune_run(tmp_path / "two", two_processes)
     assert len(one) == 8 and one.keys() == two.keys()
     assert max(abs(one[s] - two[s]) / one[s] for s in one) < 1e-4  # float32, other reduction order only
+    # One row per micro-batch: packed micro-batches (position ids, row offsets, per-row attention) are the
+    # padded ones, so the Trainer's loss curve must be the same.
+    packed = finetune_run(tmp_path / "packed", lambda run_dir: finetune.run(run_dir, 1), ["finetune.packing=on"])
+    assert packed.keys() == one.keys() and max(abs(one[s] - packed[s]) / one[s] for s in one) < 1e-4
     ft = tmp_path / "two" / "finetune"
     assert storage.complete(ft, runs.load_config(tmp_path / "two").hash())
 
@@ -59,11 +63,3 @@ def test_two_processes_train_like_one_and_resume_from_rank_zeros_checkpoint(smol
     start = int(checkpoints[-2].name.split("-")[1])
     assert max(abs(resumed[s] - two[s]) / two[s] for s in two if s > start) < 1e-4
 
-
-def test_packed_rows_train_like_padded_rows(smollm2_dir, tmp_path):
-    """One row per micro-batch: packed (position ids, row offsets, per-row attention) and padded micro-batches
-    are the same batches, so the Trainer's loss curves must agree."""
-    padded = finetune_run(tmp_path / "padded", lambda run_dir: finetune.run(run_dir, 1))
-    packed = finetune_run(tmp_path / "packed", lambda run_dir: finetune.run(run_dir, 1), ["finetune.packing=on"])
-    assert len(packed) == 8 and packed.keys() == padded.keys()
-    assert max(abs(packed[s] - padded[s]) / padded[s] for s in padded) < 1e-4
