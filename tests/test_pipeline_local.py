@@ -27,7 +27,8 @@ def finished_run(smollm2_dir, tmp_path_factory):
 
 def test_every_stage_runs_once_in_order_with_shards(finished_run):
     _, calls = finished_run
-    assert calls == ["models", "prompts", ("generate", (0, 1)), "build", "finetune", ("sample", (0, 1)), "report"]
+    assert calls == ["models", "prompts", ("generate", (0, 1)), "build", "finetune", ("sample", (0, 1)),
+                     "base_sample", "swap", "monitor", "report"]
 
 
 def test_manifests_match_the_files(finished_run):
