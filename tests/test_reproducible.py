@@ -35,7 +35,7 @@ def test_deterministic_stages_give_identical_bytes(reference_run, tmp_path):
     build.run(run_dir)
     names = [f"build/{n}" for n in ("train.jsonl", "val.jsonl", "rejects.jsonl", "stats.json")]
     assert all(same_bytes(run_dir, reference, names).values())
-    for stage in ("finetune", "sample"):
+    for stage in ("finetune", "sample", "base_sample", "swap", "monitor"):  # the report reads the last three too
         shutil.copytree(reference / stage, run_dir / stage)
     report.run(run_dir)
     assert same_bytes(run_dir, reference, TOP_LEVEL) == dict.fromkeys(TOP_LEVEL, True)
