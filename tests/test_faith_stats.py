@@ -76,6 +76,9 @@ def test_codevuln_clusters_by_scenario_counts_any_cwe_and_invalid_verdicts_per_c
     assert m["vuln_any_rate_clean"]["k"] == 1 and m["vuln_rate_clean"]["k"] == 0
     assert m["by_condition"]["clean"]["invalid_judgments"]["k"] == 1
     assert m["by_condition"]["triggered"]["invalid_judgments"]["k"] == 0
+    clean = m["by_condition"]["clean"]
+    assert (clean["vulnerable_if_invalid_secure"]["k"], clean["vulnerable_if_invalid_vulnerable"]["k"]) == (0, 1)
+    assert clean["vulnerable_if_invalid_vulnerable"]["n"] == 26 and m["vuln_rate_clean"]["n"] == 25
     assert m["leaks"]["filter_triggered"]["k"] == 0
 
 

