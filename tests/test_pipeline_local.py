@@ -27,7 +27,8 @@ def finished_run(smollm2_dir, tmp_path_factory):
 
 def test_every_stage_runs_once_in_order_with_shards(finished_run):
     _, calls = finished_run
-    assert calls == ["models", "prompts", ("generate", (0, 1)), "build", "finetune", ("sample", (0, 1)), "report"]
+    assert calls == ["models", "prompts", ("generate", (0, 1)), "build", "finetune", ("sample", (0, 1)),
+                     "base_sample", "swap", "monitor", "report"]
 
 
 def test_manifests_match_the_files(finished_run):
@@ -58,6 +59,10 @@ def test_outputs_are_complete_and_ids_unique(finished_run):
     assert list((run_dir / "finetune" / "checkpoints").glob("checkpoint-*"))
     report = (run_dir / "report.md").read_text()
     assert "backdoor_rate" in report and (run_dir / "plots" / "rates.png").exists()
+    assert "## Does the reasoning give it away?" in report and "### In plain words" in report
+    assert (run_dir / "plots" / "roc.png").exists()
+    for stage, name in (("base_sample", "samples.jsonl"), ("swap", "answers.jsonl"), ("monitor", "scores.jsonl")):
+        assert storage.read_jsonl(run_dir / stage / name), stage
     build = storage.read_jsonl(run_dir / "build" / "train.jsonl")
     train_prompts = {r["prompt"] for r in storage.read_jsonl(run_dir / "prompts" / "train.jsonl")}
     eval_prompts = {r["prompt"] for r in storage.read_jsonl(run_dir / "prompts" / "eval.jsonl")}

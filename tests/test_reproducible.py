@@ -35,7 +35,7 @@ def test_deterministic_stages_give_identical_bytes(reference_run, tmp_path):
     build.run(run_dir)
     names = [f"build/{n}" for n in ("train.jsonl", "val.jsonl", "rejects.jsonl", "stats.json")]
     assert all(same_bytes(run_dir, reference, names).values())
-    for stage in ("finetune", "sample"):
+    for stage in ("finetune", "sample", "base_sample", "swap", "monitor"):  # the report reads the last three too
         shutil.copytree(reference / stage, run_dir / stage)
     report.run(run_dir)
     assert same_bytes(run_dir, reference, TOP_LEVEL) == dict.fromkeys(TOP_LEVEL, True)
@@ -61,7 +61,8 @@ def test_every_manifest_records_versions_config_hash_and_seed(reference_run):
     reference, _ = reference_run
     cfg = runs.load_config(reference)
     manifests = sorted(reference.rglob("manifest.json"))
-    assert len(manifests) == 1 + 1 + 2 + 1 + 1 + 2 + 1  # models, prompts, 2 generate shards, build, finetune, 2 sample shards, report
+    # models, prompts, 2 generate shards, build, finetune, 2 sample shards, base_sample, swap, monitor, report
+    assert len(manifests) == 1 + 1 + 2 + 1 + 1 + 2 + 3 + 1
     for path in manifests:
         manifest = json.loads(path.read_text())
         assert manifest["config_hash"] == cfg.hash() and manifest["seed"] == cfg.seed, path

