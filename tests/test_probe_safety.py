@@ -36,6 +36,9 @@ def test_auroc_is_sklearns_and_its_interval_resamples_prompts():
     # a resample that draws every prompt once is the point estimate itself
     ones = np.ones((1, n), dtype=int)
     assert probes.auroc(scores, positive, ~positive, cluster, ones)[1][0] == pytest.approx(point)
+    # a held-out half is resampled from itself alone, as many prompts as it has
+    half = probes.cluster_resamples(n, 50, seed=1, among=np.arange(0, n, 2))
+    assert (half[:, 1::2] == 0).all() and (half.sum(1) == n // 2).all()
     # perfectly separated scores: 1.0, and the interval cannot move
     _, boot = probes.auroc(positive * 1.0, positive, ~positive, cluster, counts)
     assert set(np.round(boot, 12)) == {1.0}

