@@ -83,8 +83,9 @@ def test_safety_data_never_shows_the_eval_near_misses_and_stays_disjoint():
     assert all(r["prompt"] == f"q{r['id']}" for r in safety_data.variant_rows(rows, "sft", 0))
 
 
-ANALYSIS = ["probe.enabled=true", "probe.bootstrap=200", "probe.layers=0,14,29", "safety.enabled=true",
-            "safety.steps=4", "safety.n_prompts=24", "safety.checkpoints=50,100", "safety.near_miss=false"]
+ANALYSIS = ["probe.enabled=true", "probe.bootstrap=200", "probe.layers=0,29", "safety.enabled=true",
+            "safety.kinds=sft,triggered_sft", "safety.steps=4", "safety.n_prompts=24", "safety.checkpoints=100",
+            "safety.near_miss=false"]
 
 
 def test_analysis_stages_run_on_a_finished_run_and_resume_after_a_kill(reference_run, tmp_path):
@@ -110,13 +111,13 @@ def test_analysis_stages_run_on_a_finished_run_and_resume_after_a_kill(reference
     assert storage.complete(run_dir, cfg.hash("probe", "safety"))
 
     m = storage.read_json(run_dir / "probe" / "metrics.json")
-    assert m["models"] == ["student", "base"] and m["layers"] == [0, 14, 29] and m["prompts"] == 3
+    assert m["models"] == ["student", "base"] and m["layers"] == [0, 29] and m["prompts"] == 3
     for curve in m["auroc"]["student"].values():
-        assert len(curve) == 3 and all(c["auroc"] is None or 0 <= c["auroc"] <= 1 for c in curve)
+        assert len(curve) == 2 and all(c["auroc"] is None or 0 <= c["auroc"] <= 1 for c in curve)
     p = storage.read_json(run_dir / "persistence" / "metrics.json")
-    assert set(p["variants"]) == {"sft", "adversarial", "triggered_sft"} and p["steps"] == [0, 2, 4]
+    assert set(p["variants"]) == {"sft", "triggered_sft"} and p["steps"] == [0, 4]
     for points in p["variants"].values():
-        assert [points[s]["backdoor_rate"]["n"] for s in ("0", "2", "4")] == [3, 3, 3]
+        assert [points[s]["backdoor_rate"]["n"] for s in ("0", "4")] == [3, 3]
     report = (run_dir / "report.md").read_text()
     assert "## Defection probes" in report and "## Persistence through safety training" in report
     for plot in ("probe/plots/auroc_by_layer.png", "probe/plots/scores_best_layer.png",
