@@ -181,7 +181,7 @@ def sample(run_dir: str, shard: int) -> None:
 
 # Issue 13's GPU stages (base-model control, reasoning swap, LLM monitor): one vLLM engine each, not sharded; the
 # monitor stage downloads its pinned monitor model onto the volume on first use.
-@app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets, timeout=6 * HOURS, retries=GPU_RETRIES,
+@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets, timeout=6 * HOURS, retries=GPU_RETRIES,
               single_use_containers=True)
 def vllm_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir)
@@ -205,19 +205,19 @@ def finetune(run_dir: str, processes: int = 1) -> None:
 # the safety checkpoints' sampling on vLLM (one container per checkpoint, its LoRA loaded like the sample stage's).
 
 
-@app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
+@pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
               retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
 def train_image_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir, **({"on_save": commit_volume} if stage == "safety" else {}))
 
 
-@app.function(image=vllm_image, gpu="H100:2", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
+@pipeline_app.function(image=vllm_image, gpu="H100:2", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
               single_use_containers=True)
 def safety_data(run_dir: str) -> None:
     run_stage("safety_data", run_dir)
 
 
-@app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
+@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
               single_use_containers=True)
 def safety_sample(run_dir: str, shard: int) -> None:
     run_stage("safety_sample", run_dir, shard)

