@@ -82,9 +82,14 @@ def setup_run(out: Path, cfg: RunConfig, rows: list[dict]) -> Path:
     model_cache.install_tokenizer(cfg.base, base_dir)  # the project tokenizer; the weights are random
     run_dir = out / "run"
     runs.start(run_dir, cfg)
-    storage.write_jsonl(run_dir / "build" / "train.jsonl", rows)
-    storage.write_jsonl(run_dir / "build" / "val.jsonl", [])
+    storage.write_jsonl(build_dir(run_dir) / "train.jsonl", rows)
+    storage.write_jsonl(build_dir(run_dir) / "val.jsonl", [])
     return run_dir
+
+
+def build_dir(run_dir: Path) -> Path:
+    """Where the finetune stage reads its rows (the build stage's folder)."""
+    return runs.stage_dir(run_dir, "build")
 
 
 def random_14b(attention: str = "sdpa"):
@@ -167,7 +172,7 @@ def tokenized(run_dir: Path, cfg: RunConfig) -> list[dict]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(runs.model_path(cfg.base.name))
-    return finetune.training_rows(run_dir, tokenizer, finetune.memory_plan(cfg.finetune))[0]
+    return finetune.training_rows(build_dir(run_dir), tokenizer, finetune.memory_plan(cfg.finetune))[0]
 
 
 def peer_rows(out: Path, cfg: RunConfig, n_rows: int, at_cap: int) -> Path:
@@ -192,7 +197,7 @@ def parity(out: Path, cfg: RunConfig, n_rows: int) -> dict:
     ft = finetune.memory_plan(replace(cfg.finetune, lora_dropout=0.0))
     run_dir = setup_run(out, cfg, rows_like_baseline(n_rows, 0, ft.max_length_cap))
     tokenizer = AutoTokenizer.from_pretrained(runs.model_path(cfg.base.name))
-    rows, _, _ = finetune.training_rows(run_dir, tokenizer, ft)
+    rows, _, _ = finetune.training_rows(build_dir(run_dir), tokenizer, ft)
     model = get_peft_model(random_14b(), finetune.lora_config(ft))
     model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})  # as the naive trainer
     model.train()

