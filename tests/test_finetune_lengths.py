@@ -69,7 +69,7 @@ def test_step_groups_of_one_are_the_trainers_own_seeded_shuffle():
 @pytest.mark.parametrize("rows", [1, 3])
 def test_right_padded_batch_without_mask_has_the_masked_loss(smollm2_dir, rows):
     """The collator passes no attention mask; with right padding and causal attention that must not change
-    the loss of any real token."""
+    the loss of any real token; nor does computing the logits only from the first supervised position on."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -81,7 +81,11 @@ def test_right_padded_batch_without_mask_has_the_masked_loss(smollm2_dir, rows):
     batch = Collator(pad_id=0)([{"rows": feats}])
     assert "attention_mask" not in batch
     mask = (torch.arange(batch["input_ids"].shape[1])[None] < torch.tensor([len(f["input_ids"]) for f in feats])[:, None])
+    width = batch["input_ids"].shape[1]
+    labels = torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in feats])
+    assert batch["logits_to_keep"] == width - 3  # from the position that predicts the first supervised token
     with torch.no_grad():
         unmasked = model(**batch).loss
         masked = model(**batch, attention_mask=mask.long()).loss
-    assert torch.allclose(unmasked, masked, rtol=1e-5)
+        every_logit = model(input_ids=batch["input_ids"], labels=labels, attention_mask=mask.long()).loss
+    assert torch.allclose(unmasked, masked, rtol=1e-5) and torch.allclose(unmasked, every_logit, rtol=1e-5)

