@@ -74,7 +74,7 @@ def batches_for(rows, batching, budget):
     if batching == "packed":
         cut, collate = packing.pack_rows(lengths, budget, 64), packing.PackedCollator()
     else:
-        cut, collate = finetune.length_batches(lengths, budget, 64), finetune.Collator(0)
+        cut, collate = packing.length_batches(lengths, budget, 64), finetune.Collator(0)
     return [collate([{"rows": [rows[i] for i in b]}]) for b in cut]
 
 

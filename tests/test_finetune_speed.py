@@ -56,7 +56,7 @@ def test_pack_rows_fill_the_budget_and_cover_every_row_once():
     assert [2000] in batches  # longer than the budget: trains alone
     assert all(len(b) <= 64 and (len(b) == 1 or sum(lengths[i] for i in b) <= 8192) for b in batches)
     assert sum(lengths) / (8192 * len(batches)) > 0.95
-    assert packing.pack_rows([5, 3, 9], 1, 1) == finetune.length_batches([5, 3, 9], 1, 1)
+    assert packing.pack_rows([5, 3, 9], 1, 1) == packing.length_batches([5, 3, 9], 1, 1)
 
 
 def test_packed_rows_attend_only_to_themselves(smollm2_dir):

