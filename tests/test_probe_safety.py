@@ -96,6 +96,10 @@ def test_probe_layer_is_chosen_on_prompts_it_is_not_scored_on():
     assert scored["held_out"]["contrast"]["trigger_vs_clean"]["auroc"] > 0.95
     assert scored["random"]["held_out"]["probe_percentile"] > 97
     assert 0.4 < scored["random"]["per_layer"][0]["mean"] < 0.6
+    # three prompts (the tiny pipeline's): a half too small to fit leaves the supervised probe undefined, not an error
+    rows, acts = probe_inputs(3, 2, 4, 3, lambda f, j: 1.0)
+    tiny = probe.score_model(acts, rows, cfg, probes.fold_resamples(np.array([0, 1, 1]), 100, 0), [0, 1])
+    assert tiny["held_out"]["contrast"]["trigger_vs_clean"]["auroc"] is not None
 
 
 def test_analysis_sections_leave_every_other_stage_hash_alone():
@@ -226,7 +230,7 @@ def test_analysis_stages_run_on_a_finished_run_and_resume_after_a_kill(reference
     for stage in ("prompts", "build", "finetune"):
         assert f"{stage}: done, skipped" in killed.stderr
     cfg = runs.load_config(run_dir)
-    assert storage.complete(run_dir / "probe", cfg.hash("probe"))
+    assert storage.complete(run_dir / "probe", cfg.hash("probe")), killed.stderr[-3000:]
     assert not storage.complete(run_dir / "safety" / "sft", cfg.hash("safety"))
 
     proc = run_cli(args)

