@@ -124,9 +124,12 @@ def test_a_timeout_that_never_ends_becomes_an_error_row(endpoint):
 
 def test_retry_after_is_honoured(endpoint, monkeypatch):
     """The client waits what each 429's Retry-After says before its next attempt."""
+    from openai._base_client import BaseClient
+
     server, waits = FaultServer(), []
-    delay = api.delay
-    monkeypatch.setattr(api, "delay", lambda e, attempt: waits.append(delay(e, attempt)) or waits[-1])
+    wait = BaseClient._calculate_retry_timeout  # the openai client's own retry wait (api.py delegates retries to it)
+    monkeypatch.setattr(BaseClient, "_calculate_retry_timeout",
+                        lambda self, *a, **k: waits.append(wait(self, *a, **k)) or waits[-1])
     rows = api.chat_many(endpoint(server, max_retries=3), ask("429x2:0"))
     assert rows[0]["attempts"] == 3 and rows[0]["text"] == "answer 0"
     assert waits == [RETRY_AFTER_S, RETRY_AFTER_S]
