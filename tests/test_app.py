@@ -502,6 +502,8 @@ def test_modal_refuses_presets_and_settings_it_cannot_run(monkeypatch):
     ("sample.gpu=H100:6", "'sample.gpu': 6-way tensor parallelism does not divide DeepSeek-R1-Distill-Qwen-14B's"),
     # A shard that could outlive half its timeout, redone whole on a timeout.
     ("generate.max_think_tokens=8192", "'generate': a container of it could need .* use generate.shards=3 or more"),
+    # The train image carries no wandb or trackio: the finetune would stop after the teacher's generation was paid.
+    ("finetune.report_to=wandb", "'finetune.report_to': 'wandb' is not in the train image"),
 ])
 def test_modal_refuses_what_vllm_or_modal_would_refuse_or_change(monkeypatch, overrides, message):
     monkeypatch.setattr(app, "orchestrate", None)  # nothing may be started
